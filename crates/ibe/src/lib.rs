@@ -1,0 +1,52 @@
+//! # ibemail-ibe
+//!
+//! The identity-based key encapsulation mechanism of ibemail: the Boneh–Boyen
+//! "exponent inversion" scheme (BB2) on BLS12-381, made IND-ID-CCA secure with
+//! a Fujisaki–Okamoto transform. A recipient's e-mail address is their public
+//! key; their domain's key generation center (KGC) holds the [`MasterKey`] and
+//! derives [`UserKey`]s on demand.
+//!
+//! ```
+//! use ibemail_ibe::{Identity, MasterKey, encapsulate};
+//! use rand_core::OsRng;
+//!
+//! let master = MasterKey::generate(&mut OsRng);
+//! let params = master.public_params(); // published in DNS
+//! let alice = Identity::parse("Alice@B.test")?;
+//!
+//! // The sender needs only the parameters and the address.
+//! let (capsule, secret) = encapsulate(&params, &alice, 1, &mut OsRng)?;
+//!
+//! // The KGC derives Alice's key and opens the capsule.
+//! let key = master.extract(&alice, 1);
+//! assert_eq!(key.decapsulate(&params, &capsule)?, secret);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## What this crate does not do
+//!
+//! No I/O of any kind: no files, sockets, clocks or global RNG. Randomness is
+//! passed in by the caller. Storage of master keys, DNS publication and
+//! message formats live in other crates. See `SECURITY.md` for the scheme, the
+//! hash domains, the proofs this construction relies on and what is not
+//! protected.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod fixed_base;
+mod hash;
+mod identity;
+mod kem;
+
+pub use error::{DecapsulationError, DecodeError, EncapsulationError, IdentityError};
+pub use identity::{Identity, MAX_DOMAIN, MAX_LOCAL_PART, normalize_domain};
+pub use kem::{
+    CAPSULE_BYTES, Capsule, G1_BYTES, G2_BYTES, Generation, MASTER_KEY_BYTES, MasterKey,
+    PUBLIC_PARAMS_BYTES, PublicParams, SCALAR_BYTES, SHARED_SECRET_BYTES, SharedSecret,
+    USER_KEY_BYTES, UserKey, encapsulate, encapsulate_with_seed, hazmat, identity_scalar,
+};
+
+/// Re-exported so callers can name the RNG traits this crate takes.
+pub use rand_core;
