@@ -81,6 +81,21 @@ pub enum DecodeError {
     KeyMismatch,
 }
 
+impl DecodeError {
+    /// What was being decoded when the error occurred, e.g. `"parameter Y"`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            DecodeError::Length { what, .. }
+            | DecodeError::NotOnCurve { what }
+            | DecodeError::NotInSubgroup { what }
+            | DecodeError::IdentityPoint { what }
+            | DecodeError::NonCanonicalScalar { what }
+            | DecodeError::ZeroScalar { what } => what,
+            DecodeError::KeyMismatch => "user key",
+        }
+    }
+}
+
 /// Why a capsule could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]

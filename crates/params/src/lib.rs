@@ -1,8 +1,683 @@
 //! # ibemail-params
 //!
-//! Will own the `_ibemailkey` TXT record (DESIGN.md §4): emitting and parsing
-//! `ver=1; a=...; c=bls12-381; n=...; X=...; Y=...`, and choosing the generation
-//! a sender uses when several are published. No I/O. (Not implemented yet.)
+//! The `_ibemailkey.<domain>` TXT record (DESIGN.md §4): emit, parse, and
+//! choose the generation a sender should use. No I/O: the caller does the DNS
+//! query and passes the character-strings and the current time.
+//!
+//! ```text
+//! _ibemailkey.b.test. IN TXT "ver=1; a=bb2-fo; c=bls12-381; n=1; X=<base64>; Y=<base64>"
+//! ```
+//!
+//! Syntax (DKIM-like, RFC 6376 §3.2 tag-lists):
+//! - a record is `tag=value` pairs separated by `;`, whitespace around tags,
+//!   values and separators ignored, a trailing `;` allowed;
+//! - the record must start with `ver=`; a TXT string that does not is not an
+//!   ibemail record and is skipped (other TXT data may share the name);
+//! - tags are case-sensitive; unknown tags are ignored; a known tag twice, a
+//!   missing required tag, or a malformed value is an error naming the tag;
+//! - base64 values (`X`, `Y`) may contain whitespace (as DKIM's `p=`).
+//!
+//! | tag | meaning | required |
+//! |---|---|---|
+//! | `ver` | record version, `1` | yes, first |
+//! | `a` | KEM algorithm, `bb2-fo` | yes |
+//! | `c` | curve, `bls12-381` | yes |
+//! | `n` | parameter generation, 1 ..= 2^32-1 | yes |
+//! | `X`, `Y` | compressed G1 points, base64 | yes |
+//! | `e` | expiry, seconds since the Unix epoch; senders skip the generation from then on | no |
+//!
+//! A record split over several character-strings is concatenated first
+//! (RFC 7208 §3.3), so `"ver=1; ... X=abc" "def..."` parses.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ibemail_ibe::{DecodeError, Generation, PublicParams};
+use thiserror::Error;
+
+/// The label under which parameters are published: `_ibemailkey.<domain>`.
+pub const RECORD_LABEL: &str = "_ibemailkey";
+
+/// The longest record we emit: one TXT character-string.
+pub const MAX_RECORD_LEN: usize = 255;
+
+/// Record version this crate reads and writes.
+pub const VERSION: &str = "1";
+/// Algorithm name of the BB2 KEM with the FO transform.
+pub const ALGORITHM_BB2_FO: &str = "bb2-fo";
+/// Curve name.
+pub const CURVE_BLS12_381: &str = "bls12-381";
+
+/// The DNS name that holds `domain`'s parameters.
+pub fn record_name(domain: &str) -> String {
+    format!("{RECORD_LABEL}.{}", domain.trim_end_matches('.'))
+}
+
+/// One published generation of a domain's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Parameter generation (`n=`).
+    pub generation: Generation,
+    /// The KEM parameters (`X=`, `Y=`).
+    pub params: PublicParams,
+    /// Expiry in seconds since the Unix epoch (`e=`), if published.
+    pub expires: Option<u64>,
+}
+
+/// The tags of the record, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tag {
+    /// `ver=`
+    Version,
+    /// `a=`
+    Algorithm,
+    /// `c=`
+    Curve,
+    /// `n=`
+    Generation,
+    /// `X=`
+    X,
+    /// `Y=`
+    Y,
+    /// `e=`
+    Expires,
+}
+
+impl Tag {
+    fn name(self) -> &'static str {
+        match self {
+            Tag::Version => "ver",
+            Tag::Algorithm => "a",
+            Tag::Curve => "c",
+            Tag::Generation => "n",
+            Tag::X => "X",
+            Tag::Y => "Y",
+            Tag::Expires => "e",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Tag> {
+        Some(match name {
+            "ver" => Tag::Version,
+            "a" => Tag::Algorithm,
+            "c" => Tag::Curve,
+            "n" => Tag::Generation,
+            "X" => Tag::X,
+            "Y" => Tag::Y,
+            "e" => Tag::Expires,
+            _ => return None,
+        })
+    }
+}
+
+impl core::fmt::Display for Tag {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}=", self.name())
+    }
+}
+
+/// Why a TXT string is not a usable ibemail record.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The string does not start with `ver=`: some other TXT record.
+    #[error("not an ibemail record (does not start with ver=)")]
+    NotIbemailRecord,
+    /// The record is not UTF-8 / printable ASCII.
+    #[error("record contains bytes that are not printable ASCII")]
+    NotAscii,
+    /// A `tag=value` element has no `=` or an invalid tag name.
+    #[error("malformed tag-list element {element:?}")]
+    Syntax {
+        /// The offending element.
+        element: String,
+    },
+    /// A known tag appears twice.
+    #[error("duplicate tag {0}")]
+    DuplicateTag(Tag),
+    /// A required tag is absent.
+    #[error("missing required tag {0}")]
+    MissingTag(Tag),
+    /// `ver=` is not a version this implementation reads.
+    #[error("unsupported record version ver={0}")]
+    UnsupportedVersion(String),
+    /// `a=` names an algorithm this implementation does not implement.
+    #[error("unsupported algorithm a={0}")]
+    UnsupportedAlgorithm(String),
+    /// `c=` names a curve this implementation does not implement.
+    #[error("unsupported curve c={0}")]
+    UnsupportedCurve(String),
+    /// A value is malformed (not a number, out of range, bad base64).
+    #[error("malformed value for {tag}: {reason}")]
+    BadValue {
+        /// The tag.
+        tag: Tag,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `X=` or `Y=` is not a valid group element.
+    #[error("invalid point in {tag}: {source}")]
+    InvalidPoint {
+        /// The tag.
+        tag: Tag,
+        /// The decoding error.
+        source: DecodeError,
+    },
+}
+
+impl ParseError {
+    /// True when the string is another kind of TXT record rather than a broken
+    /// ibemail record.
+    pub fn is_foreign(&self) -> bool {
+        matches!(self, ParseError::NotIbemailRecord)
+    }
+}
+
+impl Record {
+    /// Creates a record for one generation.
+    pub fn new(generation: Generation, params: PublicParams) -> Self {
+        Record {
+            generation,
+            params,
+            expires: None,
+        }
+    }
+
+    /// Parses one record given as its character-strings (concatenated).
+    pub fn parse_strings<S: AsRef<[u8]>>(strings: &[S]) -> Result<Self, ParseError> {
+        let mut joined = Vec::new();
+        for s in strings {
+            joined.extend_from_slice(s.as_ref());
+        }
+        Self::parse_bytes(&joined)
+    }
+
+    /// Parses one record.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, ParseError> {
+        // Tag-lists are ASCII; tabs, CR and LF count as whitespace.
+        if bytes.iter().any(|&b| {
+            !(b.is_ascii_graphic() || b == b' ' || b == b'\t' || b == b'\r' || b == b'\n')
+        }) {
+            // Still classify foreign records correctly.
+            let trimmed = bytes.trim_ascii_start();
+            if !trimmed.starts_with(b"ver") {
+                return Err(ParseError::NotIbemailRecord);
+            }
+            return Err(ParseError::NotAscii);
+        }
+        let text = core::str::from_utf8(bytes).map_err(|_| ParseError::NotAscii)?;
+        Self::parse(text)
+    }
+
+    /// Parses one record from text.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut elements = text.split(';').map(str::trim).peekable();
+        // `ver` first, as DKIM's `v=`: anything else is not ours.
+        match elements.peek() {
+            Some(first) if first.split('=').next().map(str::trim) == Some("ver") => {}
+            _ => return Err(ParseError::NotIbemailRecord),
+        }
+
+        let mut values: [Option<&str>; 7] = [None; 7];
+        let slot = |tag: Tag| match tag {
+            Tag::Version => 0,
+            Tag::Algorithm => 1,
+            Tag::Curve => 2,
+            Tag::Generation => 3,
+            Tag::X => 4,
+            Tag::Y => 5,
+            Tag::Expires => 6,
+        };
+        let count = elements.clone().count();
+        for (i, element) in elements.enumerate() {
+            if element.is_empty() {
+                // Only a trailing `;` may leave an empty element.
+                if i + 1 == count {
+                    continue;
+                }
+                return Err(ParseError::Syntax {
+                    element: element.to_string(),
+                });
+            }
+            let (name, value) = element.split_once('=').ok_or_else(|| ParseError::Syntax {
+                element: element.to_string(),
+            })?;
+            let name = name.trim();
+            let value = value.trim();
+            let valid_name = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_name {
+                return Err(ParseError::Syntax {
+                    element: element.to_string(),
+                });
+            }
+            let Some(tag) = Tag::from_name(name) else {
+                continue; // unknown tags are ignored
+            };
+            let entry = &mut values[slot(tag)];
+            if entry.is_some() {
+                return Err(ParseError::DuplicateTag(tag));
+            }
+            *entry = Some(value);
+        }
+        let get = |tag: Tag| values[slot(tag)].ok_or(ParseError::MissingTag(tag));
+
+        let version = get(Tag::Version)?;
+        if version != VERSION {
+            return Err(ParseError::UnsupportedVersion(version.to_string()));
+        }
+        let algorithm = get(Tag::Algorithm)?;
+        if algorithm != ALGORITHM_BB2_FO {
+            return Err(ParseError::UnsupportedAlgorithm(algorithm.to_string()));
+        }
+        let curve = get(Tag::Curve)?;
+        if !curve.eq_ignore_ascii_case(CURVE_BLS12_381) {
+            return Err(ParseError::UnsupportedCurve(curve.to_string()));
+        }
+        let generation = parse_decimal(get(Tag::Generation)?, Tag::Generation)?;
+        let generation = Generation::try_from(generation)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(ParseError::BadValue {
+                tag: Tag::Generation,
+                reason: "must be between 1 and 4294967295",
+            })?;
+        let x = decode_base64(get(Tag::X)?, Tag::X)?;
+        let y = decode_base64(get(Tag::Y)?, Tag::Y)?;
+        let params = decode_params(&x, &y)?;
+        let expires = values[slot(Tag::Expires)]
+            .map(|v| parse_decimal(v, Tag::Expires))
+            .transpose()?;
+        Ok(Record {
+            generation,
+            params,
+            expires,
+        })
+    }
+
+    /// The record text, e.g. `ver=1; a=bb2-fo; c=bls12-381; n=1; X=…; Y=…`.
+    /// At most [`MAX_RECORD_LEN`] bytes, so it fits one TXT character-string.
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "ver={VERSION}; a={ALGORITHM_BB2_FO}; c={CURVE_BLS12_381}; n={}; X={}; Y={}",
+            self.generation,
+            STANDARD.encode(self.params.x_bytes()),
+            STANDARD.encode(self.params.y_bytes()),
+        );
+        if let Some(e) = self.expires {
+            text.push_str(&format!("; e={e}"));
+        }
+        debug_assert!(text.len() <= MAX_RECORD_LEN);
+        text
+    }
+
+    /// A zone-file line publishing this record for `domain`, e.g.
+    /// `_ibemailkey.b.test. 3600 IN TXT "ver=1; …"`.
+    pub fn zone_line(&self, domain: &str, ttl: u32) -> String {
+        format!(
+            "{}. {ttl} IN TXT \"{}\"",
+            record_name(domain),
+            self.to_text()
+        )
+    }
+
+    /// True if the record has expired at `now` (seconds since the epoch).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
+}
+
+fn parse_decimal(value: &str, tag: Tag) -> Result<u64, ParseError> {
+    if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BadValue {
+            tag,
+            reason: "not a decimal number",
+        });
+    }
+    value.parse().map_err(|_| ParseError::BadValue {
+        tag,
+        reason: "number out of range",
+    })
+}
+
+fn decode_base64(value: &str, tag: Tag) -> Result<Vec<u8>, ParseError> {
+    let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD.decode(compact).map_err(|_| ParseError::BadValue {
+        tag,
+        reason: "not valid base64",
+    })
+}
+
+fn decode_params(x: &[u8], y: &[u8]) -> Result<PublicParams, ParseError> {
+    PublicParams::from_components(x, y).map_err(|source| ParseError::InvalidPoint {
+        tag: if source.what() == "parameter Y" {
+            Tag::Y
+        } else {
+            Tag::X
+        },
+        source,
+    })
+}
+
+/// The outcome of reading every TXT string published at `_ibemailkey.<domain>`.
+#[derive(Clone, Debug, Default)]
+pub struct RecordSet {
+    /// Valid, supported records, sorted by generation, highest first.
+    pub records: Vec<Record>,
+    /// Strings that looked like ibemail records but were rejected, with why.
+    pub rejected: Vec<ParseError>,
+    /// Generations published more than once with different parameters. Such
+    /// generations are unusable: a sender cannot know which is genuine.
+    pub conflicting: Vec<Generation>,
+}
+
+impl RecordSet {
+    /// Parses every TXT record of the RRset; each element is one TXT record
+    /// given as its character-strings.
+    pub fn from_txt_records<R, S>(records: &[R]) -> Self
+    where
+        R: AsRef<[S]>,
+        S: AsRef<[u8]>,
+    {
+        let mut set = RecordSet::default();
+        for rdata in records {
+            match Record::parse_strings(rdata.as_ref()) {
+                Ok(record) => set.records.push(record),
+                Err(e) if e.is_foreign() => {}
+                Err(e) => set.rejected.push(e),
+            }
+        }
+        set.records
+            .sort_by_key(|r| core::cmp::Reverse(r.generation));
+        // Drop exact duplicates; mark generations with differing parameters.
+        set.records.dedup();
+        let mut conflicting: Vec<Generation> = set
+            .records
+            .windows(2)
+            .filter(|w| w[0].generation == w[1].generation)
+            .map(|w| w[0].generation)
+            .collect();
+        conflicting.dedup();
+        set.records.retain(|r| !conflicting.contains(&r.generation));
+        set.conflicting = conflicting;
+        set
+    }
+
+    /// The generation a sender should use at `now`: the highest valid,
+    /// unexpired one.
+    pub fn select(&self, now: u64) -> Option<&Record> {
+        self.records.iter().find(|r| !r.is_expired(now))
+    }
+
+    /// The record of a given generation, expired or not (receivers and the
+    /// KGC's `check` look up specific generations).
+    pub fn generation(&self, generation: Generation) -> Option<&Record> {
+        self.records.iter().find(|r| r.generation == generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ibemail_ibe::MasterKey;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn params(seed: u64) -> PublicParams {
+        MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(seed)).public_params()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        STANDARD.encode(bytes)
+    }
+
+    fn text(n: u32, p: &PublicParams) -> String {
+        Record::new(n, p.clone()).to_text()
+    }
+
+    #[test]
+    fn emitted_record_fits_one_string_and_parses_back() {
+        let p = params(1);
+        let mut record = Record::new(u32::MAX, p);
+        record.expires = Some(u64::MAX);
+        let t = record.to_text();
+        assert!(t.len() <= MAX_RECORD_LEN, "{} bytes", t.len());
+        assert!(t.starts_with("ver=1; a=bb2-fo; c=bls12-381; n=4294967295; X="));
+        assert_eq!(Record::parse(&t).unwrap(), record);
+    }
+
+    #[test]
+    fn zone_line_quotes_the_record() {
+        let r = Record::new(1, params(1));
+        let line = r.zone_line("b.test.", 300);
+        assert!(line.starts_with("_ibemailkey.b.test. 300 IN TXT \"ver=1; "));
+        assert!(line.ends_with("\""));
+    }
+
+    #[test]
+    fn split_strings_and_odd_whitespace_parse() {
+        let p = params(2);
+        let t = text(3, &p);
+        let (a, b) = t.split_at(100);
+        let (b, c) = b.split_at(40);
+        assert_eq!(Record::parse_strings(&[a, b, c]).unwrap().params, p);
+
+        let spaced = format!(
+            "  ver = 1 ;\ta=bb2-fo;c = bls12-381 ;  n=3;X = {} ; Y={} ; ",
+            b64(&p.x_bytes()),
+            b64(&p.y_bytes())
+        );
+        assert_eq!(Record::parse(&spaced).unwrap().generation, 3);
+
+        // Whitespace inside base64 values, as DKIM allows in p=.
+        let x = b64(&p.x_bytes());
+        let broken_x = format!("{} {}", &x[..30], &x[30..]);
+        let t = format!(
+            "ver=1; a=bb2-fo; c=bls12-381; n=3; X={broken_x}; Y={}",
+            b64(&p.y_bytes())
+        );
+        assert_eq!(Record::parse(&t).unwrap().params, p);
+    }
+
+    #[test]
+    fn unknown_tags_are_ignored_in_any_position() {
+        let p = params(3);
+        let t = format!(
+            "ver=1; zz=whatever; a=bb2-fo; c=bls12-381; n=1; future_tag=1; X={}; Y={}; s=abc",
+            b64(&p.x_bytes()),
+            b64(&p.y_bytes())
+        );
+        assert_eq!(Record::parse(&t).unwrap().generation, 1);
+    }
+
+    #[test]
+    fn errors_name_the_tag() {
+        let p = params(4);
+        let x = b64(&p.x_bytes());
+        let y = b64(&p.y_bytes());
+        let base = |rest: &str| format!("ver=1; {rest}");
+        let cases: Vec<(String, ParseError)> = vec![
+            (
+                base(&format!(
+                    "a=bb2-fo; a=bb2-fo; c=bls12-381; n=1; X={x}; Y={y}"
+                )),
+                ParseError::DuplicateTag(Tag::Algorithm),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=1; X={x}; Y={y}; n=2")),
+                ParseError::DuplicateTag(Tag::Generation),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; X={x}; Y={y}")),
+                ParseError::MissingTag(Tag::Generation),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=1; X={x}")),
+                ParseError::MissingTag(Tag::Y),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=0; X={x}; Y={y}")),
+                ParseError::BadValue {
+                    tag: Tag::Generation,
+                    reason: "must be between 1 and 4294967295",
+                },
+            ),
+            (
+                base(&format!(
+                    "a=bb2-fo; c=bls12-381; n=4294967296; X={x}; Y={y}"
+                )),
+                ParseError::BadValue {
+                    tag: Tag::Generation,
+                    reason: "must be between 1 and 4294967295",
+                },
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=-1; X={x}; Y={y}")),
+                ParseError::BadValue {
+                    tag: Tag::Generation,
+                    reason: "not a decimal number",
+                },
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=1; X=!!notbase64; Y={y}")),
+                ParseError::BadValue {
+                    tag: Tag::X,
+                    reason: "not valid base64",
+                },
+            ),
+            (
+                base(&format!("a=rsa; c=bls12-381; n=1; X={x}; Y={y}")),
+                ParseError::UnsupportedAlgorithm("rsa".into()),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bn254; n=1; X={x}; Y={y}")),
+                ParseError::UnsupportedCurve("bn254".into()),
+            ),
+            (
+                format!("ver=2; a=bb2-fo; c=bls12-381; n=1; X={x}; Y={y}"),
+                ParseError::UnsupportedVersion("2".into()),
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=1; X={x}; Y={y}; e=soon")),
+                ParseError::BadValue {
+                    tag: Tag::Expires,
+                    reason: "not a decimal number",
+                },
+            ),
+            (
+                base(&format!("a=bb2-fo; ;c=bls12-381; n=1; X={x}; Y={y}")),
+                ParseError::Syntax {
+                    element: String::new(),
+                },
+            ),
+            (
+                base(&format!("a=bb2-fo; c=bls12-381; n=1; X={x}; Y={y}; junk")),
+                ParseError::Syntax {
+                    element: "junk".into(),
+                },
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(Record::parse(&input), Err(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn invalid_points_are_rejected_naming_the_tag() {
+        let p = params(5);
+        let x = b64(&p.x_bytes());
+        let mut identity = [0u8; 48];
+        identity[0] = 0xc0;
+        let t = format!(
+            "ver=1; a=bb2-fo; c=bls12-381; n=1; X={x}; Y={}",
+            b64(&identity)
+        );
+        assert!(matches!(
+            Record::parse(&t),
+            Err(ParseError::InvalidPoint {
+                tag: Tag::Y,
+                source: DecodeError::IdentityPoint { .. }
+            })
+        ));
+        let t = format!(
+            "ver=1; a=bb2-fo; c=bls12-381; n=1; X={}; Y={x}",
+            b64(&[1u8; 47])
+        );
+        assert!(matches!(
+            Record::parse(&t),
+            Err(ParseError::InvalidPoint { tag: Tag::X, .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_records_are_told_apart() {
+        for foreign in [
+            "v=spf1 -all",
+            "google-site-verification=abc",
+            "",
+            "a=bb2-fo; ver=1",
+        ] {
+            assert_eq!(
+                Record::parse(foreign),
+                Err(ParseError::NotIbemailRecord),
+                "{foreign}"
+            );
+        }
+        assert_eq!(
+            Record::parse_bytes(b"v=DKIM1; \xff"),
+            Err(ParseError::NotIbemailRecord)
+        );
+        assert_eq!(
+            Record::parse_bytes(b"ver=1; a=\xff"),
+            Err(ParseError::NotAscii)
+        );
+    }
+
+    #[test]
+    fn selection_prefers_the_highest_unexpired_generation() {
+        let (p1, p2, p3) = (params(6), params(7), params(8));
+        let mut r3 = Record::new(3, p3);
+        r3.expires = Some(1000);
+        let set = RecordSet::from_txt_records(&[
+            vec![text(1, &p1)],
+            vec!["v=spf1 -all".to_string()],
+            vec![r3.to_text()],
+            vec![text(2, &p2)],
+            vec!["ver=1; a=bb2-fo; broken".to_string()],
+        ]);
+        assert_eq!(set.records.len(), 3);
+        assert_eq!(set.rejected.len(), 1);
+        assert_eq!(set.select(999).unwrap().generation, 3);
+        assert_eq!(set.select(1000).unwrap().generation, 2);
+        assert_eq!(set.generation(1).unwrap().params, p1);
+        assert!(set.generation(4).is_none());
+    }
+
+    #[test]
+    fn conflicting_generations_are_unusable_but_exact_duplicates_are_fine() {
+        let (p1, p2, q2) = (params(9), params(10), params(11));
+        let set = RecordSet::from_txt_records(&[
+            vec![text(1, &p1)],
+            vec![text(1, &p1)],
+            vec![text(2, &p2)],
+            vec![text(2, &q2)],
+        ]);
+        assert_eq!(set.conflicting, vec![2]);
+        assert_eq!(set.select(0).unwrap().generation, 1);
+        assert!(set.generation(2).is_none());
+    }
+
+    #[test]
+    fn empty_rrset_selects_nothing() {
+        let set = RecordSet::from_txt_records::<Vec<String>, String>(&[]);
+        assert!(set.select(0).is_none());
+    }
+
+    #[test]
+    fn record_name_strips_root_dot() {
+        assert_eq!(record_name("b.test."), "_ibemailkey.b.test");
+    }
+}

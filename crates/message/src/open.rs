@@ -1,0 +1,585 @@
+//! Opening: find the local recipients' KEMRecipientInfos, have the KGC open a
+//! capsule, unwrap the content key and decrypt in place.
+//!
+//! Two phases, so the caller decides where keys live and may do I/O in
+//! between: [`inspect`] parses the message and lists the ibemail recipients;
+//! [`Envelope::candidates`] matches them against local envelope recipients;
+//! the caller opens one capsule (in process or through the KGC daemon);
+//! [`Envelope::unwrap_key`] and [`Envelope::decrypt`] finish. [`open`] does
+//! all of it with a closure.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_kw::KwAes256;
+use cms::content_info::CmsVersion;
+use cms::enveloped_data::RecipientIdentifier;
+use der::Decode;
+use der::asn1::OctetString;
+use ibemail_ibe::{CAPSULE_BYTES, Capsule, Generation, Identity, SharedSecret};
+use spki::AlgorithmIdentifierOwned;
+use zeroize::Zeroizing;
+
+use crate::Limits;
+use crate::cms::{
+    GcmParameters, ID_AES256_GCM, ID_ALG_HKDF_WITH_SHA256, ID_CT_AUTH_ENVELOPED_DATA, ID_DATA,
+    ID_ORI_KEM, KemRecipientInfo, LargeOid,
+};
+use crate::error::{CapsuleError, LimitExceeded, Malformed, OpenError};
+use crate::frame::{Reader, tag};
+use crate::header::{ContentType, HeaderSection, unfold};
+use crate::seal::{
+    CEK_BYTES, ContentKey, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES, derive_kek, recipient_id,
+    wrap_algorithm,
+};
+
+/// One ibemail recipient of a sealed message, as found in the CMS.
+#[derive(Clone, Debug)]
+struct KemRecipient {
+    rid: Vec<u8>,
+    ukm: OctetString,
+    generation: Generation,
+    capsule: Vec<u8>,
+    encrypted_key: [u8; WRAPPED_KEY_BYTES],
+}
+
+/// A local recipient whose identifier matches a KEMRecipientInfo.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The local recipient.
+    pub identity: Identity,
+    /// The generation the message was sealed under for them.
+    pub generation: Generation,
+    /// The capsule to open (encoding as in the message; validated on use).
+    pub capsule: Vec<u8>,
+    index: usize,
+}
+
+impl Candidate {
+    /// The capsule, decoded and validated.
+    pub fn capsule(&self) -> Result<Capsule, OpenError> {
+        Capsule::from_bytes(&self.capsule)
+            .map_err(|_| OpenError::AuthenticationFailed("invalid capsule"))
+    }
+}
+
+/// A parsed sealed message, ready to be opened.
+pub struct Envelope {
+    der: Vec<u8>,
+    ciphertext: (usize, usize),
+    nonce: [u8; NONCE_BYTES],
+    mac: [u8; TAG_BYTES],
+    recipients: Vec<KemRecipient>,
+    recipient_infos: usize,
+}
+
+impl core::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("content_bytes", &(self.ciphertext.1 - self.ciphertext.0))
+            .field("ibemail_recipients", &self.recipients.len())
+            .field("recipient_infos", &self.recipient_infos)
+            .finish()
+    }
+}
+
+/// The result of opening.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The original message, byte for byte.
+    pub message: Vec<u8>,
+    /// The local recipient whose key opened it.
+    pub recipient: Identity,
+    /// The generation it was sealed under.
+    pub generation: Generation,
+    /// Layers of ibemail encryption removed (1 unless nested).
+    pub layers: usize,
+}
+
+impl core::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Opened")
+            .field("message_bytes", &self.message.len())
+            .field("recipient", &self.recipient)
+            .field("generation", &self.generation)
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+/// True if the header section says the message is S/MIME enveloped or
+/// authEnveloped data (someone's encryption, perhaps ours).
+pub fn is_encrypted(message: &[u8]) -> bool {
+    let section = HeaderSection::parse(message);
+    section.get("Content-Type").is_some_and(|f| {
+        let ct = ContentType::parse(f.value());
+        is_pkcs7_mime(&ct)
+    })
+}
+
+fn is_pkcs7_mime(ct: &ContentType) -> bool {
+    matches!(
+        ct.mime_type.as_str(),
+        "application/pkcs7-mime" | "application/x-pkcs7-mime"
+    )
+}
+
+/// Parses a sealed message. Fails with [`OpenError::NotEncrypted`] for
+/// ordinary mail and [`OpenError::NotOurs`] for other S/MIME encryption.
+pub fn inspect(sealed: &[u8], limits: &Limits) -> Result<Envelope, OpenError> {
+    let section = HeaderSection::parse(sealed);
+    let ct = section
+        .get("Content-Type")
+        .map(|f| ContentType::parse(f.value()))
+        .ok_or(OpenError::NotEncrypted)?;
+    if !is_pkcs7_mime(&ct) {
+        return Err(OpenError::NotEncrypted);
+    }
+    match ct.param("smime-type") {
+        Some(t) if t.eq_ignore_ascii_case("authEnveloped-data") => {}
+        None => {} // decide from the CMS content type
+        Some(_) => return Err(OpenError::NotOurs),
+    }
+    if sealed.len() > limits.max_message_bytes {
+        return Err(LimitExceeded::MessageSize {
+            limit: limits.max_message_bytes,
+            actual: sealed.len(),
+        }
+        .into());
+    }
+    let base64 = section
+        .get("Content-Transfer-Encoding")
+        .is_some_and(|f| unfold(f.value()).eq_ignore_ascii_case("base64"));
+    if !base64 {
+        return Err(Malformed::Base64.into());
+    }
+    let der = decode_base64(&sealed[section.body_offset..])?;
+    parse_content_info(der, limits)
+}
+
+fn parse_content_info(der: Vec<u8>, limits: &Limits) -> Result<Envelope, OpenError> {
+    let data = der.as_slice();
+    let mut top = Reader::new(data);
+    let content_info = top.expect(tag::SEQUENCE, "ContentInfo")?;
+    top.finish("ContentInfo")?;
+    let mut ci = Reader::inside(data, &content_info);
+    let content_type = ci.expect(tag::OID, "contentType")?;
+    if content_type.value(data) != ID_CT_AUTH_ENVELOPED_DATA.as_bytes() {
+        return Err(OpenError::NotOurs);
+    }
+    let explicit = ci.expect(tag::CONTEXT_0_CONSTRUCTED, "content")?;
+    ci.finish("ContentInfo")?;
+    let mut outer = Reader::inside(data, &explicit);
+    let aed_tlv = outer.expect(tag::SEQUENCE, "AuthEnvelopedData")?;
+    outer.finish("content")?;
+
+    let mut aed = Reader::inside(data, &aed_tlv);
+    let version = aed.expect(tag::INTEGER, "version")?;
+    if version.value(data) != [0] {
+        return Err(Malformed::Unsupported("AuthEnvelopedData version other than 0").into());
+    }
+    if aed.peek_tag() == Some(tag::CONTEXT_0_CONSTRUCTED) {
+        aed.any()?; // originatorInfo: certificates we have no use for
+    }
+    let set = aed.expect(tag::SET, "recipientInfos")?;
+    let (recipients, recipient_infos) = parse_recipient_infos(data, &set, limits)?;
+
+    let eci = aed.expect(tag::SEQUENCE, "authEncryptedContentInfo")?;
+    let mut eci_reader = Reader::inside(data, &eci);
+    let eci_type = eci_reader.expect(tag::OID, "content type")?;
+    if eci_type.value(data) != ID_DATA.as_bytes() {
+        return Err(Malformed::Unsupported("encrypted content type other than id-data").into());
+    }
+    let alg_start = eci_reader.position();
+    let alg_tlv = eci_reader.expect(tag::SEQUENCE, "contentEncryptionAlgorithm")?;
+    let alg = AlgorithmIdentifierOwned::from_der(&data[alg_start..alg_tlv.end])
+        .map_err(|_| Malformed::Invalid("contentEncryptionAlgorithm"))?;
+    if alg.oid != ID_AES256_GCM {
+        return Err(Malformed::Unsupported("content encryption other than AES-256-GCM").into());
+    }
+    let params: GcmParameters = alg
+        .parameters
+        .ok_or(Malformed::Invalid("GCM parameters"))?
+        .decode_as()
+        .map_err(|_| Malformed::Invalid("GCM parameters"))?;
+    let nonce: [u8; NONCE_BYTES] = params
+        .nonce
+        .as_bytes()
+        .try_into()
+        .map_err(|_| Malformed::Unsupported("GCM nonce other than 12 bytes"))?;
+    if usize::from(params.icv_len) != TAG_BYTES {
+        return Err(Malformed::Unsupported("GCM tag other than 16 bytes").into());
+    }
+    if eci_reader.is_empty() {
+        return Err(Malformed::Unsupported("detached encrypted content").into());
+    }
+    let content = eci_reader.expect(tag::CONTEXT_0_PRIMITIVE, "encryptedContent")?;
+    eci_reader.finish("authEncryptedContentInfo")?;
+
+    if aed.peek_tag() == Some(tag::CONTEXT_1_CONSTRUCTED) {
+        return Err(Malformed::Unsupported("authenticated attributes").into());
+    }
+    let mac_tlv = aed.expect(tag::OCTET_STRING, "mac")?;
+    let mac: [u8; TAG_BYTES] = mac_tlv
+        .value(data)
+        .try_into()
+        .map_err(|_| Malformed::Invalid("mac length"))?;
+    if aed.peek_tag() == Some(tag::CONTEXT_2_CONSTRUCTED) {
+        aed.any()?; // unauthenticated attributes carry nothing we trust
+    }
+    aed.finish("AuthEnvelopedData")?;
+
+    if recipients.is_empty() {
+        return Err(OpenError::NotOurs);
+    }
+    Ok(Envelope {
+        ciphertext: (content.start, content.end),
+        der,
+        nonce,
+        mac,
+        recipients,
+        recipient_infos,
+    })
+}
+
+fn parse_recipient_infos(
+    data: &[u8],
+    set: &crate::frame::Tlv,
+    limits: &Limits,
+) -> Result<(Vec<KemRecipient>, usize), OpenError> {
+    let mut reader = Reader::inside(data, set);
+    let mut recipients = Vec::new();
+    let mut count = 0usize;
+    let kem_oid = LargeOid::ibemail_kem();
+    while !reader.is_empty() {
+        let info = reader.any()?;
+        count += 1;
+        if count > limits.max_recipients {
+            return Err(LimitExceeded::Recipients {
+                limit: limits.max_recipients,
+                actual: count,
+            }
+            .into());
+        }
+        if info.tag != tag::CONTEXT_4_CONSTRUCTED {
+            continue; // ktri, kari, kekri, pwri: not ours
+        }
+        let mut ori = Reader::inside(data, &info);
+        let ori_type = ori.expect(tag::OID, "oriType")?;
+        if ori_type.value(data) != ID_ORI_KEM.as_bytes() {
+            continue;
+        }
+        let value_start = ori.position();
+        let value = ori.expect(tag::SEQUENCE, "KEMRecipientInfo")?;
+        ori.finish("OtherRecipientInfo")?;
+        let kemri = KemRecipientInfo::from_der(&data[value_start..value.end])
+            .map_err(|e| Malformed::RecipientInfo(e.to_string()))?;
+        if kemri.kem.algorithm != kem_oid {
+            continue; // another KEM (ML-KEM, ...)
+        }
+        recipients.push(validate_kemri(kemri)?);
+    }
+    Ok((recipients, count))
+}
+
+fn validate_kemri(kemri: KemRecipientInfo) -> Result<KemRecipient, Malformed> {
+    if kemri.version != CmsVersion::V0 {
+        return Err(Malformed::Unsupported(
+            "KEMRecipientInfo version other than 0",
+        ));
+    }
+    let RecipientIdentifier::SubjectKeyIdentifier(ski) = kemri.rid else {
+        return Err(Malformed::Invalid(
+            "recipient identifier (not a subjectKeyIdentifier)",
+        ));
+    };
+    let rid = ski.0.as_bytes().to_vec();
+    if rid.len() != 32 {
+        return Err(Malformed::Invalid("recipient identifier length"));
+    }
+    let generation: u32 = kemri
+        .kem
+        .parameters
+        .ok_or(Malformed::Invalid("KEM parameters (generation)"))?
+        .decode_as()
+        .map_err(|_| Malformed::Invalid("KEM parameters (generation)"))?;
+    if generation == 0 {
+        return Err(Malformed::Invalid("generation 0"));
+    }
+    if kemri.kem_ct.as_bytes().len() != CAPSULE_BYTES {
+        return Err(Malformed::Invalid("KEM ciphertext length"));
+    }
+    if kemri.kdf.oid != ID_ALG_HKDF_WITH_SHA256 || kemri.kdf.parameters.is_some() {
+        return Err(Malformed::Unsupported("KDF other than HKDF-SHA256"));
+    }
+    if kemri.wrap != wrap_algorithm() {
+        return Err(Malformed::Unsupported(
+            "key wrap other than AES-256 key wrap",
+        ));
+    }
+    if usize::from(kemri.kek_length) != CEK_BYTES {
+        return Err(Malformed::Invalid(
+            "kekLength (must be 32 for AES-256 key wrap)",
+        ));
+    }
+    let ukm = kemri.ukm.ok_or(Malformed::Invalid(
+        "missing ukm (recipient identifier salt)",
+    ))?;
+    let encrypted_key: [u8; WRAPPED_KEY_BYTES] = kemri
+        .encrypted_key
+        .as_bytes()
+        .try_into()
+        .map_err(|_| Malformed::Invalid("encryptedKey length"))?;
+    Ok(KemRecipient {
+        rid,
+        ukm,
+        generation,
+        capsule: kemri.kem_ct.as_bytes().to_vec(),
+        encrypted_key,
+    })
+}
+
+/// Decodes a base64 MIME body, skipping whitespace, in bounded chunks so the
+/// only large allocation is the output.
+fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    const CHUNK: usize = 4 * 1024;
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut finished = false;
+    let flush = |chunk: &mut Vec<u8>, out: &mut Vec<u8>, finished: &mut bool| {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if *finished {
+            return Err(Malformed::Base64); // data after padding
+        }
+        let start = out.len();
+        out.resize(start + chunk.len() / 4 * 3 + 3, 0);
+        let n = STANDARD
+            .decode_slice(&chunk[..], &mut out[start..])
+            .map_err(|_| Malformed::Base64)?;
+        out.truncate(start + n);
+        *finished = chunk.ends_with(b"=");
+        chunk.clear();
+        Ok(())
+    };
+    for &b in body {
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        chunk.push(b);
+        if chunk.len() == CHUNK {
+            flush(&mut chunk, &mut out, &mut finished)?;
+        }
+    }
+    flush(&mut chunk, &mut out, &mut finished)?;
+    if out.is_empty() {
+        return Err(Malformed::Base64);
+    }
+    Ok(out)
+}
+
+impl Envelope {
+    /// How many RecipientInfos the message has (of any kind).
+    pub fn recipient_infos(&self) -> usize {
+        self.recipient_infos
+    }
+
+    /// How many ibemail KEM recipients the message has.
+    pub fn ibemail_recipients(&self) -> usize {
+        self.recipients.len()
+    }
+
+    /// Bytes of the encrypted content (the original message).
+    pub fn content_len(&self) -> usize {
+        self.ciphertext.1 - self.ciphertext.0
+    }
+
+    /// The KEM recipients that are among `locals`, in message order.
+    pub fn candidates(&self, locals: &[Identity]) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for (index, r) in self.recipients.iter().enumerate() {
+            for local in locals {
+                if recipient_id(r.ukm.as_bytes(), local)[..] == r.rid[..] {
+                    out.push(Candidate {
+                        identity: local.clone(),
+                        generation: r.generation,
+                        capsule: r.capsule.clone(),
+                        index,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Derives the key-encryption key from the opened capsule's secret and
+    /// unwraps the content key (AES key wrap checks its integrity).
+    pub fn unwrap_key(
+        &self,
+        candidate: &Candidate,
+        secret: &SharedSecret,
+    ) -> Result<ContentKey, OpenError> {
+        let r = self
+            .recipients
+            .get(candidate.index)
+            .ok_or(OpenError::NoMatchingRecipient)?;
+        let kek = derive_kek(secret, Some(&r.ukm)).map_err(|_| Malformed::Invalid("ukm"))?;
+        let mut cek = ContentKey(Zeroizing::new([0u8; CEK_BYTES]));
+        KwAes256::new(&(*kek).into())
+            .unwrap_key(&r.encrypted_key, cek.0.as_mut())
+            .map_err(|_| OpenError::AuthenticationFailed("content key does not unwrap"))?;
+        Ok(cek)
+    }
+
+    /// Decrypts the content in place and returns it. Nothing is returned
+    /// unless the GCM tag verifies.
+    pub fn decrypt(self, cek: &ContentKey) -> Result<Vec<u8>, OpenError> {
+        let Envelope {
+            mut der,
+            ciphertext: (start, end),
+            nonce,
+            mac,
+            ..
+        } = self;
+        let tag = Tag::try_from(&mac[..]).map_err(|_| Malformed::Invalid("mac"))?;
+        let verified = Aes256Gcm::new(&(*cek.0).into()).decrypt_inout_detached(
+            &Nonce::from(nonce),
+            b"",
+            (&mut der[start..end]).into(),
+            &tag,
+        );
+        if verified.is_err() {
+            // Wipe whatever was touched; never hand back unauthenticated bytes.
+            der.iter_mut().for_each(|b| *b = 0);
+            return Err(OpenError::AuthenticationFailed(
+                "content does not authenticate",
+            ));
+        }
+        der.truncate(end);
+        der.drain(..start);
+        Ok(der)
+    }
+}
+
+/// Opens `sealed` for one of the `locals` (normalised envelope recipients on
+/// this server), asking `open_capsule` — the KGC — to open the capsule.
+///
+/// Nested ibemail layers (a sealed message inside a sealed message) are
+/// removed up to `limits.max_nesting`.
+pub fn open<F>(
+    sealed: &[u8],
+    locals: &[Identity],
+    limits: &Limits,
+    mut open_capsule: F,
+) -> Result<Opened, OpenError>
+where
+    F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
+{
+    let mut opened = open_layer(sealed, locals, limits, &mut open_capsule)?;
+    while is_encrypted(&opened.message) {
+        match open_layer(&opened.message, locals, limits, &mut open_capsule) {
+            Ok(inner) => {
+                if opened.layers >= limits.max_nesting {
+                    return Err(LimitExceeded::Nesting {
+                        limit: limits.max_nesting,
+                    }
+                    .into());
+                }
+                opened = Opened {
+                    layers: opened.layers + 1,
+                    ..inner
+                };
+            }
+            // Someone else's S/MIME inside ours: deliver it as it is.
+            Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(opened)
+}
+
+fn open_layer<F>(
+    sealed: &[u8],
+    locals: &[Identity],
+    limits: &Limits,
+    open_capsule: &mut F,
+) -> Result<Opened, OpenError>
+where
+    F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
+{
+    let envelope = inspect(sealed, limits)?;
+    let candidates = envelope.candidates(locals);
+    let mut first_error: Option<OpenError> = None;
+    for candidate in &candidates {
+        let attempt = candidate.capsule().and_then(|capsule| {
+            open_capsule(&candidate.identity, candidate.generation, &capsule).map_err(|e| match e {
+                CapsuleError::UnknownGeneration(n) => OpenError::UnknownGeneration(n),
+                CapsuleError::Rejected => {
+                    OpenError::AuthenticationFailed("capsule rejected by the recipient's key")
+                }
+                other => OpenError::KeyService(other),
+            })
+        });
+        let attempt = attempt.and_then(|secret| envelope.unwrap_key(candidate, &secret));
+        match attempt {
+            Ok(cek) => {
+                let message = envelope.decrypt(&cek)?;
+                return Ok(Opened {
+                    message,
+                    recipient: candidate.identity.clone(),
+                    generation: candidate.generation,
+                    layers: 1,
+                });
+            }
+            // The KGC being down affects every candidate: stop and retry later.
+            Err(e) if e.is_temporary() => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(OpenError::NoMatchingRecipient))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Encode;
+
+    #[test]
+    fn base64_decoder_accepts_wrapped_lines_and_rejects_junk() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let wrapped = crate::seal::base64_wrapped(&data);
+        assert_eq!(decode_base64(&wrapped).unwrap(), data);
+        let mut bad = wrapped.clone();
+        bad[10] = b'*';
+        assert_eq!(decode_base64(&bad), Err(Malformed::Base64));
+        assert_eq!(decode_base64(b"  \r\n"), Err(Malformed::Base64));
+        assert_eq!(decode_base64(b"QQ==QQ=="), Err(Malformed::Base64));
+    }
+
+    #[test]
+    fn unusual_wrapping_decodes_too() {
+        use base64::Engine as _;
+        let data: Vec<u8> = (0..100u8).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(&data);
+        // 7-character lines with LF only: chunk boundaries not aligned to lines.
+        let odd: Vec<u8> = text
+            .as_bytes()
+            .chunks(7)
+            .flat_map(|c| c.iter().copied().chain(std::iter::once(b'\n')))
+            .collect();
+        assert_eq!(decode_base64(&odd).unwrap(), data);
+    }
+
+    #[test]
+    fn der_encodes_oid_as_expected() {
+        // Sanity: the OID bytes we compare against are the value bytes.
+        let der = ID_DATA.to_der().unwrap();
+        assert_eq!(&der[2..], ID_DATA.as_bytes());
+    }
+}

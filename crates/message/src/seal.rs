@@ -1,0 +1,368 @@
+//! Sealing: the original message becomes the AES-256-GCM-encrypted content of
+//! an AuthEnvelopedData, with one KEMRecipientInfo per recipient.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use aes_kw::KwAes256;
+use cms::content_info::CmsVersion;
+use cms::enveloped_data::{OtherRecipientInfo, RecipientIdentifier, RecipientInfo};
+use der::Encode;
+use der::asn1::{Any, OctetString};
+use hkdf::Hkdf;
+use ibemail_ibe::{Generation, Identity, PublicParams, SharedSecret, encapsulate};
+use rand_core::{CryptoRng, CryptoRngCore, RngCore};
+use sha2::{Digest, Sha256};
+use spki::AlgorithmIdentifierOwned;
+use x509_cert::ext::pkix::SubjectKeyIdentifier;
+use zeroize::Zeroizing;
+
+use crate::cms::{
+    CmsOriForKemOtherInfo, GcmParameters, ID_AES256_GCM, ID_AES256_WRAP, ID_ALG_HKDF_WITH_SHA256,
+    ID_CT_AUTH_ENVELOPED_DATA, ID_DATA, ID_ORI_KEM, KemAlgorithmIdentifier, KemRecipientInfo,
+    LargeOid,
+};
+use crate::error::{LimitExceeded, SealError};
+use crate::frame::{header_len, push_header, push_tlv, tag};
+use crate::header::{HeaderSection, push_crlf_normalised};
+use crate::{Limits, OUTER_FIELDS};
+
+/// Domain-separation tag of the recipient identifier hash.
+pub(crate) const RID_TAG: &[u8] = b"IBEMAIL-V1-RID";
+/// Bytes of the per-recipient salt carried in `ukm`.
+pub(crate) const UKM_BYTES: usize = 16;
+pub(crate) const CEK_BYTES: usize = 32;
+pub(crate) const NONCE_BYTES: usize = 12;
+pub(crate) const TAG_BYTES: usize = 16;
+pub(crate) const WRAPPED_KEY_BYTES: usize = CEK_BYTES + 8;
+
+/// A message's content-encryption key. Zeroized on drop.
+pub struct ContentKey(pub(crate) Zeroizing<[u8; CEK_BYTES]>);
+
+impl ContentKey {
+    /// The key bytes, for [`Recipient`] implementations that wrap it.
+    pub fn as_bytes(&self) -> &[u8; CEK_BYTES] {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for ContentKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ContentKey(<redacted>)")
+    }
+}
+
+/// Someone a message is sealed to: produces the DER of one CMS
+/// `RecipientInfo` that lets them recover the content key.
+///
+/// [`IbeRecipient`] is the only one ibemail itself uses; the trait is the
+/// extension point (tests use it to add a recipient `openssl` can decrypt).
+pub trait Recipient {
+    /// The DER encoding of a `RecipientInfo` for `cek`.
+    fn recipient_info(
+        &self,
+        cek: &ContentKey,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Vec<u8>, SealError>;
+}
+
+/// A recipient address with its domain's parameters for one generation.
+#[derive(Clone, Debug)]
+pub struct IbeRecipient {
+    /// The recipient (normalised envelope address).
+    pub identity: Identity,
+    /// The generation of `params`.
+    pub generation: Generation,
+    /// The recipient domain's public parameters.
+    pub params: PublicParams,
+}
+
+/// Adapts a `dyn CryptoRngCore` to the generic bounds of the KEM.
+struct DynRng<'a>(&'a mut dyn CryptoRngCore);
+
+impl RngCore for DynRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+impl CryptoRng for DynRng<'_> {}
+
+/// The recipient identifier: `SHA-256("IBEMAIL-V1-RID" ‖ ukm ‖ address)`.
+pub(crate) fn recipient_id(ukm: &[u8], identity: &Identity) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(RID_TAG)
+        .chain_update(ukm)
+        .chain_update(identity.as_str().as_bytes())
+        .finalize()
+        .into()
+}
+
+fn encoding_error(e: der::Error) -> SealError {
+    SealError::Encoding(e.to_string())
+}
+
+pub(crate) fn wrap_algorithm() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: ID_AES256_WRAP,
+        parameters: None,
+    }
+}
+
+/// RFC 9629 §5: `KEK = HKDF-SHA256(salt = none, IKM = ss, info = DER(CMSORIforKEMOtherInfo))`.
+pub(crate) fn derive_kek(
+    secret: &SharedSecret,
+    ukm: Option<&OctetString>,
+) -> Result<Zeroizing<[u8; CEK_BYTES]>, der::Error> {
+    let info = CmsOriForKemOtherInfo {
+        wrap: wrap_algorithm(),
+        kek_length: CEK_BYTES as u16,
+        ukm: ukm.cloned(),
+    }
+    .to_der()?;
+    let mut kek = Zeroizing::new([0u8; CEK_BYTES]);
+    // 32 bytes is far below HKDF-SHA256's output limit; expand cannot fail.
+    let _ = Hkdf::<Sha256>::new(None, secret.as_bytes()).expand(&info, kek.as_mut());
+    Ok(kek)
+}
+
+impl Recipient for IbeRecipient {
+    fn recipient_info(
+        &self,
+        cek: &ContentKey,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Vec<u8>, SealError> {
+        let mut rng = DynRng(rng);
+        let (capsule, secret) =
+            encapsulate(&self.params, &self.identity, self.generation, &mut rng).map_err(
+                |source| SealError::Encapsulation {
+                    identity: self.identity.to_string(),
+                    source,
+                },
+            )?;
+        let mut salt = [0u8; UKM_BYTES];
+        rng.fill_bytes(&mut salt);
+        let ukm = OctetString::new(salt).map_err(encoding_error)?;
+        let kek = derive_kek(&secret, Some(&ukm)).map_err(encoding_error)?;
+        let mut wrapped = [0u8; WRAPPED_KEY_BYTES];
+        KwAes256::new(&(*kek).into())
+            .wrap_key(cek.as_bytes(), &mut wrapped)
+            .map_err(|e| SealError::Encoding(format!("AES key wrap: {e:?}")))?;
+
+        let kemri = KemRecipientInfo {
+            version: CmsVersion::V0,
+            rid: RecipientIdentifier::SubjectKeyIdentifier(SubjectKeyIdentifier(
+                OctetString::new(recipient_id(&salt, &self.identity)).map_err(encoding_error)?,
+            )),
+            kem: KemAlgorithmIdentifier {
+                algorithm: LargeOid::ibemail_kem(),
+                parameters: Some(Any::encode_from(&self.generation).map_err(encoding_error)?),
+            },
+            kem_ct: OctetString::new(capsule.to_bytes()).map_err(encoding_error)?,
+            kdf: AlgorithmIdentifierOwned {
+                oid: ID_ALG_HKDF_WITH_SHA256,
+                parameters: None,
+            },
+            kek_length: CEK_BYTES as u16,
+            ukm: Some(ukm),
+            wrap: wrap_algorithm(),
+            encrypted_key: OctetString::new(wrapped).map_err(encoding_error)?,
+        };
+        RecipientInfo::Ori(OtherRecipientInfo {
+            ori_type: ID_ORI_KEM,
+            ori_value: Any::encode_from(&kemri).map_err(encoding_error)?,
+        })
+        .to_der()
+        .map_err(encoding_error)
+    }
+}
+
+/// A sealed message: the outer header section and the base64 body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// Outer header fields, each ending in CRLF (no blank line).
+    pub header: Vec<u8>,
+    /// The base64-encoded CMS, lines of 76 characters ending in CRLF.
+    pub body: Vec<u8>,
+}
+
+impl Sealed {
+    /// The whole message: header, blank line, body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.header.len() + 2 + self.body.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The MIME header fields of every sealed message (RFC 8551 §3.3), in order.
+pub const SMIME_FIELDS: [(&str, &str); 4] = [
+    ("MIME-Version", "1.0"),
+    (
+        "Content-Type",
+        "application/pkcs7-mime; smime-type=authEnveloped-data; name=\"smime.p7m\"",
+    ),
+    ("Content-Disposition", "attachment; filename=\"smime.p7m\""),
+    ("Content-Transfer-Encoding", "base64"),
+];
+
+/// The outer Subject (RFC 9788 `hcp_baseline`).
+pub const OBSCURED_SUBJECT: &str = "[...]";
+
+/// Seals `message` (raw RFC 5322 bytes, any line endings) to `recipients`.
+///
+/// The encrypted content is `message` byte for byte. The outer header keeps
+/// the trace and addressing fields named in [`OUTER_FIELDS`], replaces the
+/// Subject with `[...]` and adds the S/MIME MIME fields.
+pub fn seal(
+    message: &[u8],
+    recipients: &[&dyn Recipient],
+    rng: &mut dyn CryptoRngCore,
+    limits: &Limits,
+) -> Result<Sealed, SealError> {
+    if recipients.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    if recipients.len() > limits.max_recipients {
+        return Err(LimitExceeded::Recipients {
+            limit: limits.max_recipients,
+            actual: recipients.len(),
+        }
+        .into());
+    }
+    if message.len() > limits.max_message_bytes {
+        return Err(LimitExceeded::MessageSize {
+            limit: limits.max_message_bytes,
+            actual: message.len(),
+        }
+        .into());
+    }
+
+    let mut cek = ContentKey(Zeroizing::new([0u8; CEK_BYTES]));
+    rng.fill_bytes(cek.0.as_mut());
+    let mut nonce = [0u8; NONCE_BYTES];
+    rng.fill_bytes(&mut nonce);
+
+    // DER SET OF is sorted by encoding; that also hides the order of recipients.
+    let mut infos = recipients
+        .iter()
+        .map(|r| r.recipient_info(&cek, rng))
+        .collect::<Result<Vec<_>, _>>()?;
+    infos.sort();
+
+    let der = build_content_info(message, &infos, &cek, &nonce)?;
+    drop(cek);
+    let body = base64_wrapped(&der);
+    drop(der);
+    Ok(Sealed {
+        header: outer_header(message),
+        body,
+    })
+}
+
+fn build_content_info(
+    message: &[u8],
+    infos: &[Vec<u8>],
+    cek: &ContentKey,
+    nonce: &[u8; NONCE_BYTES],
+) -> Result<Vec<u8>, SealError> {
+    let oid_tlv = |oid: &const_oid::ObjectIdentifier| oid.to_der().map_err(encoding_error);
+    let oid_aed = oid_tlv(&ID_CT_AUTH_ENVELOPED_DATA)?;
+    let oid_data = oid_tlv(&ID_DATA)?;
+    let gcm = AlgorithmIdentifierOwned {
+        oid: ID_AES256_GCM,
+        parameters: Some(
+            Any::encode_from(&GcmParameters {
+                nonce: OctetString::new(*nonce).map_err(encoding_error)?,
+                icv_len: TAG_BYTES as u8,
+            })
+            .map_err(encoding_error)?,
+        ),
+    }
+    .to_der()
+    .map_err(encoding_error)?;
+
+    let ct_len = message.len();
+    let eci_value = oid_data.len() + gcm.len() + header_len(ct_len) + ct_len;
+    let set_value: usize = infos.iter().map(Vec::len).sum();
+    let mac_tlv = 2 + TAG_BYTES;
+    let aed_value =
+        3 + header_len(set_value) + set_value + header_len(eci_value) + eci_value + mac_tlv;
+    let aed = header_len(aed_value) + aed_value;
+    let ci_value = oid_aed.len() + header_len(aed) + aed;
+    let total = header_len(ci_value) + ci_value;
+
+    let mut out = Vec::with_capacity(total);
+    push_header(&mut out, tag::SEQUENCE, ci_value);
+    out.extend_from_slice(&oid_aed);
+    push_header(&mut out, tag::CONTEXT_0_CONSTRUCTED, aed);
+    push_header(&mut out, tag::SEQUENCE, aed_value);
+    push_tlv(&mut out, tag::INTEGER, &[0]);
+    push_header(&mut out, tag::SET, set_value);
+    for info in infos {
+        out.extend_from_slice(info);
+    }
+    push_header(&mut out, tag::SEQUENCE, eci_value);
+    out.extend_from_slice(&oid_data);
+    out.extend_from_slice(&gcm);
+    push_header(&mut out, tag::CONTEXT_0_PRIMITIVE, ct_len);
+    let ct_start = out.len();
+    out.extend_from_slice(message);
+    let mac = Aes256Gcm::new(&(*cek.0).into())
+        .encrypt_inout_detached(
+            &Nonce::from(*nonce),
+            b"",
+            (&mut out[ct_start..ct_start + ct_len]).into(),
+        )
+        .map_err(|_| SealError::Encoding("AES-GCM encryption failed".into()))?;
+    push_tlv(&mut out, tag::OCTET_STRING, mac.as_slice());
+    debug_assert_eq!(out.len(), total);
+    Ok(out)
+}
+
+fn outer_header(message: &[u8]) -> Vec<u8> {
+    let section = HeaderSection::parse(message);
+    let mut out = Vec::new();
+    for field in &section.fields {
+        if OUTER_FIELDS.iter().any(|name| field.is(name)) {
+            push_crlf_normalised(&mut out, field.raw);
+        }
+    }
+    if section.get("Subject").is_some() {
+        out.extend_from_slice(format!("Subject: {OBSCURED_SUBJECT}\r\n").as_bytes());
+    }
+    for (name, value) in SMIME_FIELDS {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out
+}
+
+/// Base64 in 76-character lines ending in CRLF (RFC 2045 §6.8), written
+/// straight into one buffer of the exact final size.
+pub(crate) fn base64_wrapped(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    const LINE_INPUT: usize = 57; // 57 bytes -> 76 characters
+    const LINES_PER_BLOCK: usize = 1024;
+    let lines = data.len().div_ceil(LINE_INPUT);
+    let encoded_len = data.len().div_ceil(3) * 4;
+    let mut out = Vec::with_capacity(encoded_len + 2 * lines);
+    let mut block = vec![0u8; LINES_PER_BLOCK * 76];
+    for chunk in data.chunks(LINE_INPUT * LINES_PER_BLOCK) {
+        let n = STANDARD.encode_slice(chunk, &mut block).unwrap_or_default();
+        for line in block[..n].chunks(76) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
