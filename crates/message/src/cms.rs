@@ -18,6 +18,16 @@
 //!   mac OCTET STRING (GCM tag) } }
 //! ```
 //!
+//! **The GCM nonce is `SHA-256("IBEMAIL-V1-NONCE" ‖ DER(recipientInfos))`
+//! truncated to 12 bytes.** RFC 5083 authenticates the content but not the
+//! recipient infos, so a change to one recipient's info would go unnoticed
+//! by the others. Deriving the nonce from them binds them to the content:
+//! the opener recomputes the nonce, and changing the transmitted nonce
+//! instead breaks the GCM tag. The content key is fresh and used once, so a
+//! deterministic nonce is safe. (The standard route, a digest in `authAttrs`,
+//! is unusable: OpenSSL up to 2026 decodes `authAttrs` with the wrong tag and
+//! then cannot parse the message at all — openssl/openssl#26101.)
+//!
 //! The KEM OID is a UUID arc (ITU-T X.667). `const-oid` stores arcs as `u32`,
 //! so a 128-bit arc cannot be an `ObjectIdentifier`; [`LargeOid`] carries the
 //! encoded bytes instead, and [`KemRecipientInfo`] mirrors

@@ -28,8 +28,8 @@ use crate::error::{CapsuleError, LimitExceeded, Malformed, OpenError};
 use crate::frame::{Reader, tag};
 use crate::header::{ContentType, HeaderSection, unfold};
 use crate::seal::{
-    CEK_BYTES, ContentKey, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES, derive_kek, recipient_id,
-    wrap_algorithm,
+    CEK_BYTES, ContentKey, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES, content_nonce, derive_kek,
+    recipient_id, wrap_algorithm,
 };
 
 /// One ibemail recipient of a sealed message, as found in the CMS.
@@ -180,8 +180,10 @@ fn parse_content_info(der: Vec<u8>, limits: &Limits) -> Result<Envelope, OpenErr
     if aed.peek_tag() == Some(tag::CONTEXT_0_CONSTRUCTED) {
         aed.any()?; // originatorInfo: certificates we have no use for
     }
+    let set_start = aed.position();
     let set = aed.expect(tag::SET, "recipientInfos")?;
     let (recipients, recipient_infos) = parse_recipient_infos(data, &set, limits)?;
+    let expected_nonce = content_nonce(&data[set_start..set.end]);
 
     let eci = aed.expect(tag::SEQUENCE, "authEncryptedContentInfo")?;
     let mut eci_reader = Reader::inside(data, &eci);
@@ -230,6 +232,11 @@ fn parse_content_info(der: Vec<u8>, limits: &Limits) -> Result<Envelope, OpenErr
 
     if recipients.is_empty() {
         return Err(OpenError::NotOurs);
+    }
+    if nonce != expected_nonce {
+        return Err(OpenError::AuthenticationFailed(
+            "recipient infos were modified",
+        ));
     }
     Ok(Envelope {
         ciphertext: (content.start, content.end),

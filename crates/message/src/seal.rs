@@ -28,6 +28,8 @@ use crate::{Limits, OUTER_FIELDS};
 
 /// Domain-separation tag of the recipient identifier hash.
 pub(crate) const RID_TAG: &[u8] = b"IBEMAIL-V1-RID";
+/// Domain-separation tag of the nonce derivation.
+pub(crate) const NONCE_TAG: &[u8] = b"IBEMAIL-V1-NONCE";
 /// Bytes of the per-recipient salt carried in `ukm`.
 pub(crate) const UKM_BYTES: usize = 16;
 pub(crate) const CEK_BYTES: usize = 32;
@@ -249,8 +251,6 @@ pub fn seal(
 
     let mut cek = ContentKey(Zeroizing::new([0u8; CEK_BYTES]));
     rng.fill_bytes(cek.0.as_mut());
-    let mut nonce = [0u8; NONCE_BYTES];
-    rng.fill_bytes(&mut nonce);
 
     // DER SET OF is sorted by encoding; that also hides the order of recipients.
     let mut infos = recipients
@@ -259,7 +259,7 @@ pub fn seal(
         .collect::<Result<Vec<_>, _>>()?;
     infos.sort();
 
-    let der = build_content_info(message, &infos, &cek, &nonce)?;
+    let der = build_content_info(message, &infos, &cek)?;
     drop(cek);
     let body = base64_wrapped(&der);
     drop(der);
@@ -273,8 +273,15 @@ fn build_content_info(
     message: &[u8],
     infos: &[Vec<u8>],
     cek: &ContentKey,
-    nonce: &[u8; NONCE_BYTES],
 ) -> Result<Vec<u8>, SealError> {
+    let set_value: usize = infos.iter().map(Vec::len).sum();
+    let mut recipient_set = Vec::with_capacity(header_len(set_value) + set_value);
+    push_header(&mut recipient_set, tag::SET, set_value);
+    for info in infos {
+        recipient_set.extend_from_slice(info);
+    }
+    let nonce = content_nonce(&recipient_set);
+
     let oid_tlv = |oid: &const_oid::ObjectIdentifier| oid.to_der().map_err(encoding_error);
     let oid_aed = oid_tlv(&ID_CT_AUTH_ENVELOPED_DATA)?;
     let oid_data = oid_tlv(&ID_DATA)?;
@@ -282,7 +289,7 @@ fn build_content_info(
         oid: ID_AES256_GCM,
         parameters: Some(
             Any::encode_from(&GcmParameters {
-                nonce: OctetString::new(*nonce).map_err(encoding_error)?,
+                nonce: OctetString::new(nonce).map_err(encoding_error)?,
                 icv_len: TAG_BYTES as u8,
             })
             .map_err(encoding_error)?,
@@ -292,11 +299,10 @@ fn build_content_info(
     .map_err(encoding_error)?;
 
     let ct_len = message.len();
+
     let eci_value = oid_data.len() + gcm.len() + header_len(ct_len) + ct_len;
-    let set_value: usize = infos.iter().map(Vec::len).sum();
     let mac_tlv = 2 + TAG_BYTES;
-    let aed_value =
-        3 + header_len(set_value) + set_value + header_len(eci_value) + eci_value + mac_tlv;
+    let aed_value = 3 + recipient_set.len() + header_len(eci_value) + eci_value + mac_tlv;
     let aed = header_len(aed_value) + aed_value;
     let ci_value = oid_aed.len() + header_len(aed) + aed;
     let total = header_len(ci_value) + ci_value;
@@ -307,10 +313,7 @@ fn build_content_info(
     push_header(&mut out, tag::CONTEXT_0_CONSTRUCTED, aed);
     push_header(&mut out, tag::SEQUENCE, aed_value);
     push_tlv(&mut out, tag::INTEGER, &[0]);
-    push_header(&mut out, tag::SET, set_value);
-    for info in infos {
-        out.extend_from_slice(info);
-    }
+    out.extend_from_slice(&recipient_set);
     push_header(&mut out, tag::SEQUENCE, eci_value);
     out.extend_from_slice(&oid_data);
     out.extend_from_slice(&gcm);
@@ -319,7 +322,7 @@ fn build_content_info(
     out.extend_from_slice(message);
     let mac = Aes256Gcm::new(&(*cek.0).into())
         .encrypt_inout_detached(
-            &Nonce::from(*nonce),
+            &Nonce::from(nonce),
             b"",
             (&mut out[ct_start..ct_start + ct_len]).into(),
         )
@@ -327,6 +330,18 @@ fn build_content_info(
     push_tlv(&mut out, tag::OCTET_STRING, mac.as_slice());
     debug_assert_eq!(out.len(), total);
     Ok(out)
+}
+
+/// The GCM nonce: the first 12 bytes of
+/// `SHA-256("IBEMAIL-V1-NONCE" ‖ DER(recipientInfos))` (see [`crate::cms`]).
+pub(crate) fn content_nonce(recipient_set: &[u8]) -> [u8; NONCE_BYTES] {
+    let digest = Sha256::new()
+        .chain_update(NONCE_TAG)
+        .chain_update(recipient_set)
+        .finalize();
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce.copy_from_slice(&digest[..NONCE_BYTES]);
+    nonce
 }
 
 fn outer_header(message: &[u8]) -> Vec<u8> {

@@ -1,0 +1,223 @@
+//! Interoperability with code nobody on the team wrote: Debian's `openssl`
+//! parses every sealed message, and decrypts one through a KEK recipient
+//! (which proves our AES-GCM content and `mac` layout), and RustCrypto's
+//! `cms` crate decodes the whole structure.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Command;
+
+use aes_kw::KwAes256;
+use aes_kw::cipher::KeyInit;
+use base64::Engine as _;
+use cms::authenveloped_data::AuthEnvelopedData;
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::enveloped_data::{KekIdentifier, KekRecipientInfo, RecipientInfo};
+use common::{Kgc, as_dyn, corpus, rng};
+use der::asn1::OctetString;
+use der::{Decode, Encode};
+use ibemail_message::header::HeaderSection;
+use ibemail_message::{ContentKey, Limits, Recipient, SealError, seal};
+use rand_core::CryptoRngCore;
+use spki::AlgorithmIdentifierOwned;
+
+fn openssl() -> Command {
+    let probe = Command::new("openssl").arg("version").output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "openssl is required (scripts/test installs it)"
+    );
+    Command::new("openssl")
+}
+
+fn der_of(sealed: &[u8]) -> Vec<u8> {
+    let section = HeaderSection::parse(sealed);
+    let body: Vec<u8> = sealed[section.body_offset..]
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ibemail-openssl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path
+}
+
+#[test]
+fn openssl_and_cms_crate_parse_every_sealed_corpus_message() {
+    let b = Kgc::new(10);
+    let c = Kgc::new(11);
+    let recipients = [b.recipient("bob@b.test"), c.recipient("carol@c.test")];
+    for (i, (name, original)) in corpus().into_iter().enumerate() {
+        let sealed = seal(
+            &original,
+            &as_dyn(&recipients),
+            &mut rng(i as u64),
+            &Limits::default(),
+        )
+        .unwrap()
+        .to_bytes();
+        let der = der_of(&sealed);
+
+        // RustCrypto cms: the full structure decodes and re-encodes identically.
+        let ci = ContentInfo::from_der(&der).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ci.to_der().unwrap(), der, "{name}: not canonical DER");
+        let aed: AuthEnvelopedData = ci.content.decode_as().unwrap();
+        assert_eq!(aed.recip_infos.0.len(), 2);
+        assert!(
+            aed.recip_infos
+                .0
+                .iter()
+                .all(|r| matches!(r, RecipientInfo::Ori(_)))
+        );
+        assert_eq!(
+            aed.auth_encrypted_content_info
+                .encrypted_content
+                .unwrap()
+                .as_bytes()
+                .len(),
+            original.len()
+        );
+
+        let path = temp_file(&format!("{i}.der"), &der);
+        let out = openssl()
+            .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("d.authEnvelopedData:"), "{name}");
+        assert!(text.contains("aes-256-gcm"), "{name}");
+        assert_eq!(
+            text.matches("1.2.840.113549.1.9.16.13.3").count(),
+            2,
+            "{name}: two KEM recipients"
+        );
+        assert!(
+            text.contains("2.25.39632899932755161904767908401202920215"),
+            "{name}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+/// A CMS KEKRecipientInfo (RFC 5652 §6.2.3) with a key shared with the test,
+/// so that openssl can decrypt what we sealed.
+struct KekRecipient {
+    id: [u8; 8],
+    kek: [u8; 32],
+}
+
+impl Recipient for KekRecipient {
+    fn recipient_info(
+        &self,
+        cek: &ContentKey,
+        _: &mut dyn CryptoRngCore,
+    ) -> Result<Vec<u8>, SealError> {
+        let mut wrapped = [0u8; 40];
+        KwAes256::new(&self.kek.into())
+            .wrap_key(cek.as_bytes(), &mut wrapped)
+            .unwrap();
+        Ok(RecipientInfo::Kekri(KekRecipientInfo {
+            version: CmsVersion::V4,
+            kek_id: KekIdentifier {
+                kek_identifier: OctetString::new(self.id).unwrap(),
+                date: None,
+                other: None,
+            },
+            key_enc_alg: AlgorithmIdentifierOwned {
+                oid: "2.16.840.1.101.3.4.1.45".parse().unwrap(),
+                parameters: None,
+            },
+            encrypted_key: OctetString::new(wrapped).unwrap(),
+        })
+        .to_der()
+        .unwrap())
+    }
+}
+
+#[test]
+fn openssl_decrypts_our_content_through_a_kek_recipient() {
+    let b = Kgc::new(12);
+    let bob = b.recipient("bob@b.test");
+    let kek = KekRecipient {
+        id: *b"testkey1",
+        kek: [0x42; 32],
+    };
+    for (i, (name, original)) in corpus().into_iter().enumerate().step_by(7) {
+        let recipients: [&dyn Recipient; 2] = [&bob, &kek];
+        let sealed = seal(
+            &original,
+            &recipients,
+            &mut rng(i as u64),
+            &Limits::default(),
+        )
+        .unwrap()
+        .to_bytes();
+        let path = temp_file(&format!("kek{i}.eml"), &sealed);
+        let out = openssl()
+            .args(["cms", "-decrypt", "-binary", "-in"])
+            .arg(&path)
+            .args([
+                "-secretkey",
+                &hex::encode(kek.kek),
+                "-secretkeyid",
+                &hex::encode(kek.id),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == original,
+            "{name}: openssl decrypted something else"
+        );
+
+        // And our own reader still opens it for bob, ignoring the kekri.
+        assert!(b.open(&sealed, &["bob@b.test"]).unwrap().message == original);
+
+        // A flipped tag bit makes openssl refuse too.
+        let mut der = der_of(&sealed);
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let bad = temp_file(&format!("kek{i}.der"), &der);
+        let out = openssl()
+            .args(["cms", "-decrypt", "-binary", "-inform", "DER", "-in"])
+            .arg(&bad)
+            .args([
+                "-secretkey",
+                &hex::encode(kek.kek),
+                "-secretkeyid",
+                &hex::encode(kek.id),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{name}: openssl accepted a forged tag"
+        );
+        std::fs::remove_file(path).unwrap();
+        std::fs::remove_file(bad).unwrap();
+    }
+}
