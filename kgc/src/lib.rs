@@ -1,7 +1,22 @@
 //! # ibemail-kgc
 //!
-//! Will own the master-key store, rotation and the `ibemail-kgc` commands and
-//! daemon (DESIGN.md §6). (Not implemented yet.)
+//! The key generation center of one or more mail domains (DESIGN.md §6):
+//!
+//! - [`store`]: the master-key store on disk, generations and rotation;
+//! - [`service`]: opening capsules with keys derived on demand (cached);
+//! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
+//!   Unix socket and its client, so the milter never holds a key;
+//! - [`duration`]: `30d`-style durations of the command line.
+//!
+//! The binary `ibemail-kgc` (`src/main.rs`) wraps these as the commands
+//! `setup`, `record`, `extract`, `rotate`, `check`, `publish` and `serve`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod client;
+pub mod duration;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -187,7 +187,7 @@ impl fmt::Debug for MasterKey {
 
 impl MasterKey {
     /// Draws a new master key from `rng`.
-    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+    pub fn generate<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let draw_scalar = |rng: &mut R| loop {
             let mut wide = Zeroizing::new([0u8; 48]);
             rng.fill_bytes(wide.as_mut());
@@ -563,6 +563,11 @@ impl fmt::Debug for SharedSecret {
 }
 
 impl SharedSecret {
+    /// Wraps secret bytes received from elsewhere (e.g. the KGC daemon).
+    pub fn from_bytes(bytes: [u8; SHARED_SECRET_BYTES]) -> Self {
+        SharedSecret(Zeroizing::new(bytes))
+    }
+
     /// The secret bytes.
     pub fn as_bytes(&self) -> &[u8; SHARED_SECRET_BYTES] {
         &self.0
@@ -587,7 +592,7 @@ fn shared_secret(
 
 /// Creates a capsule and shared secret for `identity` at `generation` under
 /// the domain's `params`.
-pub fn encapsulate<R: RngCore + CryptoRng>(
+pub fn encapsulate<R: RngCore + CryptoRng + ?Sized>(
     params: &PublicParams,
     identity: &Identity,
     generation: Generation,

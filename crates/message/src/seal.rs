@@ -10,7 +10,7 @@ use der::Encode;
 use der::asn1::{Any, OctetString};
 use hkdf::Hkdf;
 use ibemail_ibe::{Generation, Identity, PublicParams, SharedSecret, encapsulate};
-use rand_core::{CryptoRng, CryptoRngCore, RngCore};
+use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
@@ -78,25 +78,6 @@ pub struct IbeRecipient {
     pub params: PublicParams,
 }
 
-/// Adapts a `dyn CryptoRngCore` to the generic bounds of the KEM.
-struct DynRng<'a>(&'a mut dyn CryptoRngCore);
-
-impl RngCore for DynRng<'_> {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        self.0.fill_bytes(dest)
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.0.try_fill_bytes(dest)
-    }
-}
-impl CryptoRng for DynRng<'_> {}
-
 /// The recipient identifier: `SHA-256("IBEMAIL-V1-RID" ‖ ukm ‖ address)`.
 pub(crate) fn recipient_id(ukm: &[u8], identity: &Identity) -> [u8; 32] {
     Sha256::new()
@@ -141,14 +122,11 @@ impl Recipient for IbeRecipient {
         cek: &ContentKey,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Vec<u8>, SealError> {
-        let mut rng = DynRng(rng);
-        let (capsule, secret) =
-            encapsulate(&self.params, &self.identity, self.generation, &mut rng).map_err(
-                |source| SealError::Encapsulation {
-                    identity: self.identity.to_string(),
-                    source,
-                },
-            )?;
+        let (capsule, secret) = encapsulate(&self.params, &self.identity, self.generation, rng)
+            .map_err(|source| SealError::Encapsulation {
+                identity: self.identity.to_string(),
+                source,
+            })?;
         let mut salt = [0u8; UKM_BYTES];
         rng.fill_bytes(&mut salt);
         let ukm = OctetString::new(salt).map_err(encoding_error)?;

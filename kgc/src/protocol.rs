@@ -1,0 +1,353 @@
+//! The KGC daemon's wire protocol (sans-I/O encoding and decoding).
+//!
+//! Each message is a frame: a 4-byte big-endian length, then that many bytes
+//! of payload (at most [`MAX_FRAME`]). A payload starts with the protocol
+//! version and an operation or status byte. Requests on one connection are
+//! answered in order; clients open several connections for concurrency.
+//!
+//! ```text
+//! request  = version(1) op(1) body
+//!   HELLO  op 0: (empty)                      -> domains and active generations
+//!   OPEN   op 1: generation(u32) len(u16) identity capsule(128)
+//! response = version(1) status(1) body
+//!   OK (0): HELLO -> count(u16) { len(u16) domain generation(u32) }*
+//!           OPEN  -> shared secret(32)
+//!   error (1..): UTF-8 reason
+//! ```
+
+use ibemail_ibe::{CAPSULE_BYTES, Generation, SHARED_SECRET_BYTES};
+use thiserror::Error;
+
+/// Protocol version spoken by this implementation.
+pub const VERSION: u8 = 1;
+/// Largest frame payload accepted, in bytes.
+pub const MAX_FRAME: usize = 16 * 1024;
+
+const OP_HELLO: u8 = 0;
+const OP_OPEN: u8 = 1;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Which domains and generations does the daemon serve?
+    Hello,
+    /// Open a capsule for an identity at a generation.
+    Open {
+        /// The parameter generation.
+        generation: Generation,
+        /// The normalised recipient address.
+        identity: String,
+        /// The 128-byte capsule.
+        capsule: Vec<u8>,
+    },
+}
+
+/// Response status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The generation does not exist.
+    UnknownGeneration = 1,
+    /// The generation was retired; its key is gone.
+    Retired = 2,
+    /// The capsule did not open with the identity's key.
+    Rejected = 3,
+    /// The identity is not in a domain this daemon serves.
+    WrongDomain = 4,
+    /// The request does not parse.
+    BadRequest = 5,
+    /// The daemon failed internally.
+    Internal = 6,
+    /// The protocol version is not supported.
+    UnsupportedVersion = 7,
+    /// The peer is not allowed to use the daemon.
+    Forbidden = 8,
+}
+
+impl Status {
+    fn from_byte(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::UnknownGeneration,
+            2 => Status::Retired,
+            3 => Status::Rejected,
+            4 => Status::WrongDomain,
+            5 => Status::BadRequest,
+            6 => Status::Internal,
+            7 => Status::UnsupportedVersion,
+            8 => Status::Forbidden,
+            _ => return None,
+        })
+    }
+}
+
+/// A response from the daemon.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Response {
+    /// HELLO answer: `(domain, active generation)` pairs.
+    Hello(Vec<(String, Generation)>),
+    /// OPEN answer: the shared secret.
+    Opened([u8; SHARED_SECRET_BYTES]),
+    /// Any failure, with a reason for the log.
+    Error(Status, String),
+}
+
+impl core::fmt::Debug for Response {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Response::Hello(d) => f.debug_tuple("Hello").field(d).finish(),
+            Response::Opened(_) => f.write_str("Opened(<redacted>)"),
+            Response::Error(s, r) => f.debug_tuple("Error").field(s).field(r).finish(),
+        }
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The announced length exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    FrameTooLarge(usize),
+    /// The payload ends early or has trailing bytes.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// Unknown operation or status.
+    #[error("unknown operation or status {0}")]
+    Unknown(u8),
+}
+
+/// Reads the 4-byte length prefix and checks the limit.
+pub fn frame_length(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Prepends the length prefix to a payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+        if self.data.len() < n {
+            return Err(ProtocolError::Malformed(what));
+        }
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, ProtocolError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, ProtocolError> {
+        let len = self.u16(what)? as usize;
+        String::from_utf8(self.take(len, what)?.to_vec())
+            .map_err(|_| ProtocolError::Malformed(what))
+    }
+    fn end(&self, what: &'static str) -> Result<(), ProtocolError> {
+        if self.data.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Malformed(what))
+        }
+    }
+}
+
+fn push_string(out: &mut Vec<u8>, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl Request {
+    /// The payload (without length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            Request::Hello => out.push(OP_HELLO),
+            Request::Open {
+                generation,
+                identity,
+                capsule,
+            } => {
+                out.push(OP_OPEN);
+                out.extend_from_slice(&generation.to_be_bytes());
+                push_string(&mut out, identity);
+                out.extend_from_slice(capsule);
+            }
+        }
+        out
+    }
+
+    /// Parses a payload.
+    pub fn decode(payload: &[u8]) -> Result<Request, ProtocolError> {
+        let mut c = Cursor { data: payload };
+        let version = c.u8("request")?;
+        if version != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(version));
+        }
+        let request = match c.u8("request")? {
+            OP_HELLO => Request::Hello,
+            OP_OPEN => Request::Open {
+                generation: c.u32("OPEN generation")?,
+                identity: c.string("OPEN identity")?,
+                capsule: c.take(CAPSULE_BYTES, "OPEN capsule")?.to_vec(),
+            },
+            other => return Err(ProtocolError::Unknown(other)),
+        };
+        c.end("request")?;
+        Ok(request)
+    }
+}
+
+impl Response {
+    /// The payload (without length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            Response::Hello(domains) => {
+                out.push(Status::Ok as u8);
+                out.extend_from_slice(&(domains.len() as u16).to_be_bytes());
+                for (domain, generation) in domains {
+                    push_string(&mut out, domain);
+                    out.extend_from_slice(&generation.to_be_bytes());
+                }
+            }
+            Response::Opened(secret) => {
+                out.push(Status::Ok as u8);
+                out.extend_from_slice(secret);
+            }
+            Response::Error(status, reason) => {
+                out.push(*status as u8);
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses the payload answering `request`.
+    pub fn decode(request: &Request, payload: &[u8]) -> Result<Response, ProtocolError> {
+        let mut c = Cursor { data: payload };
+        let version = c.u8("response")?;
+        if version != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(version));
+        }
+        let status_byte = c.u8("response")?;
+        let status = Status::from_byte(status_byte).ok_or(ProtocolError::Unknown(status_byte))?;
+        if status != Status::Ok {
+            return Ok(Response::Error(
+                status,
+                String::from_utf8_lossy(c.data).into_owned(),
+            ));
+        }
+        let response = match request {
+            Request::Hello => {
+                let count = c.u16("HELLO count")?;
+                let mut domains = Vec::new();
+                for _ in 0..count {
+                    let domain = c.string("HELLO domain")?;
+                    domains.push((domain, c.u32("HELLO generation")?));
+                }
+                Response::Hello(domains)
+            }
+            Request::Open { .. } => {
+                let mut secret = [0u8; SHARED_SECRET_BYTES];
+                secret.copy_from_slice(c.take(SHARED_SECRET_BYTES, "OPEN secret")?);
+                Response::Opened(secret)
+            }
+        };
+        c.end("response")?;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let open = Request::Open {
+            generation: 7,
+            identity: "bob@b.test".into(),
+            capsule: vec![9; CAPSULE_BYTES],
+        };
+        for r in [Request::Hello, open.clone()] {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let hello = Response::Hello(vec![("b.test".into(), 3), ("c.test".into(), 1)]);
+        assert_eq!(
+            Response::decode(&Request::Hello, &hello.encode()).unwrap(),
+            hello
+        );
+        let opened = Response::Opened([5; 32]);
+        assert_eq!(Response::decode(&open, &opened.encode()).unwrap(), opened);
+        let err = Response::Error(Status::Retired, "generation 1 retired".into());
+        assert_eq!(Response::decode(&open, &err.encode()).unwrap(), err);
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        assert_eq!(
+            frame_length((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(ProtocolError::FrameTooLarge(MAX_FRAME + 1))
+        );
+        assert_eq!(
+            Request::decode(&[]),
+            Err(ProtocolError::Malformed("request"))
+        );
+        assert_eq!(
+            Request::decode(&[2, 0]),
+            Err(ProtocolError::UnsupportedVersion(2))
+        );
+        assert_eq!(Request::decode(&[1, 9]), Err(ProtocolError::Unknown(9)));
+        assert_eq!(
+            Request::decode(&[1, 0, 0]),
+            Err(ProtocolError::Malformed("request"))
+        );
+        let mut short = Request::Open {
+            generation: 1,
+            identity: "a@b".into(),
+            capsule: vec![0; CAPSULE_BYTES],
+        }
+        .encode();
+        short.pop();
+        assert_eq!(
+            Request::decode(&short),
+            Err(ProtocolError::Malformed("OPEN capsule"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        assert_eq!(
+            format!("{:?}", Response::Opened([0xab; 32])),
+            "Opened(<redacted>)"
+        );
+    }
+}

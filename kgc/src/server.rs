@@ -1,0 +1,169 @@
+//! The daemon side of the protocol: a Unix socket, peer credentials checked
+//! against an allow-list, bounded frames, concurrent connections.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
+use crate::service::{KeyService, Peer};
+
+/// Limits and access control of the daemon.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// User ids allowed to connect (checked with SO_PEERCRED).
+    pub allowed_uids: Vec<u32>,
+    /// Connections served at once; more wait.
+    pub max_connections: usize,
+    /// A connection idle this long between requests is closed.
+    pub idle_timeout: Duration,
+    /// A request frame must arrive completely within this time.
+    pub read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            allowed_uids: vec![rustix::process::geteuid().as_raw()],
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes; then stops
+/// accepting and waits for connections in progress to finish their request.
+pub async fn serve(
+    listener: UnixListener,
+    service: Arc<KeyService>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let service = service.clone();
+                let config = config.clone();
+                tasks.spawn(async move {
+                    handle_connection(stream, service, &config).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    stream.write_all(&protocol::frame(&response.encode())).await
+}
+
+async fn handle_connection(
+    mut stream: UnixStream,
+    service: Arc<KeyService>,
+    config: &ServerConfig,
+) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer {
+            uid: Some(cred.uid()),
+            pid: cred.pid(),
+        },
+        Err(e) => {
+            warn!("cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    if !peer
+        .uid
+        .is_some_and(|uid| config.allowed_uids.contains(&uid))
+    {
+        warn!(
+            target: "ibemail_kgc::audit",
+            "refused connection from uid {} pid {}: not in the allow-list",
+            peer.uid.map_or("-".into(), |u| u.to_string()),
+            peer.pid.map_or("-".into(), |p| p.to_string())
+        );
+        let _ = send(
+            &mut stream,
+            &Response::Error(Status::Forbidden, "uid not allowed".into()),
+        )
+        .await;
+        return;
+    }
+    loop {
+        let mut prefix = [0u8; 4];
+        match tokio::time::timeout(config.idle_timeout, stream.read_exact(&mut prefix)).await {
+            Ok(Ok(_)) => {}
+            _ => return, // closed, idle or broken
+        }
+        let len = match protocol::frame_length(prefix) {
+            Ok(len) => len,
+            Err(e) => {
+                debug!("bad frame from uid {:?}: {e}", peer.uid);
+                let _ = send(
+                    &mut stream,
+                    &Response::Error(Status::BadRequest, e.to_string()),
+                )
+                .await;
+                return;
+            }
+        };
+        let mut payload = vec![0u8; len.min(MAX_FRAME)];
+        match tokio::time::timeout(config.read_timeout, stream.read_exact(&mut payload)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let response = match Request::decode(&payload) {
+            Ok(Request::Hello) => Response::Hello(service.hello()),
+            Ok(Request::Open {
+                generation,
+                identity,
+                capsule,
+            }) => {
+                let service = service.clone();
+                // Pairing work off the async threads.
+                match tokio::task::spawn_blocking(move || {
+                    service.open(&identity, generation, &capsule, peer)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Response::Error(Status::Internal, "worker failed".into()),
+                }
+            }
+            Err(e) => {
+                let status = match e {
+                    ProtocolError::UnsupportedVersion(_) => Status::UnsupportedVersion,
+                    _ => Status::BadRequest,
+                };
+                let _ = send(&mut stream, &Response::Error(status, e.to_string())).await;
+                return;
+            }
+        };
+        if send(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}

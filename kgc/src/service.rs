@@ -1,0 +1,227 @@
+//! The key service: opens capsules with keys derived from the stores it
+//! holds. The daemon serves it over a Unix socket; the milter can also embed
+//! it (`kgc.dir`), so both paths run the same code.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, UserKey};
+use lru::LruCache;
+use tracing::{info, warn};
+
+use crate::protocol::{Response, Status};
+use crate::store::{Store, StoreError};
+
+/// Who asked, for the audit log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer {
+    /// The peer's user id, if known (Unix socket credentials).
+    pub uid: Option<u32>,
+    /// The peer's process id, if known.
+    pub pid: Option<i32>,
+}
+
+/// Capsule-opening service over one or more key stores (one per domain).
+pub struct KeyService {
+    dirs: Vec<PathBuf>,
+    stores: RwLock<Vec<Arc<Store>>>,
+    cache: Mutex<LruCache<(String, Generation), Arc<UserKey>>>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService")
+            .field("dirs", &self.dirs)
+            .finish()
+    }
+}
+
+impl KeyService {
+    /// Loads the stores in `dirs`; `cache_size` user keys are kept derived.
+    pub fn load(dirs: &[PathBuf], cache_size: usize) -> Result<Self, StoreError> {
+        let stores = Self::open_all(dirs)?;
+        Ok(KeyService {
+            dirs: dirs.to_vec(),
+            stores: RwLock::new(stores),
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
+    }
+
+    fn open_all(dirs: &[PathBuf]) -> Result<Vec<Arc<Store>>, StoreError> {
+        dirs.iter().map(|d| Store::open(d).map(Arc::new)).collect()
+    }
+
+    /// Re-reads the stores (after a rotation by another process). On error
+    /// the previous stores stay in service.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let stores = Self::open_all(&self.dirs)?;
+        *self.stores.write().unwrap_or_else(|e| e.into_inner()) = stores;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+
+    /// The store directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// The stores currently in service.
+    pub fn stores(&self) -> Vec<Arc<Store>> {
+        self.stores
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `(domain, active generation)` for each store.
+    pub fn hello(&self) -> Vec<(String, Generation)> {
+        self.stores()
+            .iter()
+            .filter_map(|s| Some((s.domain().to_string(), s.active_generation()?)))
+            .collect()
+    }
+
+    fn store_for(&self, domain: &str) -> Option<Arc<Store>> {
+        self.stores().into_iter().find(|s| s.domain() == domain)
+    }
+
+    fn user_key(
+        &self,
+        store: &Store,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Result<Arc<UserKey>, StoreError> {
+        let cache_key = (identity.as_str().to_string(), generation);
+        if let Some(key) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key)
+        {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(store.extract(identity, generation)?);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(cache_key, key.clone());
+        Ok(key)
+    }
+
+    /// Opens `capsule` for `identity` at `generation` and logs the key use
+    /// (identity, generation, outcome, peer; never key material).
+    pub fn open(
+        &self,
+        identity: &str,
+        generation: Generation,
+        capsule: &[u8],
+        peer: Peer,
+    ) -> Response {
+        let response = self.open_inner(identity, generation, capsule);
+        let outcome = match &response {
+            Response::Opened(_) => "opened",
+            Response::Error(Status::Rejected, _) => "rejected",
+            Response::Error(Status::Retired, _) => "retired",
+            Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
+            Response::Error(Status::WrongDomain, _) => "wrong-domain",
+            Response::Error(_, _) => "error",
+            Response::Hello(_) => "hello",
+        };
+        let line = format!(
+            "key use: identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
+            peer.uid.map_or("-".into(), |u| u.to_string()),
+            peer.pid.map_or("-".into(), |p| p.to_string()),
+        );
+        if matches!(response, Response::Opened(_)) {
+            info!(target: "ibemail_kgc::audit", "{line}");
+        } else {
+            warn!(target: "ibemail_kgc::audit", "{line}");
+        }
+        response
+    }
+
+    fn open_inner(&self, identity: &str, generation: Generation, capsule: &[u8]) -> Response {
+        let identity = match Identity::parse(identity) {
+            Ok(id) => id,
+            Err(e) => return Response::Error(Status::BadRequest, format!("identity: {e}")),
+        };
+        let Some(store) = self.store_for(identity.domain()) else {
+            return Response::Error(
+                Status::WrongDomain,
+                format!("this KGC does not serve {}", identity.domain()),
+            );
+        };
+        let capsule = match Capsule::from_bytes(capsule) {
+            Ok(c) => c,
+            Err(_) => return Response::Error(Status::Rejected, "invalid capsule".into()),
+        };
+        let key = match self.user_key(&store, &identity, generation) {
+            Ok(key) => key,
+            Err(StoreError::Retired(n)) => {
+                return Response::Error(Status::Retired, format!("generation {n} was retired"));
+            }
+            Err(StoreError::UnknownGeneration(n)) => {
+                return Response::Error(
+                    Status::UnknownGeneration,
+                    format!("generation {n} does not exist"),
+                );
+            }
+            Err(e) => return Response::Error(Status::Internal, e.to_string()),
+        };
+        let params = match store.params(generation) {
+            Ok(p) => p,
+            Err(e) => return Response::Error(Status::Internal, e.to_string()),
+        };
+        match key.decapsulate(params, &capsule) {
+            Ok(secret) => Response::Opened(*secret.as_bytes()),
+            Err(_) => Response::Error(Status::Rejected, "capsule rejected".into()),
+        }
+    }
+
+    /// In-process convenience: the same as [`KeyService::open`], as the
+    /// message crate's opener expects.
+    pub fn open_capsule(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        capsule: &Capsule,
+    ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
+        response_to_secret(
+            self.open(
+                identity.as_str(),
+                generation,
+                &capsule.to_bytes(),
+                Peer::default(),
+            ),
+            generation,
+        )
+    }
+}
+
+/// Maps a daemon response to what the message crate expects of an opener.
+pub fn response_to_secret(
+    response: Response,
+    generation: Generation,
+) -> Result<SharedSecret, ibemail_message::CapsuleError> {
+    use ibemail_message::CapsuleError;
+    match response {
+        Response::Opened(secret) => Ok(SharedSecret::from_bytes(secret)),
+        Response::Error(Status::UnknownGeneration | Status::Retired, _) => {
+            Err(CapsuleError::UnknownGeneration(generation))
+        }
+        Response::Error(Status::Rejected, _) => Err(CapsuleError::Rejected),
+        Response::Error(Status::Internal, reason) => Err(CapsuleError::Unavailable(reason)),
+        Response::Error(status, reason) => {
+            Err(CapsuleError::Refused(format!("{status:?}: {reason}")))
+        }
+        Response::Hello(_) => Err(CapsuleError::Unavailable("unexpected HELLO answer".into())),
+    }
+}
+
+/// Convenience for single-directory callers.
+pub fn load_one(dir: &Path) -> Result<KeyService, StoreError> {
+    KeyService::load(&[dir.to_path_buf()], 1024)
+}
