@@ -1,0 +1,229 @@
+//! `ibemail-kgc` as an administrator runs it, refusals included.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use assert_cmd::Command;
+use base64::Engine as _;
+use ibemail_ibe::{Identity, UserKey};
+use ibemail_kgc::store::Store;
+use ibemail_params::Record;
+use predicates::prelude::*;
+
+fn kgc() -> Command {
+    Command::cargo_bin("ibemail-kgc").unwrap()
+}
+
+fn setup(dir: &std::path::Path) -> String {
+    let out = kgc()
+        .args(["setup", "--domain", "B.Test", "--dir"])
+        .arg(dir)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Publish this record"))
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out).unwrap()
+}
+
+fn txt_of(zone_line: &str) -> &str {
+    let start = zone_line.find('"').unwrap() + 1;
+    &zone_line[start..zone_line.rfind('"').unwrap()]
+}
+
+#[test]
+fn setup_prints_a_parseable_record_and_creates_private_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    let stdout = setup(&dir);
+    let line = stdout.trim();
+    assert!(
+        line.starts_with("_ibemailkey.b.test. 3600 IN TXT \"ver=1; "),
+        "{line}"
+    );
+    let record = Record::parse(txt_of(line)).unwrap();
+    assert_eq!(record.generation, 1);
+
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let mode = entry.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // `record` prints the same line.
+    kgc()
+        .args(["record", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stdout(stdout.clone());
+}
+
+#[test]
+fn setup_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    let first = setup(&dir);
+    kgc()
+        .args(["setup", "--domain", "b.test", "--dir"])
+        .arg(&dir)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("refusing to overwrite"));
+    // The original key is untouched.
+    kgc()
+        .args(["record", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stdout(first);
+}
+
+#[test]
+fn loose_permissions_are_refused_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    setup(&dir);
+    let key = dir.join("gen-00000001.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    kgc()
+        .args(["record", "--dir"])
+        .arg(&dir)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("mode 0640 gives access to group or others")
+                .and(predicate::str::contains("chmod 0600")),
+        );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    kgc()
+        .args(["extract", "--dir"])
+        .arg(&dir)
+        .arg("bob@b.test")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("chmod 0700"));
+}
+
+#[test]
+fn extract_gives_the_key_that_verifies_and_refuses_other_domains_and_generations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    setup(&dir);
+    let out = kgc()
+        .args(["extract", "--dir"])
+        .arg(&dir)
+        .arg("Bob@B.test")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8(out).unwrap().trim())
+        .unwrap();
+    let store = Store::open(&dir).unwrap();
+    let key = UserKey::from_bytes(Identity::parse("bob@b.test").unwrap(), 1, &bytes).unwrap();
+    key.verify(store.params(1).unwrap()).unwrap();
+
+    kgc()
+        .args(["extract", "--dir"])
+        .arg(&dir)
+        .arg("bob@a.test")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not in b.test"));
+    kgc()
+        .args(["extract", "--generation", "7", "--dir"])
+        .arg(&dir)
+        .arg("bob@b.test")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("generation 7 does not exist"));
+    kgc()
+        .args(["extract", "--dir"])
+        .arg(&dir)
+        .arg("not an address")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("address"));
+}
+
+#[test]
+fn rotation_publishes_both_generations_during_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    setup(&dir);
+    let out = kgc()
+        .args(["rotate", "--overlap", "2h", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Generation 2 is active"))
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let newest = Record::parse(txt_of(lines[0])).unwrap();
+    let older = Record::parse(txt_of(lines[1])).unwrap();
+    assert_eq!((newest.generation, older.generation), (2, 1));
+    assert!(newest.expires.is_none() && older.expires.is_some());
+    kgc()
+        .args(["status", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("generation    2  active")
+                .and(predicate::str::contains("generation    1  retiring")),
+        );
+    kgc()
+        .args(["retire", "--dir"])
+        .arg(&dir)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Nothing to retire"));
+    kgc()
+        .args(["rotate", "--overlap", "nonsense", "--dir"])
+        .arg(&dir)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not a duration"));
+}
+
+#[test]
+fn every_command_has_help_for_a_new_administrator() {
+    kgc()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("setup --domain example.org"));
+    for command in [
+        "setup", "record", "status", "extract", "rotate", "retire", "serve",
+    ] {
+        kgc()
+            .args([command, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage: ibemail-kgc"));
+    }
+}
+
+#[test]
+fn not_a_store_is_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    kgc()
+        .args(["record", "--dir"])
+        .arg(tmp.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not an ibemail KGC key store"));
+}

@@ -1,0 +1,243 @@
+//! `ibemail-kgc serve` as a real process: concurrency, access control,
+//! hostile frames, reload and shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::store::Store;
+use ibemail_message::CapsuleError;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        let child = Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .arg("--socket")
+            .arg(socket)
+            .args(extra)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), signal).unwrap();
+    }
+
+    fn client(&self) -> KgcClient {
+        KgcClient::new(&self.socket, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn new_store(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("kgc");
+    Store::setup(&dir, "b.test", now(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_clients_each_open_their_capsule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let daemon = Daemon::start(&dir, &tmp.path().join("kgc.sock"), &[]);
+    let params = Store::open(&dir).unwrap().params(1).unwrap().clone();
+
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let client = daemon.client();
+        let params = params.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = ChaCha20Rng::seed_from_u64(i);
+            let identity = Identity::parse(&format!("user{i}@b.test")).unwrap();
+            let mut opened = 0;
+            for _ in 0..4 {
+                let (capsule, secret) = encapsulate(&params, &identity, 1, &mut rng).unwrap();
+                let got = client.open(&identity, 1, &capsule).await.unwrap();
+                assert_eq!(got, secret, "client {i} got another secret");
+                opened += 1;
+            }
+            opened
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 256);
+
+    // A capsule for someone else is rejected, not opened.
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let (capsule, _) = encapsulate(
+        &params,
+        &Identity::parse("alice@b.test").unwrap(),
+        1,
+        &mut rng,
+    )
+    .unwrap();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    assert_eq!(
+        daemon.client().open(&bob, 1, &capsule).await.unwrap_err(),
+        CapsuleError::Rejected
+    );
+    assert_eq!(
+        daemon.client().open(&bob, 9, &capsule).await.unwrap_err(),
+        CapsuleError::UnknownGeneration(9)
+    );
+    let carol = Identity::parse("carol@c.test").unwrap();
+    assert!(matches!(
+        daemon.client().open(&carol, 1, &capsule).await.unwrap_err(),
+        CapsuleError::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_uid_outside_the_allow_list_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let daemon = Daemon::start(
+        &dir,
+        &tmp.path().join("kgc.sock"),
+        &["--allow-uid", "4242424"],
+    );
+    let params = Store::open(&dir).unwrap().params(1).unwrap().clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, _) = encapsulate(&params, &bob, 1, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    match daemon.client().open(&bob, 1, &capsule).await.unwrap_err() {
+        CapsuleError::Refused(reason) => assert!(reason.contains("Forbidden"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn oversized_and_garbage_frames_are_refused_without_harm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let socket = tmp.path().join("kgc.sock");
+    let daemon = Daemon::start(&dir, &socket, &[]);
+
+    // 4 GiB announced: refused with BadRequest (status 5), connection closed.
+    let answer = raw_exchange(&socket, &[0xff, 0xff, 0xff, 0xff]).await;
+    assert_eq!(&answer[4..6], &[1, 5], "{answer:?}");
+    // A well-sized frame of garbage.
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.extend([0xa5; 64]);
+    let answer = raw_exchange(&socket, &garbage).await;
+    assert_eq!(answer[5], 7, "unsupported version 0xa5: {answer:?}");
+    // Truncated OPEN with the right version.
+    let mut short = 3u32.to_be_bytes().to_vec();
+    short.extend([1, 1, 0]);
+    let answer = raw_exchange(&socket, &short).await;
+    assert_eq!(answer[5], 5);
+    // A client that announces a frame and goes silent does not block others.
+    let mut slow = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    slow.write_all(&100u32.to_be_bytes()).await.unwrap();
+
+    // The daemon still serves.
+    let domains = daemon.client().hello().await.unwrap();
+    assert_eq!(domains, vec![("b.test".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn sighup_reloads_after_rotation_and_sigterm_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let socket = tmp.path().join("kgc.sock");
+    // A stale socket from a crashed daemon is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut daemon = Daemon::start(&dir, &socket, &[]);
+    assert_eq!(daemon.client().hello().await.unwrap()[0].1, 1);
+
+    let mut store = Store::open(&dir).unwrap();
+    store
+        .rotate(3600, now(), &mut ChaCha20Rng::seed_from_u64(5))
+        .unwrap();
+    daemon.signal(Signal::HUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if daemon.client().hello().await.unwrap()[0].1 == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both generations open mail during the overlap.
+    let bob = Identity::parse("bob@b.test").unwrap();
+    for generation in [1, 2] {
+        let params = store.params(generation).unwrap().clone();
+        let (capsule, secret) = encapsulate(
+            &params,
+            &bob,
+            generation,
+            &mut ChaCha20Rng::seed_from_u64(7),
+        )
+        .unwrap();
+        assert_eq!(
+            daemon
+                .client()
+                .open(&bob, generation, &capsule)
+                .await
+                .unwrap(),
+            secret
+        );
+    }
+
+    // A second daemon on the same socket refuses to steal it.
+    let second = Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
+        .args(["serve", "--dir"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by a running daemon"));
+
+    daemon.signal(Signal::TERM);
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "socket removed on shutdown");
+}
