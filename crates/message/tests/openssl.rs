@@ -45,10 +45,8 @@ fn der_of(sealed: &[u8]) -> Vec<u8> {
         .unwrap()
 }
 
-fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ibemail-openssl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+fn temp_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.path().join(name);
     std::fs::File::create(&path)
         .unwrap()
         .write_all(bytes)
@@ -61,6 +59,7 @@ fn openssl_and_cms_crate_parse_every_sealed_corpus_message() {
     let b = Kgc::new(10);
     let c = Kgc::new(11);
     let recipients = [b.recipient("bob@b.test"), c.recipient("carol@c.test")];
+    let tmp = tempfile::tempdir().unwrap();
     for (i, (name, original)) in corpus().into_iter().enumerate() {
         let sealed = seal(
             &original,
@@ -92,7 +91,7 @@ fn openssl_and_cms_crate_parse_every_sealed_corpus_message() {
             original.len()
         );
 
-        let path = temp_file(&format!("{i}.der"), &der);
+        let path = temp_file(&tmp, &format!("{i}.der"), &der);
         let out = openssl()
             .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
             .arg(&path)
@@ -163,6 +162,7 @@ fn openssl_decrypts_our_content_through_a_kek_recipient() {
         kek: [0x42; 32],
     };
     for (i, (name, original)) in corpus().into_iter().enumerate().step_by(7) {
+        let tmp = tempfile::tempdir().unwrap();
         let recipients: [&dyn Recipient; 2] = [&bob, &kek];
         let sealed = seal(
             &original,
@@ -172,7 +172,7 @@ fn openssl_decrypts_our_content_through_a_kek_recipient() {
         )
         .unwrap()
         .to_bytes();
-        let path = temp_file(&format!("kek{i}.eml"), &sealed);
+        let path = temp_file(&tmp, &format!("kek{i}.eml"), &sealed);
         let out = openssl()
             .args(["cms", "-decrypt", "-binary", "-in"])
             .arg(&path)
@@ -201,7 +201,7 @@ fn openssl_decrypts_our_content_through_a_kek_recipient() {
         let mut der = der_of(&sealed);
         let last = der.len() - 1;
         der[last] ^= 1;
-        let bad = temp_file(&format!("kek{i}.der"), &der);
+        let bad = temp_file(&tmp, &format!("kek{i}.der"), &der);
         let out = openssl()
             .args(["cms", "-decrypt", "-binary", "-inform", "DER", "-in"])
             .arg(&bad)
