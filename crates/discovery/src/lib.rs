@@ -314,8 +314,9 @@ fn build_resolver(
     opts.timeout = config.timeout;
     opts.attempts = config.attempts.max(1);
     opts.recursion_desired = config.recursion_desired;
-    // hickory caches the DNSKEY/DS chain; our own cache holds the outcome.
-    opts.cache_size = 1024;
+    // Our cache (parsed outcomes, TTL-bounded) is the only one, so a record
+    // changed at the server is seen as soon as our entry expires.
+    opts.cache_size = 0;
     opts.validate = anchors.is_some();
     opts.try_tcp_on_error = true;
     let mut builder = Resolver::builder_with_config(

@@ -148,7 +148,7 @@ impl Knot {
                 keymgr_cmd(&zone.name, &gen_args);
                 for line in keymgr_cmd(&zone.name, &["ds"]).lines() {
                     // SHA-256 digests only (digest type 2).
-                    if line.split_whitespace().nth(5) == Some("2") {
+                    if line.split_whitespace().nth(4) == Some("2") {
                         writeln!(parent, "{line}").unwrap();
                     }
                 }
@@ -237,8 +237,8 @@ impl Knot {
                         &self.addr.port().to_string(),
                         "+dnssec",
                         "+norec",
-                        "+time=1",
-                        "+tries=1",
+                        "+timeout=1",
+                        "+retry=0",
                     ])
                     .arg(fqdn(&name))
                     .arg("SOA")
