@@ -1,7 +1,11 @@
 //! # ibemail-milter
 //!
-//! Will own the Postfix milter and the offline `encrypt`/`decrypt`/`lookup`
-//! commands (DESIGN.md §6, §7). (Not implemented yet.)
+//! The Postfix side of ibemail (DESIGN.md §6, §7):
+//!
+//! - [`offline`]: the `lookup`, `encrypt` and `decrypt` commands' logic
+//!   (the paper's encrypter and decrypter, usable from procmail or Sieve).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod offline;

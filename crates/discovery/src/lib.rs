@@ -181,6 +181,8 @@ pub enum RefusedReason {
 }
 
 /// The result of a lookup.
+// One per lookup, moved rarely: boxing the parameters would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Outcome {
     /// The domain publishes parameters; `record` is the generation to use.
