@@ -35,15 +35,17 @@ impl KgcClient {
             let mut stream = UnixStream::connect(&self.socket)
                 .await
                 .map_err(|e| format!("connect {}: {e}", self.socket.display()))?;
-            stream
-                .write_all(&protocol::frame(&request.encode()))
-                .await
-                .map_err(|e| format!("send: {e}"))?;
+            let sent = stream.write_all(&protocol::frame(&request.encode())).await;
+            // A daemon that refuses our uid answers and closes at once,
+            // possibly before our request is written (EPIPE): its answer
+            // is still there to read, and says more than "broken pipe".
             let mut prefix = [0u8; 4];
-            stream
-                .read_exact(&mut prefix)
-                .await
-                .map_err(|e| format!("receive: {e}"))?;
+            if let Err(e) = stream.read_exact(&mut prefix).await {
+                return Err(match sent {
+                    Err(send) => format!("send: {send}"),
+                    Ok(()) => format!("receive: {e}"),
+                });
+            }
             let len = protocol::frame_length(prefix).map_err(|e| e.to_string())?;
             let mut payload = vec![0u8; len];
             stream

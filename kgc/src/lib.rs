@@ -6,17 +6,23 @@
 //! - [`service`]: opening capsules with keys derived on demand (cached);
 //! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
 //!   Unix socket and its client, so the milter never holds a key;
+//! - [`check`]: comparing the published `_ibemailkey` records with the store;
+//! - [`publish`], [`tsig`]: publishing them by TSIG-signed DNS UPDATE;
 //! - [`duration`]: `30d`-style durations of the command line.
 //!
 //! The binary `ibemail-kgc` (`src/main.rs`) wraps these as the commands
-//! `setup`, `record`, `extract`, `rotate`, `check`, `publish` and `serve`.
+//! `setup`, `record`, `status`, `extract`, `rotate`, `retire`, `check`, `publish`
+//! and `serve`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod client;
 pub mod duration;
 pub mod protocol;
+pub mod publish;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tsig;

@@ -7,6 +7,8 @@
 // A command-line tool prints its results.
 #![allow(clippy::print_stdout)]
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,12 +17,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy, TrustAnchor};
 use ibemail_ibe::Identity;
+use ibemail_kgc::check::{CheckStatus, check};
 use ibemail_kgc::duration::parse_duration;
+use ibemail_kgc::publish::{UpdateTarget, publish};
 use ibemail_kgc::server::{ServerConfig, serve};
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::{State, Store};
+use ibemail_kgc::tsig::TsigKey;
+use ibemail_params::{Record, record_name};
 use rand_core::OsRng;
 use tracing::{error, info, warn};
 
@@ -36,11 +43,59 @@ use tracing::{error, info, warn};
         ibemail-kgc setup --domain example.org --dir /var/lib/ibemail/kgc\n  \
         (publish the printed TXT record in the example.org zone)\n  \
         ibemail-kgc check --dir /var/lib/ibemail/kgc\n  \
-        ibemail-kgc serve --dir /var/lib/ibemail/kgc --socket /run/ibemail/kgc.sock"
+        ibemail-kgc serve --dir /var/lib/ibemail/kgc --socket /run/ibemail/kgc.sock\n\n\
+        Instead of editing the zone by hand, `ibemail-kgc publish` sends the records to the \
+        zone's primary server as a TSIG-signed dynamic update. See ibemail-kgc(8)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Exit status for temporary failures (sysexits EX_TEMPFAIL), as the milter.
+const EXIT_TEMPFAIL: u8 = 75;
+
+/// Where dynamic updates go (`publish`, and `serve --publish-server`).
+#[derive(Args, Clone, Debug)]
+struct UpdateArgs {
+    /// The zone's primary name server, ADDR:PORT (e.g. 192.0.2.53:53). It
+    /// must accept dynamic updates (RFC 2136) signed with the TSIG key.
+    #[arg(long, value_name = "ADDR:PORT")]
+    server: SocketAddr,
+    /// The zone to update (default: the store's domain). _ibemailkey.<domain>
+    /// must be inside it.
+    #[arg(long, value_name = "ZONE")]
+    zone: Option<String>,
+    /// TSIG key file: BIND `tsig-keygen` output (key "name" { algorithm
+    /// hmac-sha256; secret "..."; };), Knot `keymgr -t` output, or one
+    /// `algorithm:name:secret` line. Must not be readable by group or others.
+    #[arg(long, value_name = "FILE")]
+    tsig_key: PathBuf,
+    /// TTL of the published records, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u32,
+    /// Seconds to wait for the server.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+/// Automatic publication by the daemon.
+#[derive(Args, Clone, Debug)]
+struct ServePublishArgs {
+    /// Publish each store's records to this primary name server (ADDR:PORT)
+    /// at start and whenever they change (rotation, retirement); failures
+    /// are logged and retried at the next maintenance tick.
+    #[arg(long, value_name = "ADDR:PORT", requires = "publish_tsig_key")]
+    publish_server: Option<SocketAddr>,
+    /// The zone to update (default: each store's domain).
+    #[arg(long, value_name = "ZONE", requires = "publish_server")]
+    publish_zone: Option<String>,
+    /// TSIG key file for the updates (formats as for `publish`).
+    #[arg(long, value_name = "FILE", requires = "publish_server")]
+    publish_tsig_key: Option<PathBuf>,
+    /// TTL of the published records, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    publish_ttl: u32,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +162,71 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Check that DNS publishes exactly this store's records.
+    ///
+    /// Looks up _ibemailkey.<domain> as a sender would (validating DNSSEC
+    /// unless --dnssec off) and reports, one line each: every generation the
+    /// store publishes ("published, matches", "missing", or "MISMATCH" when
+    /// the published X/Y or e= differ from the local key), generations
+    /// published in DNS that the store does not have, and the DNSSEC status
+    /// (secure, insecure, BOGUS). The last line is "record OK" or "record
+    /// NOT OK: <reasons>".
+    ///
+    /// Exit status: 0 record OK; 1 something missing or different (or not
+    /// secure under --dnssec require, or another error); 75 temporary DNS
+    /// failure (timeout, SERVFAIL): try again.
+    ///
+    /// To ask the zone's primary directly, before secondaries and caches
+    /// catch up, pass it with --resolver, e.g.
+    /// `ibemail-kgc check --dir /var/lib/ibemail/kgc --resolver 192.0.2.53:53`.
+    Check {
+        /// The key store.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53,
+        /// a local validating resolver). An authoritative server works too.
+        #[arg(long = "resolver", value_name = "ADDR:PORT")]
+        resolvers: Vec<SocketAddr>,
+        /// DNSSEC trust anchor file (DNSKEY or DS lines); default: the root
+        /// KSKs.
+        #[arg(long, value_name = "FILE")]
+        trust_anchor: Option<PathBuf>,
+        /// off: do not validate; prefer: validate and report; require: also
+        /// fail unless the answer is secure.
+        #[arg(long, default_value = "prefer", value_name = "off|prefer|require")]
+        dnssec: DnssecPolicy,
+        /// Seconds to wait for one DNS answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Publish this store's records in DNS by a TSIG-signed dynamic update.
+    ///
+    /// Sends one DNS UPDATE (RFC 2136) over TCP to the zone's primary server
+    /// that replaces the whole TXT RRset at _ibemailkey.<domain> with one
+    /// record per published generation (as `record` prints them), so the
+    /// change is atomic. Other TXT records at that name are removed. The
+    /// server must allow the key to update the zone, e.g. Knot:
+    /// `acl: [{id: ibemail, key: ibemail-update, action: update}]`, BIND:
+    /// `update-policy { grant ibemail-update name _ibemailkey.example.org. TXT; };`.
+    /// A signed zone is re-signed by the server.
+    ///
+    /// Create the key with `tsig-keygen ibemail-update > FILE` (BIND) or
+    /// `keymgr -t ibemail-update > FILE` (Knot), `chmod 600 FILE`, and add
+    /// the same key to the name server's configuration.
+    ///
+    /// Exit status: 0 published; 1 refused (bad key, not allowed, wrong zone)
+    /// or another error; 75 temporary failure (no connection, timeout,
+    /// SERVFAIL). Run `ibemail-kgc check` afterwards.
+    ///
+    /// Example: `ibemail-kgc publish --dir /var/lib/ibemail/kgc --server
+    /// 192.0.2.53:53 --tsig-key /etc/ibemail/update.key`
+    Publish {
+        /// The key store.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        update: UpdateArgs,
+    },
     /// Run the key daemon: open capsules for the milter over a Unix socket.
     Serve {
         /// Key store(s), one per domain served.
@@ -134,6 +254,8 @@ enum Command {
         /// How often to retire expired generations and check for rotation.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         maintenance_interval: u64,
+        #[command(flatten)]
+        publish: ServePublishArgs,
     },
 }
 
@@ -173,7 +295,7 @@ fn humanize(secs: u64) -> String {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Setup { domain, dir, ttl } => {
             let store = Store::setup(&dir, &domain, now(), &mut OsRng)?;
@@ -232,6 +354,79 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("Retired generation {n}; its key was destroyed.");
             }
         }
+        Command::Check {
+            dir,
+            resolvers,
+            trust_anchor,
+            dnssec,
+            timeout,
+        } => {
+            let store = Store::open(&dir)?;
+            let mut config = DiscoveryConfig::default();
+            if !resolvers.is_empty() {
+                config.servers = resolvers;
+            }
+            if let Some(path) = trust_anchor {
+                config.trust_anchor = TrustAnchor::File(path);
+            }
+            config.timeout = Duration::from_secs(timeout.max(1));
+            let servers = config
+                .servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "{}: asking {servers} (DNSSEC {})",
+                record_name(store.domain()),
+                match dnssec {
+                    DnssecPolicy::Off => "off",
+                    DnssecPolicy::Prefer => "prefer",
+                    DnssecPolicy::Require => "require",
+                }
+            );
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let discovery = Discovery::new(config, None)?;
+                anyhow::Ok(check(&store, &discovery, dnssec, now()).await)
+            })?;
+            for line in &report.lines {
+                println!("{line}");
+            }
+            return Ok(match report.status {
+                CheckStatus::Ok => 0,
+                CheckStatus::Problem => 1,
+                CheckStatus::Temporary => EXIT_TEMPFAIL,
+            });
+        }
+        Command::Publish { dir, update } => {
+            let store = Store::open(&dir)?;
+            let key = TsigKey::load(&update.tsig_key)?;
+            let target = UpdateTarget {
+                server: update.server,
+                zone: update
+                    .zone
+                    .clone()
+                    .unwrap_or_else(|| store.domain().to_string()),
+                ttl: update.ttl,
+                timeout: Duration::from_secs(update.timeout.max(1)),
+            };
+            let records = store.records();
+            let runtime = tokio::runtime::Runtime::new()?;
+            if let Err(e) = runtime.block_on(publish(&target, &key, store.domain(), &records)) {
+                eprintln!("ibemail-kgc: publishing failed: {e}");
+                return Ok(if e.is_temporary() { EXIT_TEMPFAIL } else { 1 });
+            }
+            eprintln!(
+                "Published {} record(s) at {} in zone {} on {} (TSIG key {}):",
+                records.len(),
+                record_name(store.domain()),
+                target.zone,
+                target.server,
+                key.name()
+            );
+            print_records(&store, update.ttl);
+        }
         Command::Serve {
             dir,
             socket,
@@ -241,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
             rotate_every,
             overlap,
             maintenance_interval,
+            publish,
         } => {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
@@ -248,6 +444,16 @@ fn run(cli: Cli) -> Result<()> {
             if !allow_uid.is_empty() {
                 config.allowed_uids = allow_uid;
             }
+            let publisher = match (publish.publish_server, publish.publish_tsig_key) {
+                (Some(server), Some(key)) => Some(Publisher {
+                    server,
+                    zone: publish.publish_zone,
+                    ttl: publish.publish_ttl,
+                    key: TsigKey::load(&key)?,
+                    published: HashMap::new(),
+                }),
+                _ => None,
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(daemon(
                 dir,
@@ -255,13 +461,102 @@ fn run(cli: Cli) -> Result<()> {
                 mode,
                 config,
                 cache_size,
-                rotate_every,
-                overlap,
-                maintenance_interval,
+                Maintenance {
+                    rotate_every,
+                    overlap,
+                    interval: maintenance_interval,
+                    publisher,
+                },
             ))?;
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// Automatic publication: the record set last published per store.
+struct Publisher {
+    server: SocketAddr,
+    zone: Option<String>,
+    ttl: u32,
+    key: TsigKey,
+    published: HashMap<PathBuf, Vec<Record>>,
+}
+
+impl Publisher {
+    /// Publishes each store whose records differ from what this process
+    /// last published (everything, the first time). A store changed on disk
+    /// by another process (`ibemail-kgc rotate`) is reloaded first, so the
+    /// daemon always serves the generations it publishes. Failures are
+    /// logged and retried at the next tick.
+    async fn run(&mut self, service: &KeyService) {
+        for dir in service.dirs() {
+            let store = match Store::open(dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("{}: {e}", dir.display());
+                    continue;
+                }
+            };
+            let records = store.records();
+            if self.published.get(dir) == Some(&records) {
+                continue;
+            }
+            let serving = service
+                .stores()
+                .iter()
+                .find(|s| s.dir() == dir.as_path())
+                .map(|s| s.records());
+            if serving.as_ref() != Some(&records) {
+                match service.reload() {
+                    Ok(()) => info!(
+                        "{}: the key store changed on disk; reloaded",
+                        store.domain()
+                    ),
+                    Err(e) => {
+                        error!("{}: reload failed, not publishing: {e}", store.domain());
+                        continue;
+                    }
+                }
+            }
+            let target = UpdateTarget {
+                server: self.server,
+                zone: self
+                    .zone
+                    .clone()
+                    .unwrap_or_else(|| store.domain().to_string()),
+                ttl: self.ttl,
+                timeout: Duration::from_secs(10),
+            };
+            let generations = records
+                .iter()
+                .map(|r| r.generation.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            match publish(&target, &self.key, store.domain(), &records).await {
+                Ok(()) => {
+                    info!(
+                        "{}: published generation(s) {generations} to {} (zone {})",
+                        store.domain(),
+                        target.server,
+                        target.zone
+                    );
+                    self.published.insert(dir.clone(), records);
+                }
+                Err(e) => error!(
+                    "{}: publishing generation(s) {generations} failed, will retry: {e}",
+                    store.domain()
+                ),
+            }
+        }
+    }
+}
+
+/// The daemon's periodic work.
+struct Maintenance {
+    rotate_every: Option<u64>,
+    overlap: u64,
+    interval: u64,
+    publisher: Option<Publisher>,
 }
 
 /// Binds the socket, replacing a stale one but never a live daemon's.
@@ -280,16 +575,13 @@ async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn daemon(
     dirs: Vec<PathBuf>,
     socket: &Path,
     mode: u32,
     config: ServerConfig,
     cache_size: usize,
-    rotate_every: Option<u64>,
-    overlap: u64,
-    maintenance_interval: u64,
+    mut periodic: Maintenance,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let service = Arc::new(KeyService::load(&dirs, cache_size)?);
@@ -311,7 +603,7 @@ async fn daemon(
         let _ = stop_rx.await;
     }));
 
-    let mut tick = tokio::time::interval(Duration::from_secs(maintenance_interval.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_secs(periodic.interval.max(1)));
     loop {
         tokio::select! {
             _ = hangup.recv() => match service.reload() {
@@ -320,7 +612,12 @@ async fn daemon(
             },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = tick.tick() => maintenance(&service, rotate_every, overlap),
+            _ = tick.tick() => {
+                maintenance(&service, periodic.rotate_every, periodic.overlap);
+                if let Some(publisher) = &mut periodic.publisher {
+                    publisher.run(&service).await;
+                }
+            }
         }
     }
     info!("shutting down");
@@ -351,7 +648,7 @@ fn maintenance(service: &KeyService, rotate_every: Option<u64>, overlap: u64) {
                 match store.rotate(overlap, now, &mut OsRng) {
                     Ok(n) => {
                         info!(
-                            "{}: rotated to generation {n}; publish the new record",
+                            "{}: rotated to generation {n}; its record must be published",
                             store.domain()
                         );
                         changed = true;
@@ -380,11 +677,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IBEMAIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // hickory's DNSSEC validator logs every failed proof at
+                // error level, with whole messages; `check` reports the
+                // outcome itself. IBEMAIL_LOG=debug shows everything.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,hickory_net=off,hickory_resolver=off,hickory_proto=off",
+                    )
+                }),
         )
         .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("ibemail-kgc: {e:#}");
             ExitCode::FAILURE

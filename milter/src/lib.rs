@@ -2,10 +2,26 @@
 //!
 //! The Postfix side of ibemail (DESIGN.md §6, §7):
 //!
+//! - [`config`]: the TOML configuration, validated up front;
+//! - [`engine`]: what to do with one message — seal outbound mail for
+//!   recipients whose domain publishes parameters (splitting off a
+//!   plaintext copy for the others), open inbound mail for local
+//!   recipients, quarantine what cannot be opened, tempfail on any
+//!   temporary trouble;
+//! - [`milter`]: the indymilter callbacks and [`milter::run`];
+//! - [`reinject`]: the SMTP client for plaintext copies;
+//! - [`metrics`]: Prometheus counters and histograms;
 //! - [`offline`]: the `lookup`, `encrypt` and `decrypt` commands' logic
 //!   (the paper's encrypter and decrypter, usable from procmail or Sieve).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod milter;
 pub mod offline;
+pub mod reinject;
+
+pub use milter::run;

@@ -26,6 +26,8 @@ use ibemail_message::{IbeRecipient, Limits, Recipient};
 use ibemail_milter::offline::{Exit, RecordBook, lookup_exit, lookup_report};
 use rand_core::OsRng;
 
+mod daemon;
+
 #[derive(Parser)]
 #[command(
     name = "ibemail-milter",
@@ -41,7 +43,10 @@ use rand_core::OsRng;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Configuration file (the same as `run --config FILE`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// DNS options shared by the commands that look up parameters.
@@ -78,6 +83,15 @@ impl DnsArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the milter for Postfix (the default command).
+    ///
+    /// SIGHUP reloads the configuration (the socket stays); SIGTERM stops
+    /// taking connections and lets messages in progress finish.
+    Run {
+        /// Configuration file (sample: packaging/ibemail-milter.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Show what a sender would use for DOMAIN: generation, algorithm, TTL,
     /// DNSSEC status and pin status.
     ///
@@ -299,7 +313,23 @@ fn decrypt(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
+    let command = match (cli.command, cli.config) {
+        (Some(command), None) => command,
+        (None, Some(config)) => Command::Run { config },
+        (Some(Command::Run { config }), Some(_)) => Command::Run { config },
+        (Some(_), Some(_)) => {
+            eprintln!("ibemail-milter: --config belongs to the run command");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+        (None, None) => {
+            eprintln!(
+                "ibemail-milter: give --config FILE to run the milter, or a command (see --help)"
+            );
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
+    let result = match &command {
+        Command::Run { config } => daemon::run(config).map_err(|e| Failure(Exit::Failed, e)),
         Command::Lookup {
             domain,
             dns,

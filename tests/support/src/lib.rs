@@ -8,6 +8,7 @@
 //!   changed under its old signature: bogus) or broken (SERVFAIL);
 //! - [`silent::Silent`]: a "name server" that accepts queries and never
 //!   answers, for timeouts;
+//! - [`smtp::Sink`]: an SMTP server recording what it receives (or refusing);
 //! - [`free_port`]: a free TCP+UDP port on a loopback address.
 //!
 //! Tests fail loudly when a required program is missing rather than skip:
@@ -18,6 +19,7 @@
 
 pub mod knot;
 pub mod silent;
+pub mod smtp;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;

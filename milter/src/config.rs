@@ -1,0 +1,575 @@
+//! The milter's TOML configuration (sample: `packaging/ibemail-milter.toml`).
+//!
+//! [`Config::load`] reads and validates the file; every mistake is reported
+//! with the key it concerns, before the milter takes any mail.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ibemail_discovery::{DnssecPolicy, DomainPolicy, PinPolicy};
+use serde::Deserialize;
+
+/// What to do for a remote domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptPolicy {
+    /// Never encrypt (plaintext, as if the domain published nothing).
+    Never,
+    /// Encrypt when the domain publishes usable parameters.
+    Opportunistic,
+    /// Encrypt, or keep the mail queued (tempfail) until it can be.
+    Require,
+}
+
+impl std::str::FromStr for EncryptPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(EncryptPolicy::Never),
+            "opportunistic" => Ok(EncryptPolicy::Opportunistic),
+            "require" => Ok(EncryptPolicy::Require),
+            other => Err(format!(
+                "{other:?}: expected never, opportunistic or require"
+            )),
+        }
+    }
+}
+
+/// What to do with a message that cannot be processed as it should:
+/// inbound ciphertext that does not open, or a message over the size cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Accept it into Postfix's hold queue, with the reason logged.
+    Quarantine,
+    /// 4xx: the client keeps it and retries.
+    Tempfail,
+    /// 5xx: the client bounces it to its sender.
+    Reject,
+}
+
+impl std::str::FromStr for FailureAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "quarantine" => Ok(FailureAction::Quarantine),
+            "tempfail" => Ok(FailureAction::Tempfail),
+            "reject" => Ok(FailureAction::Reject),
+            other => Err(format!(
+                "{other:?}: expected quarantine, tempfail or reject"
+            )),
+        }
+    }
+}
+
+/// Where the milter's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// Key stores opened in the milter process (single-server setups).
+    Dirs(Vec<PathBuf>),
+    /// The `ibemail-kgc serve` daemon.
+    Socket(PathBuf),
+}
+
+/// Policy for one remote domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemotePolicy {
+    /// Whether to encrypt.
+    pub encrypt: EncryptPolicy,
+    /// DNSSEC and pinning for its lookups.
+    pub lookup: DomainPolicy,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The socket Postfix connects to: `inet:HOST:PORT` or `unix:PATH`.
+    pub socket: String,
+    /// Our authserv-id in `Authentication-Results` (usually the host name).
+    pub authserv_id: String,
+    /// Domains whose mail this server receives (inbound handling).
+    pub local_domains: Vec<String>,
+    /// Client networks whose mail counts as our users' (outbound handling).
+    pub internal_networks: Vec<(IpAddr, u8)>,
+    /// Largest message handled, in bytes (header and body).
+    pub max_message_size: usize,
+    /// What to do with larger ones (never truncated, never passed on
+    /// unencrypted).
+    pub oversize: FailureAction,
+    /// Loopback address for the Prometheus metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// Where keys come from.
+    pub keys: Option<KeySource>,
+    /// Time allowed for one KGC request.
+    pub kgc_timeout: Duration,
+    /// Name servers for parameter lookups.
+    pub resolvers: Vec<SocketAddr>,
+    /// DNSSEC trust anchor file (default: the root KSKs).
+    pub trust_anchor: Option<PathBuf>,
+    /// Time to wait for one DNS answer.
+    pub dns_timeout: Duration,
+    /// DNS attempts per lookup.
+    pub dns_attempts: usize,
+    /// Pin file (trust on first use), if pinning is used.
+    pub pins: Option<PathBuf>,
+    /// Policy for domains not listed in `domains`.
+    pub default_policy: RemotePolicy,
+    /// Per-domain policies.
+    pub domains: BTreeMap<String, RemotePolicy>,
+    /// Inbound ciphertext that cannot be opened.
+    pub undecryptable: FailureAction,
+    /// Where plaintext copies for non-IBE recipients are re-injected.
+    pub reinject: Option<SocketAddr>,
+    /// HELO name used when re-injecting.
+    pub reinject_helo: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<String>,
+    authserv_id: Option<String>,
+    #[serde(default)]
+    local_domains: Vec<String>,
+    internal_networks: Option<Vec<String>>,
+    max_message_size: Option<String>,
+    oversize: Option<String>,
+    metrics: Option<String>,
+    #[serde(default)]
+    kgc: RawKgc,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    inbound: RawInbound,
+    #[serde(default)]
+    reinject: RawReinject,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKgc {
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    dirs: Vec<PathBuf>,
+    socket: Option<PathBuf>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    resolvers: Vec<String>,
+    trust_anchor: Option<PathBuf>,
+    timeout: Option<String>,
+    attempts: Option<usize>,
+    pins: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawDomainPolicy {
+    encrypt: Option<String>,
+    dnssec: Option<String>,
+    pin: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    encrypt: Option<String>,
+    dnssec: Option<String>,
+    pin: Option<String>,
+    #[serde(default)]
+    domains: BTreeMap<String, RawDomainPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    on_failure: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReinject {
+    address: Option<String>,
+    helo: Option<String>,
+}
+
+/// Parses `50M`, `100k`, `1G` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 50M"))?;
+    let factor: usize = match unit.trim() {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use k, M or G)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected ADDRESS[/PREFIX]"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?,
+        None => max,
+    };
+    Ok((addr, len))
+}
+
+/// True if `addr` is inside `network`.
+pub fn in_network(addr: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn duration(key: &str, value: Option<&String>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => ibemail_kgc::duration::parse_duration(v)
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+fn field<T: std::str::FromStr<Err = String>>(
+    key: &str,
+    value: Option<&String>,
+    default: T,
+) -> Result<T, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{key}: {text:?} is not ADDRESS:PORT"))
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let socket = raw
+            .socket
+            .ok_or("socket: required (inet:127.0.0.1:8891 or unix:/run/ibemail/milter.sock)")?;
+        if !(socket.starts_with("inet:") || socket.starts_with("unix:")) {
+            return Err(format!("socket: {socket:?} must start with inet: or unix:"));
+        }
+        let authserv_id = raw
+            .authserv_id
+            .ok_or("authserv_id: required (this host's name, as in Authentication-Results)")?;
+        if authserv_id.is_empty() || authserv_id.contains(|c: char| c.is_whitespace() || c == ';') {
+            return Err(format!("authserv_id: {authserv_id:?} is not a valid token"));
+        }
+        let local_domains = raw
+            .local_domains
+            .iter()
+            .map(|d| {
+                ibemail_ibe::normalize_domain(d).map_err(|e| format!("local_domains: {d:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let internal_networks = raw
+            .internal_networks
+            .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()])
+            .iter()
+            .map(|n| parse_network(n).map_err(|e| format!("internal_networks: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_message_size = match &raw.max_message_size {
+            None => 100 << 20,
+            Some(s) => parse_size(s).map_err(|e| format!("max_message_size: {e}"))?,
+        };
+        let oversize = field("oversize", raw.oversize.as_ref(), FailureAction::Reject)?;
+        if oversize == FailureAction::Quarantine {
+            return Err(
+                "oversize: must be tempfail or reject (an oversized message is never \
+                        passed on unprocessed)"
+                    .into(),
+            );
+        }
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(m) => {
+                let addr = socket_addr("metrics", m)?;
+                if !addr.ip().is_loopback() {
+                    return Err(format!("metrics: {addr} is not a loopback address"));
+                }
+                Some(addr)
+            }
+        };
+        let mut dirs = raw.kgc.dirs.clone();
+        dirs.extend(raw.kgc.dir.clone());
+        let keys = match (dirs.is_empty(), raw.kgc.socket.clone()) {
+            (true, None) => None,
+            (false, None) => Some(KeySource::Dirs(dirs)),
+            (true, Some(socket)) => Some(KeySource::Socket(socket)),
+            (false, Some(_)) => {
+                return Err("kgc: set either dir (in-process keys) or socket (the daemon)".into());
+            }
+        };
+        if keys.is_none() && !local_domains.is_empty() {
+            return Err(
+                "kgc: local_domains are set, so kgc.dir or kgc.socket is required \
+                        to open their mail"
+                    .into(),
+            );
+        }
+        let kgc_timeout = duration(
+            "kgc.timeout",
+            raw.kgc.timeout.as_ref(),
+            Duration::from_secs(10),
+        )?;
+        let resolvers = if raw.dns.resolvers.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], 53))]
+        } else {
+            raw.dns
+                .resolvers
+                .iter()
+                .map(|r| socket_addr("dns.resolvers", r))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let dns_timeout = duration(
+            "dns.timeout",
+            raw.dns.timeout.as_ref(),
+            Duration::from_secs(5),
+        )?;
+        let default_policy = RemotePolicy {
+            encrypt: field(
+                "policy.encrypt",
+                raw.policy.encrypt.as_ref(),
+                EncryptPolicy::Opportunistic,
+            )?,
+            lookup: DomainPolicy {
+                dnssec: field(
+                    "policy.dnssec",
+                    raw.policy.dnssec.as_ref(),
+                    DnssecPolicy::Prefer,
+                )?,
+                pin: field("policy.pin", raw.policy.pin.as_ref(), PinPolicy::Off)?,
+            },
+        };
+        let mut domains = BTreeMap::new();
+        for (name, p) in &raw.policy.domains {
+            let domain = ibemail_ibe::normalize_domain(name)
+                .map_err(|e| format!("policy.domains: {name:?}: {e}"))?;
+            let key = |k: &str| format!("policy.domains.\"{name}\".{k}");
+            domains.insert(
+                domain,
+                RemotePolicy {
+                    encrypt: field(&key("encrypt"), p.encrypt.as_ref(), default_policy.encrypt)?,
+                    lookup: DomainPolicy {
+                        dnssec: field(
+                            &key("dnssec"),
+                            p.dnssec.as_ref(),
+                            default_policy.lookup.dnssec,
+                        )?,
+                        pin: field(&key("pin"), p.pin.as_ref(), default_policy.lookup.pin)?,
+                    },
+                },
+            );
+        }
+        let uses_pins = default_policy.lookup.pin != PinPolicy::Off
+            || domains.values().any(|p| p.lookup.pin != PinPolicy::Off);
+        if uses_pins && raw.dns.pins.is_none() {
+            return Err("dns.pins: a pin file is required when a policy sets pin".into());
+        }
+        let undecryptable = field(
+            "inbound.on_failure",
+            raw.inbound.on_failure.as_ref(),
+            FailureAction::Quarantine,
+        )?;
+        let reinject = raw
+            .reinject
+            .address
+            .as_deref()
+            .map(|a| socket_addr("reinject.address", a))
+            .transpose()?;
+        Ok(Config {
+            socket,
+            authserv_id,
+            local_domains,
+            internal_networks,
+            max_message_size,
+            oversize,
+            metrics,
+            keys,
+            kgc_timeout,
+            resolvers,
+            trust_anchor: raw.dns.trust_anchor,
+            dns_timeout,
+            dns_attempts: raw.dns.attempts.unwrap_or(2),
+            pins: raw.dns.pins,
+            default_policy,
+            domains,
+            undecryptable,
+            reinject,
+            reinject_helo: raw.reinject.helo.unwrap_or_else(|| "localhost".into()),
+        })
+    }
+
+    /// The policy for a remote domain (normalised name).
+    pub fn policy_for(&self, domain: &str) -> RemotePolicy {
+        self.domains
+            .get(domain)
+            .copied()
+            .unwrap_or(self.default_policy)
+    }
+
+    /// True if `domain` (normalised) is one of ours.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.local_domains.iter().any(|d| d == domain)
+    }
+
+    /// True if `addr` is in an internal network.
+    pub fn is_internal(&self, addr: IpAddr) -> bool {
+        self.internal_networks
+            .iter()
+            .any(|&net| in_network(addr, net))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const MINIMAL: &str = "socket = \"inet:127.0.0.1:8891\"\nauthserv_id = \"mx.a.test\"\n";
+
+    #[test]
+    fn minimal_config_has_safe_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.default_policy.encrypt, EncryptPolicy::Opportunistic);
+        assert_eq!(c.default_policy.lookup.dnssec, DnssecPolicy::Prefer);
+        assert_eq!(c.undecryptable, FailureAction::Quarantine);
+        assert_eq!(c.oversize, FailureAction::Reject);
+        assert_eq!(c.max_message_size, 100 << 20);
+        assert!(c.is_internal("127.0.0.1".parse().unwrap()));
+        assert!(c.is_internal("::ffff:127.0.0.9".parse().unwrap()));
+        assert!(!c.is_internal("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = format!(
+            "{MINIMAL}local_domains = [\"A.Test\"]\ninternal_networks = [\"10.0.0.0/8\"]\n\
+             max_message_size = \"30M\"\noversize = \"tempfail\"\nmetrics = \"127.0.0.1:9100\"\n\
+             [kgc]\nsocket = \"/run/kgc.sock\"\ntimeout = \"3s\"\n\
+             [dns]\nresolvers = [\"127.0.0.1:5353\"]\ntimeout = \"2s\"\npins = \"/var/lib/pins\"\n\
+             [policy]\nencrypt = \"opportunistic\"\n\
+             [policy.domains.\"b.test\"]\nencrypt = \"require\"\ndnssec = \"require\"\npin = \"enforce\"\n\
+             [inbound]\non_failure = \"tempfail\"\n\
+             [reinject]\naddress = \"127.0.0.1:10026\"\nhelo = \"mx.a.test\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.local_domains, ["a.test"]);
+        assert!(c.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
+        assert_eq!(c.max_message_size, 30 << 20);
+        assert_eq!(c.keys, Some(KeySource::Socket("/run/kgc.sock".into())));
+        let b = c.policy_for("b.test");
+        assert_eq!(b.encrypt, EncryptPolicy::Require);
+        assert_eq!(b.lookup.dnssec, DnssecPolicy::Require);
+        assert_eq!(b.lookup.pin, PinPolicy::Enforce);
+        assert_eq!(c.policy_for("c.test").encrypt, EncryptPolicy::Opportunistic);
+        assert_eq!(c.reinject, Some("127.0.0.1:10026".parse().unwrap()));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        for (text, key) in [
+            ("authserv_id = \"x\"\n", "socket"),
+            ("socket = \"tcp:1\"\nauthserv_id = \"x\"\n", "socket"),
+            (
+                &format!("{MINIMAL}metrics = \"192.0.2.1:9100\"\n"),
+                "metrics",
+            ),
+            (&format!("{MINIMAL}oversize = \"quarantine\"\n"), "oversize"),
+            (&format!("{MINIMAL}local_domains = [\"a.test\"]\n"), "kgc"),
+            (
+                &format!("{MINIMAL}[policy]\nencrypt = \"always\"\n"),
+                "policy.encrypt",
+            ),
+            (
+                &format!("{MINIMAL}[policy]\npin = \"enforce\"\n"),
+                "dns.pins",
+            ),
+            (
+                &format!("{MINIMAL}internal_networks = [\"10.0.0.0/40\"]\n"),
+                "internal_networks",
+            ),
+            (
+                &format!("{MINIMAL}max_message_size = \"5X\"\n"),
+                "max_message_size",
+            ),
+            (
+                &format!("{MINIMAL}[kgc]\ndir = \"/a\"\nsocket = \"/b\"\n"),
+                "kgc",
+            ),
+            (&format!("{MINIMAL}typo = 1\n"), "typo"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let net = parse_network("192.0.2.0/24").unwrap();
+        assert!(in_network("192.0.2.200".parse().unwrap(), net));
+        assert!(!in_network("192.0.3.1".parse().unwrap(), net));
+        assert!(in_network(
+            "8.8.8.8".parse().unwrap(),
+            parse_network("0.0.0.0/0").unwrap()
+        ));
+        let v6 = parse_network("2001:db8::/32").unwrap();
+        assert!(in_network("2001:db8:1::1".parse().unwrap(), v6));
+        assert!(!in_network("192.0.2.1".parse().unwrap(), v6));
+    }
+}

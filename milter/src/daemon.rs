@@ -1,0 +1,136 @@
+//! `ibemail-milter run`: process work around [`ibemail_milter::run`] —
+//! logging, the socket (a stale Unix socket is replaced), the metrics
+//! listener, SIGHUP reload and SIGTERM drain.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ibemail_milter::config::Config;
+use ibemail_milter::engine::Engine;
+use ibemail_milter::metrics::{self, Metrics};
+use indymilter::EitherListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IBEMAIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn bind(socket: &str) -> Result<EitherListener<TcpListener, UnixListener>, String> {
+    if let Some(addr) = socket.strip_prefix("inet:") {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("socket {socket}: {e}"))?;
+        Ok(EitherListener::Tcp(listener))
+    } else if let Some(path) = socket.strip_prefix("unix:") {
+        let path = Path::new(path);
+        replace_stale(path)?;
+        let listener = UnixListener::bind(path).map_err(|e| format!("socket {socket}: {e}"))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("socket {socket}: {e}"))?;
+        Ok(EitherListener::Unix(listener))
+    } else {
+        Err(format!(
+            "socket {socket}: expected inet:HOST:PORT or unix:PATH"
+        ))
+    }
+}
+
+/// Removes a socket file nobody listens on; refuses to touch a live one or
+/// a file that is not a socket.
+fn replace_stale(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if !meta.file_type().is_socket() => Err(format!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        )),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!("{} is in use by a running milter", path.display()));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+/// Runs the milter until SIGTERM or SIGINT.
+pub(crate) fn run(config_path: &Path) -> Result<(), String> {
+    init_logging();
+    let config = Config::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::default());
+        let socket = config.socket.clone();
+        let metrics_addr = config.metrics;
+        let engine = Arc::new(Engine::new(config, metrics.clone())?);
+        let listener = bind(&socket).await?;
+        if let Some(addr) = metrics_addr {
+            let l = metrics::bind(addr)
+                .await
+                .map_err(|e| format!("metrics {addr}: {e}"))?;
+            tokio::spawn(metrics::serve(l, metrics.clone()));
+            info!(%addr, "metrics endpoint listening");
+        }
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let path = config_path.to_path_buf();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let rebuilt = Config::load(&path).and_then(|c| {
+                    if c.socket != socket {
+                        error!("the socket changed; restart the milter to move it");
+                    }
+                    Engine::new(c, metrics.clone())
+                });
+                match rebuilt {
+                    Ok(engine) => {
+                        let _ = reload_tx.send(Arc::new(engine)).await;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reload failed; keeping the running configuration")
+                    }
+                }
+            }
+        });
+        info!(socket = %socket_name(&listener), "ibemail-milter started");
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            info!("shutting down; finishing messages in progress");
+        };
+        ibemail_milter::run(listener, engine, reload_rx, shutdown)
+            .await
+            .map_err(|e| format!("milter: {e}"))?;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+fn socket_name(listener: &EitherListener<TcpListener, UnixListener>) -> String {
+    match listener {
+        EitherListener::Tcp(l) => l
+            .local_addr()
+            .map_or_else(|_| "inet".into(), |a| format!("inet:{a}")),
+        EitherListener::Unix(l) => l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_else(|| "unix".into()),
+    }
+}

@@ -1,0 +1,729 @@
+//! What the milter decides for one message, independent of the milter
+//! protocol: the message as Postfix showed it goes in, a [`Verdict`] (a
+//! reply and the modifications to make) comes out.
+//!
+//! Direction (DESIGN.md §7): a message from an authenticated, internal or
+//! local sender to a remote domain is outbound; otherwise mail for local
+//! recipients is inbound. Every internal error becomes a tempfail, so
+//! Postfix keeps the mail.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnchor};
+use ibemail_ibe::Identity;
+use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::service::KeyService;
+use ibemail_message::header::HeaderSection;
+use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient};
+use rand_core::OsRng;
+use tracing::{info, warn};
+
+use crate::config::{Config, EncryptPolicy, FailureAction, KeySource};
+use crate::metrics::Metrics;
+use crate::reinject;
+
+/// Where a message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Submitted on this host (sendmail, pickup), or over a local socket.
+    Local,
+    /// An SMTP client in an internal network, or one that authenticated.
+    Internal,
+    /// Any other SMTP client.
+    External,
+}
+
+/// One message as the milter saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Message {
+    /// Postfix queue id (macro `i`), for logs.
+    pub queue_id: String,
+    /// `MAIL FROM` argument as given (`<addr>` or `<>`).
+    pub sender: String,
+    /// `RCPT TO` arguments as given.
+    pub recipients: Vec<String>,
+    /// Header fields: name and value exactly as sent (leading space kept).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body (CRLF line endings, as Postfix sends it).
+    pub body: Vec<u8>,
+    /// Header and body bytes seen, including what was not kept.
+    pub size: usize,
+}
+
+impl Message {
+    /// The message as bytes: header fields, blank line, body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size + 2 * self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            // Postfix folds with a bare LF inside header values.
+            let mut previous = 0u8;
+            for &b in value {
+                if b == b'\n' && previous != b'\r' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+                previous = b;
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// A modification of the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Delete the `index`-th (1-based) field called `name`.
+    DeleteHeader {
+        /// Field name.
+        name: String,
+        /// Occurrence, 1-based.
+        index: i32,
+    },
+    /// Append a field.
+    AddHeader {
+        /// Field name.
+        name: String,
+        /// Value, with its leading space and LF folding.
+        value: Vec<u8>,
+    },
+    /// Insert a field at `index` (0 = top).
+    InsertHeader {
+        /// Position.
+        index: i32,
+        /// Field name.
+        name: String,
+        /// Value, with its leading space.
+        value: Vec<u8>,
+    },
+    /// Replace the body.
+    ReplaceBody(Vec<u8>),
+    /// Remove an envelope recipient (as given in `RCPT TO`).
+    DeleteRecipient(String),
+    /// Put the message on hold, with a reason.
+    Quarantine(String),
+}
+
+/// The reply to Postfix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Accept with the modifications.
+    Continue,
+    /// 4xx: keep the mail and retry later.
+    Tempfail(String),
+    /// 5xx.
+    Reject(String),
+}
+
+/// The outcome of one message, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Nothing to do.
+    Untouched,
+    /// Sealed for all its (remote) recipients.
+    Encrypted,
+    /// Sealed for some recipients, a plaintext copy re-injected for the rest.
+    Split,
+    /// Remote recipients without ibemail: sent as it is.
+    Plaintext,
+    /// Opened for local recipients.
+    Decrypted,
+    /// Could not be opened: quarantined (or rejected, as configured).
+    Undecryptable,
+    /// Temporary failure.
+    Tempfail,
+    /// Rejected (oversize).
+    Rejected,
+}
+
+impl Kind {
+    /// Label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Untouched => "untouched",
+            Kind::Encrypted => "encrypted",
+            Kind::Split => "split",
+            Kind::Plaintext => "plaintext",
+            Kind::Decrypted => "decrypted",
+            Kind::Undecryptable => "undecryptable",
+            Kind::Tempfail => "tempfail",
+            Kind::Rejected => "rejected",
+        }
+    }
+
+    /// Every kind, for metrics.
+    pub const ALL: [Kind; 8] = [
+        Kind::Untouched,
+        Kind::Encrypted,
+        Kind::Split,
+        Kind::Plaintext,
+        Kind::Decrypted,
+        Kind::Undecryptable,
+        Kind::Tempfail,
+        Kind::Rejected,
+    ];
+}
+
+/// What to do with a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The reply.
+    pub reply: Reply,
+    /// Modifications, in order (only applied with [`Reply::Continue`]).
+    pub actions: Vec<Action>,
+    /// For logs and metrics.
+    pub kind: Kind,
+}
+
+impl Verdict {
+    fn untouched(actions: Vec<Action>) -> Self {
+        Verdict {
+            reply: Reply::Continue,
+            actions,
+            kind: Kind::Untouched,
+        }
+    }
+
+    fn tempfail(reason: impl Into<String>) -> Self {
+        Verdict {
+            reply: Reply::Tempfail(reason.into()),
+            actions: Vec::new(),
+            kind: Kind::Tempfail,
+        }
+    }
+}
+
+/// How capsules are opened.
+enum Keys {
+    None,
+    InProcess(Arc<KeyService>),
+    Daemon(KgcClient),
+}
+
+/// Everything the milter needs to decide, built from one [`Config`]
+/// (rebuilt on reload).
+pub struct Engine {
+    config: Config,
+    discovery: Discovery,
+    keys: Keys,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The address inside `<...>` of an envelope argument.
+pub fn envelope_address(arg: &str) -> &str {
+    let arg = arg.trim();
+    arg.strip_prefix('<')
+        .and_then(|a| a.strip_suffix('>'))
+        .unwrap_or(arg)
+}
+
+/// Header field value as Postfix wants it from a milter: leading space
+/// kept, folding with bare LF.
+fn milter_value(raw_value: &[u8]) -> Vec<u8> {
+    let value = raw_value
+        .strip_suffix(b"\n")
+        .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+        .unwrap_or(raw_value);
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] == b'\r' && value.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(value[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The header fields of `message` as (name, value) for milter actions, and
+/// the body.
+fn split_message(message: &[u8]) -> (Vec<(String, Vec<u8>)>, &[u8]) {
+    let section = HeaderSection::parse(message);
+    let fields = section
+        .fields
+        .iter()
+        .map(|f| {
+            (
+                String::from_utf8_lossy(f.name).into_owned(),
+                milter_value(f.value()),
+            )
+        })
+        .collect();
+    (fields, &message[section.body_offset..])
+}
+
+/// Actions deleting every field of `headers` (highest occurrence first, so
+/// indices stay valid), optionally only those `select`ed.
+fn delete_headers(
+    headers: &[(String, Vec<u8>)],
+    select: impl Fn(&str, &[u8]) -> bool,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (position, (name, value)) in headers.iter().enumerate().rev() {
+        if !select(name, value) {
+            continue;
+        }
+        let index = headers[..=position]
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count();
+        actions.push(Action::DeleteHeader {
+            name: name.clone(),
+            index: i32::try_from(index).unwrap_or(i32::MAX),
+        });
+    }
+    actions
+}
+
+/// True if an Authentication-Results value claims `authserv_id`.
+fn claims_authserv_id(value: &[u8], authserv_id: &str) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let id = text
+        .trim_start()
+        .split([';', ' ', '\t', '\r', '\n'])
+        .next()
+        .unwrap_or("");
+    id.eq_ignore_ascii_case(authserv_id)
+}
+
+impl Engine {
+    /// Builds the engine: resolvers, pins, key access.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Engine, String> {
+        let pins = match &config.pins {
+            Some(path) => Some(Arc::new(
+                PinStore::open(path).map_err(|e| format!("pin file {}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        let discovery = Discovery::new(
+            DiscoveryConfig {
+                servers: config.resolvers.clone(),
+                timeout: config.dns_timeout,
+                attempts: config.dns_attempts,
+                trust_anchor: config
+                    .trust_anchor
+                    .clone()
+                    .map_or(TrustAnchor::Root, TrustAnchor::File),
+                ..DiscoveryConfig::default()
+            },
+            pins,
+        )
+        .map_err(|e| e.to_string())?;
+        let keys = match &config.keys {
+            None => Keys::None,
+            Some(KeySource::Dirs(dirs)) => Keys::InProcess(Arc::new(
+                KeyService::load(dirs, 10_000).map_err(|e| format!("kgc: {e}"))?,
+            )),
+            Some(KeySource::Socket(path)) => Keys::Daemon(KgcClient::new(path, config.kgc_timeout)),
+        };
+        let limits = Limits {
+            max_message_bytes: config.max_message_size,
+            ..Limits::default()
+        };
+        Ok(Engine {
+            config,
+            discovery,
+            keys,
+            limits,
+            metrics,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Decides what to do with `message` from `origin`.
+    pub async fn process(&self, message: &Message, origin: Origin) -> Verdict {
+        let started = Instant::now();
+        let verdict = self.decide(message, origin).await;
+        self.metrics
+            .observe(verdict.kind, started.elapsed().as_secs_f64());
+        let recipients = message.recipients.len();
+        match &verdict.reply {
+            Reply::Continue => info!(
+                queue_id = %message.queue_id,
+                outcome = verdict.kind.label(),
+                recipients,
+                size = message.size,
+                "message processed"
+            ),
+            Reply::Tempfail(reason) | Reply::Reject(reason) => warn!(
+                queue_id = %message.queue_id,
+                outcome = verdict.kind.label(),
+                recipients,
+                size = message.size,
+                reason = %reason,
+                "message not accepted"
+            ),
+        }
+        verdict
+    }
+
+    async fn decide(&self, message: &Message, origin: Origin) -> Verdict {
+        if message.size > self.config.max_message_size {
+            let reason = format!(
+                "message of {} bytes exceeds the ibemail limit of {} bytes",
+                message.size, self.config.max_message_size
+            );
+            return match self.config.oversize {
+                FailureAction::Reject => Verdict {
+                    reply: Reply::Reject(reason),
+                    actions: Vec::new(),
+                    kind: Kind::Rejected,
+                },
+                _ => Verdict::tempfail(reason),
+            };
+        }
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in &message.recipients {
+            match Identity::parse(envelope_address(rcpt)) {
+                Ok(id) if self.config.is_local(id.domain()) => local.push((rcpt.clone(), id)),
+                Ok(id) => remote.push((rcpt.clone(), Some(id))),
+                // Not an address we can encrypt to (e.g. a bare local name
+                // or address literal): it gets what it would get anyway.
+                Err(_) => remote.push((rcpt.clone(), None)),
+            }
+        }
+        if origin != Origin::External && !remote.is_empty() {
+            self.outbound(message, &local, &remote).await
+        } else if !local.is_empty() {
+            self.inbound(message, origin, &local).await
+        } else {
+            Verdict::untouched(Vec::new())
+        }
+    }
+
+    async fn outbound(
+        &self,
+        message: &Message,
+        local: &[(String, Identity)],
+        remote: &[(String, Option<Identity>)],
+    ) -> Verdict {
+        let raw = message.to_bytes();
+        if ibemail_message::is_encrypted(&raw) {
+            // Already end-to-end encrypted by the user: leave it alone.
+            return Verdict::untouched(Vec::new());
+        }
+        let now = now();
+        let mut sealed_for: Vec<(String, IbeRecipient)> = Vec::new();
+        let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
+        for (rcpt, identity) in remote {
+            let Some(identity) = identity else {
+                plain.push(rcpt.clone());
+                continue;
+            };
+            let policy = self.config.policy_for(identity.domain());
+            if policy.encrypt == EncryptPolicy::Never {
+                plain.push(rcpt.clone());
+                continue;
+            }
+            let found = self
+                .discovery
+                .lookup(identity.domain(), policy.lookup, now)
+                .await;
+            self.metrics.lookup(&found);
+            match found.outcome {
+                Outcome::Parameters { record, .. } => sealed_for.push((
+                    rcpt.clone(),
+                    IbeRecipient {
+                        identity: identity.clone(),
+                        generation: record.generation,
+                        params: record.params,
+                    },
+                )),
+                Outcome::NotIbe(_) if policy.encrypt == EncryptPolicy::Opportunistic => {
+                    plain.push(rcpt.clone());
+                }
+                Outcome::NotIbe(_) => {
+                    return Verdict::tempfail(format!(
+                        "{} requires encryption but publishes no usable parameters",
+                        identity.domain()
+                    ));
+                }
+                Outcome::Temporary(_) | Outcome::Refused(_) => {
+                    return Verdict::tempfail(found.summary());
+                }
+            }
+        }
+        if sealed_for.is_empty() {
+            return Verdict {
+                reply: Reply::Continue,
+                actions: Vec::new(),
+                kind: Kind::Plaintext,
+            };
+        }
+
+        // Seal first: a failure here must not leave a re-injected copy.
+        let limits = self.limits;
+        let recipients: Vec<IbeRecipient> = sealed_for.iter().map(|(_, r)| r.clone()).collect();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let dyn_recipients: Vec<&dyn Recipient> =
+                recipients.iter().map(|r| r as &dyn Recipient).collect();
+            ibemail_message::seal(&raw, &dyn_recipients, &mut OsRng, &limits)
+        })
+        .await;
+        let sealed = match sealed {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(e)) => return Verdict::tempfail(format!("sealing failed: {e}")),
+            Err(e) => return Verdict::tempfail(format!("sealing task failed: {e}")),
+        };
+
+        let mut actions = Vec::new();
+        let kind = if plain.is_empty() {
+            Kind::Encrypted
+        } else {
+            let Some(target) = self.config.reinject else {
+                return Verdict::tempfail(
+                    "mixed recipients need a plaintext copy, but reinject.address is not set",
+                );
+            };
+            let envelope = reinject::Envelope {
+                sender: message.sender.clone(),
+                recipients: plain.clone(),
+            };
+            if let Err(e) = reinject::send(
+                target,
+                &self.config.reinject_helo,
+                &envelope,
+                &message.to_bytes(),
+                Duration::from_secs(60),
+            )
+            .await
+            {
+                return Verdict::tempfail(format!("re-injecting the plaintext copy failed: {e}"));
+            }
+            info!(
+                queue_id = %message.queue_id,
+                recipients = plain.len(),
+                "plaintext copy re-injected for recipients without ibemail"
+            );
+            actions.extend(plain.into_iter().map(Action::DeleteRecipient));
+            Kind::Split
+        };
+        actions.extend(delete_headers(&message.headers, |_, _| true));
+        let (outer, _) = split_message(&sealed.header);
+        actions.extend(
+            outer
+                .into_iter()
+                .map(|(name, value)| Action::AddHeader { name, value }),
+        );
+        actions.push(Action::ReplaceBody(sealed.body));
+        Verdict {
+            reply: Reply::Continue,
+            actions,
+            kind,
+        }
+    }
+
+    async fn inbound(
+        &self,
+        message: &Message,
+        origin: Origin,
+        local: &[(String, Identity)],
+    ) -> Verdict {
+        let authserv_id = self.config.authserv_id.clone();
+        // RFC 8601 §5: results claiming to be ours that arrived from outside
+        // are forged.
+        let forged = |name: &str, value: &[u8]| {
+            name.eq_ignore_ascii_case("Authentication-Results")
+                && claims_authserv_id(value, &authserv_id)
+        };
+        let remove_forged = if origin == Origin::External {
+            delete_headers(&message.headers, forged)
+        } else {
+            Vec::new()
+        };
+        let raw = message.to_bytes();
+        if !ibemail_message::is_encrypted(&raw) {
+            return Verdict::untouched(remove_forged);
+        }
+        let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();
+        let limits = self.limits;
+        let opened = match &self.keys {
+            Keys::None => return Verdict::tempfail("no KGC configured to open inbound mail"),
+            Keys::InProcess(service) => {
+                let service = service.clone();
+                tokio::task::spawn_blocking(move || {
+                    ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
+                        service.open_capsule(id, generation, capsule)
+                    })
+                })
+                .await
+            }
+            Keys::Daemon(client) => {
+                let client = client.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
+                        handle.block_on(client.open(id, generation, capsule))
+                    })
+                })
+                .await
+            }
+        };
+        let opened = match opened {
+            Ok(result) => result,
+            Err(e) => return Verdict::tempfail(format!("opening task failed: {e}")),
+        };
+        match opened {
+            Ok(opened) => {
+                let (inner, body) = split_message(&opened.message);
+                let mut actions = delete_headers(&message.headers, |_, _| true);
+                // Fields added in transit after sealing (the receiving
+                // servers' Received, a DKIM signature of the ciphertext)
+                // stay on top; the sealed copy's own outer fields go.
+                let transit = message.headers.iter().take_while(|(name, value)| {
+                    !inner
+                        .iter()
+                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+                        && !ibemail_message::SMIME_FIELDS
+                            .iter()
+                            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+                        && !name.eq_ignore_ascii_case("Subject")
+                        && !forged(name, value)
+                });
+                let results = format!(
+                    " {}; x-ibemail=pass (decrypted) smtp.rcptto={} x-ibemail.generation={}",
+                    self.config.authserv_id, opened.recipient, opened.generation
+                );
+                actions.push(Action::AddHeader {
+                    name: "Authentication-Results".into(),
+                    value: results.into_bytes(),
+                });
+                actions.extend(transit.map(|(name, value)| Action::AddHeader {
+                    name: name.clone(),
+                    value: value.clone(),
+                }));
+                actions.extend(inner.iter().map(|(name, value)| Action::AddHeader {
+                    name: name.clone(),
+                    value: value.clone(),
+                }));
+                actions.push(Action::ReplaceBody(body.to_vec()));
+                Verdict {
+                    reply: Reply::Continue,
+                    actions,
+                    kind: Kind::Decrypted,
+                }
+            }
+            Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
+            // Someone else's S/MIME, or not for our recipients: deliver as is.
+            Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
+                Verdict::untouched(remove_forged)
+            }
+            Err(e) => {
+                let reason = format!("ibemail: cannot decrypt: {e}");
+                warn!(queue_id = %message.queue_id, reason = %reason, "undecryptable message");
+                match self.config.undecryptable {
+                    FailureAction::Quarantine => {
+                        let mut actions = remove_forged;
+                        actions.push(Action::InsertHeader {
+                            index: 0,
+                            name: "Authentication-Results".into(),
+                            value: format!(
+                                " {}; x-ibemail=fail (cannot decrypt: {e})",
+                                self.config.authserv_id
+                            )
+                            .replace(['\r', '\n'], " ")
+                            .into_bytes(),
+                        });
+                        actions.push(Action::Quarantine(reason));
+                        Verdict {
+                            reply: Reply::Continue,
+                            actions,
+                            kind: Kind::Undecryptable,
+                        }
+                    }
+                    FailureAction::Tempfail => Verdict {
+                        reply: Reply::Tempfail(reason),
+                        actions: Vec::new(),
+                        kind: Kind::Undecryptable,
+                    },
+                    FailureAction::Reject => Verdict {
+                        reply: Reply::Reject(reason),
+                        actions: Vec::new(),
+                        kind: Kind::Undecryptable,
+                    },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn messages_are_rebuilt_with_crlf_and_folding() {
+        let m = Message {
+            headers: vec![
+                ("Subject".into(), b" a\n\tb".to_vec()),
+                ("To".into(), b" x@y".to_vec()),
+            ],
+            body: b"hi\r\n".to_vec(),
+            ..Message::default()
+        };
+        assert_eq!(m.to_bytes(), b"Subject: a\r\n\tb\r\nTo: x@y\r\n\r\nhi\r\n");
+        let bytes = m.to_bytes();
+        let (fields, body) = split_message(&bytes);
+        assert_eq!(fields, m.headers);
+        assert_eq!(body, b"hi\r\n");
+    }
+
+    #[test]
+    fn deletions_go_from_the_last_occurrence() {
+        let headers = vec![
+            ("Received".to_string(), b" a".to_vec()),
+            ("To".to_string(), b" b".to_vec()),
+            ("received".to_string(), b" c".to_vec()),
+        ];
+        assert_eq!(
+            delete_headers(&headers, |_, _| true),
+            vec![
+                Action::DeleteHeader {
+                    name: "received".into(),
+                    index: 2
+                },
+                Action::DeleteHeader {
+                    name: "To".into(),
+                    index: 1
+                },
+                Action::DeleteHeader {
+                    name: "Received".into(),
+                    index: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn authserv_id_is_the_first_token() {
+        assert!(claims_authserv_id(
+            b" mx.b.test; x-ibemail=pass",
+            "mx.b.test"
+        ));
+        assert!(claims_authserv_id(b"MX.B.TEST 1; none", "mx.b.test"));
+        assert!(!claims_authserv_id(b" mx.b.test.evil; none", "mx.b.test"));
+        assert_eq!(envelope_address("<bob@b.test>"), "bob@b.test");
+        assert_eq!(envelope_address("bob@b.test"), "bob@b.test");
+    }
+}

@@ -1,0 +1,174 @@
+//! Counters and latency histograms, served in the Prometheus text format
+//! on a loopback address (`metrics = "127.0.0.1:9100"`).
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ibemail_discovery::{Lookup, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::engine::Kind;
+
+/// Upper bounds (seconds) of the processing-time histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The milter's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    messages: [AtomicU64; Kind::ALL.len()],
+    latency: Mutex<Histogram>,
+    lookups: [AtomicU64; 4],
+    cache_hits: AtomicU64,
+}
+
+const LOOKUP_LABELS: [&str; 4] = ["parameters", "not_ibe", "temporary", "refused"];
+
+impl Metrics {
+    /// Records one processed message.
+    pub fn observe(&self, kind: Kind, seconds: f64) {
+        if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
+            self.messages[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Records one parameter lookup.
+    pub fn lookup(&self, lookup: &Lookup) {
+        let i = match lookup.outcome {
+            Outcome::Parameters { .. } => 0,
+            Outcome::NotIbe(_) => 1,
+            Outcome::Temporary(_) => 2,
+            Outcome::Refused(_) => 3,
+        };
+        self.lookups[i].fetch_add(1, Ordering::Relaxed);
+        if lookup.cached {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages processed with outcome `kind`.
+    pub fn messages(&self, kind: Kind) -> u64 {
+        Kind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.messages[i].load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_messages_total Messages processed, by outcome.\n\
+             # TYPE ibemail_messages_total counter"
+        );
+        for (i, kind) in Kind::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ibemail_messages_total{{outcome=\"{}\"}} {}",
+                kind.label(),
+                self.messages[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_lookups_total Parameter lookups, by outcome.\n\
+             # TYPE ibemail_lookups_total counter"
+        );
+        for (i, label) in LOOKUP_LABELS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ibemail_lookups_total{{outcome=\"{label}\"}} {}",
+                self.lookups[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_lookup_cache_hits_total Lookups answered from the cache.\n\
+             # TYPE ibemail_lookup_cache_hits_total counter\n\
+             ibemail_lookup_cache_hits_total {}",
+            self.cache_hits.load(Ordering::Relaxed)
+        );
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_processing_seconds Time to decide on a message at end of data.\n\
+             # TYPE ibemail_processing_seconds histogram"
+        );
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ibemail_processing_seconds_bucket{{le=\"{bound}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ibemail_processing_seconds_bucket{{le=\"+Inf\"}} {}\n\
+             ibemail_processing_seconds_sum {}\n\
+             ibemail_processing_seconds_count {}",
+            h.count, h.sum, h.count
+        );
+        out
+    }
+}
+
+/// Serves `metrics` over HTTP on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            // Read the request head (bounded); any path gets the metrics.
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let body = metrics.render();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics listener (loopback only, checked by the config).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

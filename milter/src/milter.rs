@@ -1,0 +1,305 @@
+//! The milter protocol side: thin indymilter callbacks around a
+//! per-connection [`Session`] state machine, and [`run`].
+//!
+//! A session collects one message (envelope, header fields, body up to the
+//! size cap); at end of message the [`Engine`] decides and the callbacks
+//! apply its actions. The engine in use is swapped atomically on reload;
+//! messages in progress finish with the engine they started with.
+
+use std::ffi::{CStr, CString};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, Listener, MacroStage,
+    NegotiateContext, ProtoOpts, SetErrorReply, SocketInfo, Status,
+};
+use tracing::{error, info, warn};
+
+use crate::engine::{Action, Engine, Message, Origin, Reply, Verdict};
+
+/// Where a session is in the SMTP conversation.
+#[derive(Debug, Default)]
+enum Stage {
+    /// Between messages.
+    #[default]
+    Idle,
+    /// Collecting a message.
+    Message(Box<Message>),
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub struct Session {
+    client: Option<IpAddr>,
+    local_socket: bool,
+    origin: Origin,
+    stage: Stage,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            client: None,
+            local_socket: true,
+            origin: Origin::Local,
+            stage: Stage::Idle,
+        }
+    }
+}
+
+impl Session {
+    fn message(&mut self) -> Option<&mut Message> {
+        match &mut self.stage {
+            Stage::Message(m) => Some(m),
+            Stage::Idle => None,
+        }
+    }
+}
+
+/// The engine in use, replaced on reload.
+pub type SharedEngine = Arc<RwLock<Arc<Engine>>>;
+
+fn engine(shared: &SharedEngine) -> Arc<Engine> {
+    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Bytes as a C string for the milter protocol (NUL cannot be sent).
+fn cstring(bytes: &[u8]) -> CString {
+    CString::new(
+        bytes
+            .iter()
+            .copied()
+            .filter(|&b| b != 0)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap_or_default()
+}
+
+fn macro_value(macros: &indymilter::Macros, name: &CStr) -> Option<String> {
+    macros
+        .get(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
+    cx.requested_actions |= Actions::ADD_HEADER
+        | Actions::CHANGE_HEADER
+        | Actions::REPLACE_BODY
+        | Actions::ADD_RCPT
+        | Actions::DELETE_RCPT
+        | Actions::QUARANTINE;
+    cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    for (stage, names) in [
+        (MacroStage::Connect, "j {daemon_name} {client_addr}"),
+        (MacroStage::Mail, "{auth_authen} i"),
+        (MacroStage::Eom, "i"),
+    ] {
+        if let Ok(names) = CString::new(names) {
+            cx.requested_macros.insert(stage, names);
+        }
+    }
+    Status::Continue
+}
+
+fn connect(cx: &mut Context<Session>, socket: SocketInfo) -> Status {
+    let mut session = Session::default();
+    if let SocketInfo::Inet(addr) = socket {
+        session.client = Some(addr.ip());
+        session.local_socket = false;
+    }
+    cx.data = Some(session);
+    Status::Continue
+}
+
+fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) -> Status {
+    let authenticated = macro_value(&cx.macros, c"{auth_authen}").is_some();
+    let queue_id = macro_value(&cx.macros, c"i").unwrap_or_default();
+    let session = cx.data.get_or_insert_with(Session::default);
+    let config_engine = engine(shared);
+    session.origin = match session.client {
+        _ if authenticated => Origin::Internal,
+        None => Origin::Local,
+        Some(ip) if config_engine.config().is_internal(ip) => Origin::Internal,
+        Some(_) => Origin::External,
+    };
+    let sender = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    session.stage = Stage::Message(Box::new(Message {
+        queue_id,
+        sender,
+        ..Message::default()
+    }));
+    Status::Continue
+}
+
+fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    if let Some(message) = cx.data.as_mut().and_then(Session::message)
+        && let Some(rcpt) = args.first()
+    {
+        message.recipients.push(rcpt.to_string_lossy().into_owned());
+    }
+    Status::Continue
+}
+
+fn header(cx: &mut Context<Session>, name: CString, value: CString, cap: usize) -> Status {
+    if let Some(message) = cx.data.as_mut().and_then(Session::message) {
+        let len = name.as_bytes().len() + value.as_bytes().len() + 3;
+        message.size = message.size.saturating_add(len);
+        if message.size <= cap {
+            message
+                .headers
+                .push((name.to_string_lossy().into_owned(), value.into_bytes()));
+        }
+    }
+    Status::Continue
+}
+
+fn body(cx: &mut Context<Session>, chunk: Bytes, cap: usize) -> Status {
+    if let Some(message) = cx.data.as_mut().and_then(Session::message) {
+        message.size = message.size.saturating_add(chunk.len() + 2);
+        // Past the cap the engine refuses the message; keep counting only.
+        if message.size <= cap {
+            message.body.extend_from_slice(&chunk);
+        }
+    }
+    Status::Continue
+}
+
+async fn apply(cx: &EomContext<Session>, actions: &[Action]) -> Result<(), String> {
+    let act = &cx.actions;
+    for action in actions {
+        let result = match action {
+            Action::DeleteHeader { name, index } => {
+                act.change_header(name.as_str(), *index, None::<CString>)
+                    .await
+            }
+            Action::AddHeader { name, value } => {
+                act.add_header(name.as_str(), cstring(value)).await
+            }
+            Action::InsertHeader { index, name, value } => {
+                act.insert_header(*index, name.as_str(), cstring(value))
+                    .await
+            }
+            Action::ReplaceBody(body) => act.replace_body(body).await,
+            Action::DeleteRecipient(rcpt) => act.delete_recipient(rcpt.as_str()).await,
+            Action::Quarantine(reason) => act.quarantine(reason.replace(['\r', '\n'], " ")).await,
+        };
+        result.map_err(|e| {
+            format!("{action:?}: {e}")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })?;
+    }
+    Ok(())
+}
+
+fn reply_status(cx: &mut EomContext<Session>, verdict: &Verdict) -> Status {
+    match &verdict.reply {
+        Reply::Continue => Status::Continue,
+        Reply::Tempfail(reason) => {
+            let text = format!("ibemail: {}", reason.replace(['\r', '\n'], " "));
+            let text: String = text.chars().take(900).collect();
+            let _ = cx.reply.set_error_reply("451", Some("4.7.0"), [text]);
+            Status::Tempfail
+        }
+        Reply::Reject(reason) => {
+            let text = format!("ibemail: {}", reason.replace(['\r', '\n'], " "));
+            let text: String = text.chars().take(900).collect();
+            let _ = cx.reply.set_error_reply("554", Some("5.7.0"), [text]);
+            Status::Reject
+        }
+    }
+}
+
+async fn eom(cx: &mut EomContext<Session>, shared: SharedEngine) -> Status {
+    let queue_id = macro_value(&cx.macros, c"i");
+    let Some(session) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let Stage::Message(mut message) = std::mem::take(&mut session.stage) else {
+        return Status::Continue;
+    };
+    if let Some(id) = queue_id {
+        message.queue_id = id;
+    }
+    let origin = session.origin;
+    let engine = engine(&shared);
+    let verdict = engine.process(&message, origin).await;
+    if verdict.reply == Reply::Continue
+        && let Err(e) = apply(cx, &verdict.actions).await
+    {
+        error!(queue_id = %message.queue_id, error = %e, "modifying the message failed");
+        let _ = cx
+            .reply
+            .set_error_reply("451", Some("4.7.0"), ["ibemail: internal error"]);
+        return Status::Tempfail;
+    }
+    reply_status(cx, &verdict)
+}
+
+fn callbacks(shared: SharedEngine) -> Callbacks<Session> {
+    let cap = |shared: &SharedEngine| engine(shared).config().max_message_size.saturating_add(1);
+    let (s1, s2, s3, s4) = (shared.clone(), shared.clone(), shared.clone(), shared);
+    Callbacks::new()
+        .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
+        .on_connect(|cx, _, socket| Box::pin(async move { connect(cx, socket) }))
+        .on_mail(move |cx, args| {
+            let shared = s1.clone();
+            Box::pin(async move { mail(cx, args, &shared) })
+        })
+        .on_rcpt(|cx, args| Box::pin(async move { rcpt(cx, args) }))
+        .on_header(move |cx, name, value| {
+            let limit = cap(&s2);
+            Box::pin(async move { header(cx, name, value, limit) })
+        })
+        .on_body(move |cx, chunk| {
+            let limit = cap(&s3);
+            Box::pin(async move { body(cx, chunk, limit) })
+        })
+        .on_eom(move |cx| Box::pin(eom(cx, s4.clone())))
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(session) = cx.data.as_mut() {
+                    session.stage = Stage::Idle;
+                }
+                Status::Continue
+            })
+        })
+}
+
+/// Runs the milter on `listener` until `shutdown` completes; each value
+/// received on `reload` replaces the engine (new mail uses it at once).
+pub async fn run(
+    listener: impl Listener,
+    engine: Arc<Engine>,
+    mut reload: tokio::sync::mpsc::Receiver<Arc<Engine>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shared: SharedEngine = Arc::new(RwLock::new(engine));
+    let swapper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reload.recv().await {
+                *shared.write().unwrap_or_else(|e| e.into_inner()) = new;
+                info!("configuration reloaded");
+            }
+        })
+    };
+    let config = indymilter::Config {
+        max_connections: 256,
+        ..Default::default()
+    };
+    let result = indymilter::run(listener, callbacks(shared), config, shutdown).await;
+    swapper.abort();
+    if let Err(e) = &result {
+        warn!(error = %e, "milter stopped");
+    }
+    result
+}

@@ -1,0 +1,155 @@
+//! Re-injection of the plaintext copy for recipients that do not get
+//! ciphertext: a minimal SMTP client speaking to a Postfix listener that
+//! runs without this milter (see `packaging/postfix/master.cf`).
+//!
+//! The copy counts as delivered only after the final `250` to the message
+//! data; anything else is an error and the caller tempfails the original.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Envelope of the copy.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// `MAIL FROM` argument as received (`<addr>` or `<>`).
+    pub sender: String,
+    /// `RCPT TO` arguments as received.
+    pub recipients: Vec<String>,
+}
+
+/// Longest reply line accepted from the server.
+const MAX_LINE: usize = 4096;
+
+/// Sends `message` (CRLF line endings) to `target`.
+pub async fn send(
+    target: SocketAddr,
+    helo: &str,
+    envelope: &Envelope,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    tokio::time::timeout(timeout, transaction(target, helo, envelope, message))
+        .await
+        .map_err(|_| format!("{target}: no answer within {timeout:?}"))?
+}
+
+async fn transaction(
+    target: SocketAddr,
+    helo: &str,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<(), String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("{target}: {e}"))?;
+    let mut smtp = BufReader::new(stream);
+    expect(&mut smtp, "greeting", 220).await?;
+    command(&mut smtp, &format!("EHLO {helo}"), 250).await?;
+    command(
+        &mut smtp,
+        &format!("MAIL FROM:{}", bracketed(&envelope.sender)),
+        250,
+    )
+    .await?;
+    for rcpt in &envelope.recipients {
+        command(&mut smtp, &format!("RCPT TO:{}", bracketed(rcpt)), 250).await?;
+    }
+    command(&mut smtp, "DATA", 354).await?;
+    let mut data = dot_stuff(message);
+    data.extend_from_slice(b".\r\n");
+    smtp.get_mut()
+        .write_all(&data)
+        .await
+        .map_err(|e| format!("sending data: {e}"))?;
+    expect(&mut smtp, "end of data", 250).await?;
+    // The copy is accepted; a failing QUIT changes nothing.
+    let _ = command(&mut smtp, "QUIT", 221).await;
+    Ok(())
+}
+
+fn bracketed(address: &str) -> String {
+    let a = address.trim();
+    if a.starts_with('<') {
+        a.to_string()
+    } else {
+        format!("<{a}>")
+    }
+}
+
+/// CRLF line endings and leading dots doubled (RFC 5321 §4.5.2); a final
+/// line ending is added if missing.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
+    let mut at_line_start = true;
+    let mut previous = 0u8;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        previous = b;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+async fn command(smtp: &mut BufReader<TcpStream>, line: &str, expected: u16) -> Result<(), String> {
+    smtp.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("sending {line}: {e}"))?;
+    let what = line.split(':').next().unwrap_or(line);
+    expect(smtp, what, expected).await
+}
+
+/// Reads a (possibly multi-line) reply and checks its code.
+async fn expect(smtp: &mut BufReader<TcpStream>, what: &str, expected: u16) -> Result<(), String> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let n = (&mut *smtp)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("reading reply to {what}: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection closed before the reply to {what}"));
+        }
+        text.push_str(line.trim_end());
+        let code: u16 = line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("malformed reply to {what}: {line:?}"))?;
+        if line.as_bytes().get(3) == Some(&b'-') {
+            text.push(' ');
+            continue;
+        }
+        return if code == expected {
+            Ok(())
+        } else {
+            Err(format!("{what}: {text}"))
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn dots_are_stuffed_and_lines_end_in_crlf() {
+        assert_eq!(dot_stuff(b".a\r\nb\n.\r\n.."), b"..a\r\nb\r\n..\r\n...\r\n");
+        assert_eq!(dot_stuff(b""), b"");
+    }
+}
