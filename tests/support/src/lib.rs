@@ -18,6 +18,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod knot;
+pub mod postfix;
+pub mod proxy;
 pub mod silent;
 pub mod smtp;
 

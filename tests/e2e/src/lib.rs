@@ -1,0 +1,434 @@
+//! # ibemail-e2e
+//!
+//! The whole system on one machine, torn down on drop:
+//!
+//! - Knot DNS serving the signed parent `test.` (trust anchor) and the
+//!   signed, dynamically updatable zones `a.test` and `b.test`, whose
+//!   `_ibemailkey` records are published by `ibemail-kgc publish`'s code
+//!   (RFC 2136 + TSIG); `c.test` publishes nothing;
+//! - for `a.test` and `b.test`: a KGC store, the KGC daemon on a Unix socket,
+//!   the milter (asking the daemon to open capsules) and a Postfix instance
+//!   with the milter in `smtpd_milters` and `non_smtpd_milters`
+//!   (`milter_default_action = tempfail`) and a re-injection listener;
+//! - `c.test`: a Postfix without ibemail;
+//! - a recording relay between `a.test` and `b.test`: an independent
+//!   observer of what crosses the wire.
+//!
+//! Each [`World`] takes its own `127.0.N.0/24` block, so tests can run in
+//! parallel. The KGC daemons and milters run in this process (the same
+//! library code `ibemail-kgc serve` and `ibemail-milter run` run); Postfix,
+//! Knot and swaks are the real programs.
+
+#![forbid(unsafe_code)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ibemail_kgc::publish::{UpdateTarget, publish};
+use ibemail_kgc::server::{ServerConfig, serve};
+use ibemail_kgc::service::KeyService;
+use ibemail_kgc::store::Store;
+use ibemail_kgc::tsig::TsigKey;
+use ibemail_milter::config::Config;
+use ibemail_milter::engine::Engine;
+use ibemail_milter::metrics::Metrics;
+use ibemail_test_support::knot::{Knot, Signing, Zone};
+use ibemail_test_support::postfix::{Postfix, PostfixConfig};
+use ibemail_test_support::proxy::Recorder;
+use rand_core::OsRng;
+use tokio::runtime::Runtime;
+
+pub use ibemail_test_support::postfix;
+
+/// Port of the re-injection listener on every instance.
+pub const REINJECT_PORT: u16 = 10026;
+
+static NEXT_BLOCK: AtomicU8 = AtomicU8::new(0);
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A task on the world's runtime that can be stopped and started again.
+struct Task {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Task {
+    fn stop(&mut self, rt: &Runtime) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = rt.block_on(handle);
+        }
+    }
+}
+
+/// One IBE mail domain.
+pub struct Domain {
+    pub name: String,
+    pub ip: IpAddr,
+    pub store_dir: PathBuf,
+    pub kgc_socket: PathBuf,
+    pub milter_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub postfix: Postfix,
+    kgc: Task,
+    milter: Task,
+    milter_config: String,
+}
+
+/// The two-domain system.
+pub struct World {
+    pub rt: Runtime,
+    pub knot: Knot,
+    pub a: Domain,
+    pub b: Domain,
+    pub c: Postfix,
+    pub wire: Recorder,
+    tsig: TsigKey,
+    _tmp: tempfile::TempDir,
+}
+
+/// Options for [`World::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra milter configuration for a.test (TOML, top-level keys first).
+    pub a_milter: String,
+    /// Extra milter configuration for b.test.
+    pub b_milter: String,
+    /// Extra Postfix milters for a.test, before ibemail.
+    pub a_milters_before: Vec<String>,
+    /// Extra Postfix milters for a.test, after ibemail.
+    pub a_milters_after: Vec<String>,
+    /// Extra Postfix milters for b.test, before ibemail.
+    pub b_milters_before: Vec<String>,
+    /// Fixed address block (`127.0.N.0/24`) instead of the next free one.
+    pub block: Option<u8>,
+}
+
+fn start_kgc(rt: &Runtime, store_dir: &Path, socket: &Path) -> Task {
+    let _ = std::fs::remove_file(socket);
+    let service = Arc::new(KeyService::load(&[store_dir.to_path_buf()], 1024).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = rt.block_on(async { tokio::net::UnixListener::bind(socket).unwrap() });
+    let handle = rt.spawn(async move {
+        let _ = serve(listener, service, ServerConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Task {
+        stop: Some(stop),
+        handle: Some(handle),
+    }
+}
+
+fn start_milter(rt: &Runtime, config: &str, addr: SocketAddr, metrics: Arc<Metrics>) -> Task {
+    let config = Config::parse(config).unwrap();
+    let engine = Arc::new(Engine::new(config, metrics).unwrap());
+    let listener = rt.block_on(async {
+        // The previous instance may still be releasing the port.
+        for _ in 0..100 {
+            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cannot bind the milter to {addr}");
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = rt.spawn(async move {
+        let (_reload, reload_rx) = tokio::sync::mpsc::channel(1);
+        let _ = ibemail_milter::run(listener, engine, reload_rx, async {
+            let _ = stopped.await;
+        })
+        .await;
+        drop(_reload);
+    });
+    Task {
+        stop: Some(stop),
+        handle: Some(handle),
+    }
+}
+
+impl World {
+    /// Brings everything up and publishes both domains' parameters.
+    pub fn start(options: Options) -> World {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let block = options
+            .block
+            .unwrap_or_else(|| 10 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
+        let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, block, last));
+        let tmp = tempfile::Builder::new()
+            .prefix("ibemail-e2e")
+            .tempdir()
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let knot = Knot::start_on(
+            ip(53),
+            &[
+                Zone::new("a.test", Signing::Signed, &["mx A 127.0.0.1"]).updatable(),
+                Zone::new("b.test", Signing::Signed, &["mx A 127.0.0.1"]).updatable(),
+                Zone::new("c.test", Signing::Signed, &["mx A 127.0.0.1"]),
+            ],
+        );
+        let tsig = TsigKey::parse(&format!(
+            "{}:{}:{}",
+            knot.tsig.algorithm, knot.tsig.name, knot.tsig.secret_base64
+        ))
+        .unwrap();
+
+        let (a_ip, b_ip, c_ip) = (ip(11), ip(12), ip(13));
+        // a.test -> b.test goes through the observer.
+        let wire = Recorder::start(SocketAddr::new(ip(20), 2525), SocketAddr::new(b_ip, 25));
+        let dns = format!(
+            "[dns]\nresolvers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout = \"2s\"\n",
+            knot.addr,
+            knot.trust_anchor_file().display()
+        );
+
+        let mut domains = Vec::new();
+        for (name, dom_ip, extra, before, after, transports) in [
+            (
+                "a.test",
+                a_ip,
+                &options.a_milter,
+                &options.a_milters_before,
+                &options.a_milters_after,
+                vec![
+                    (
+                        "b.test".to_string(),
+                        format!("smtp:[{}]:{}", wire.addr.ip(), wire.addr.port()),
+                    ),
+                    ("c.test".to_string(), format!("smtp:[{c_ip}]:25")),
+                ],
+            ),
+            (
+                "b.test",
+                b_ip,
+                &options.b_milter,
+                &options.b_milters_before,
+                &Vec::new(),
+                vec![
+                    ("a.test".to_string(), format!("smtp:[{a_ip}]:25")),
+                    ("c.test".to_string(), format!("smtp:[{c_ip}]:25")),
+                ],
+            ),
+        ] {
+            let store_dir = tmp.path().join(format!("kgc-{name}"));
+            Store::setup(&store_dir, name, now(), &mut OsRng).unwrap();
+            let kgc_socket = tmp.path().join(format!("kgc-{name}.sock"));
+            let kgc = start_kgc(&rt, &store_dir, &kgc_socket);
+            let milter_addr = SocketAddr::new(dom_ip, ibemail_test_support::free_port(dom_ip));
+            let (top, tables) = match extra.split_once("\n[") {
+                Some((top, tables)) => (top.to_string(), format!("[{tables}")),
+                None => (extra.clone(), String::new()),
+            };
+            let milter_config = format!(
+                "socket = \"inet:{milter_addr}\"\nauthserv_id = \"mx.{name}\"\n\
+                 local_domains = [\"{name}\"]\ninternal_networks = [\"{dom_ip}/32\"]\n{top}\n\
+                 [kgc]\nsocket = \"{}\"\ntimeout = \"3s\"\n{dns}\
+                 [reinject]\naddress = \"{dom_ip}:{REINJECT_PORT}\"\nhelo = \"mx.{name}\"\n{tables}\n",
+                kgc_socket.display()
+            );
+            let metrics = Arc::new(Metrics::default());
+            let milter = start_milter(&rt, &milter_config, milter_addr, metrics.clone());
+            let mut milters = before.clone();
+            milters.push(format!("inet:{milter_addr}"));
+            milters.extend(after.iter().cloned());
+            let postfix = Postfix::start(PostfixConfig {
+                name: name.trim_end_matches(".test").to_string(),
+                domain: name.to_string(),
+                ip: dom_ip,
+                users: ["alice", "bob", "carol", "dave"].map(String::from).to_vec(),
+                milters,
+                transports,
+                reinject_port: Some(REINJECT_PORT),
+                extra: Vec::new(),
+            });
+            domains.push(Domain {
+                name: name.to_string(),
+                ip: dom_ip,
+                store_dir,
+                kgc_socket,
+                milter_addr,
+                metrics,
+                postfix,
+                kgc,
+                milter,
+                milter_config,
+            });
+        }
+        let b = domains.pop().unwrap();
+        let a = domains.pop().unwrap();
+        let c = Postfix::start(PostfixConfig {
+            name: "c".into(),
+            domain: "c.test".into(),
+            ip: c_ip,
+            users: ["carol", "dave"].map(String::from).to_vec(),
+            milters: Vec::new(),
+            transports: Vec::new(),
+            reinject_port: None,
+            extra: Vec::new(),
+        });
+        let world = World {
+            rt,
+            knot,
+            a,
+            b,
+            c,
+            wire,
+            tsig,
+            _tmp: tmp,
+        };
+        world.publish("a.test");
+        world.publish("b.test");
+        world
+    }
+
+    pub fn domain(&self, name: &str) -> &Domain {
+        if name == "a.test" { &self.a } else { &self.b }
+    }
+
+    pub fn domain_mut(&mut self, name: &str) -> &mut Domain {
+        if name == "a.test" {
+            &mut self.a
+        } else {
+            &mut self.b
+        }
+    }
+
+    /// Publishes `domain`'s records with `ibemail-kgc publish`'s code.
+    pub fn publish(&self, domain: &str) {
+        let store = Store::open(&self.domain(domain).store_dir).unwrap();
+        let target = UpdateTarget {
+            server: self.knot.addr,
+            zone: domain.to_string(),
+            ttl: 2,
+            timeout: Duration::from_secs(5),
+        };
+        self.rt
+            .block_on(publish(&target, &self.tsig, domain, &store.records()))
+            .unwrap();
+    }
+
+    /// Rotates `domain`'s key (new generation published), with `overlap_secs`.
+    pub fn rotate(&mut self, domain: &str, overlap_secs: u64) {
+        let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
+        store.rotate(overlap_secs, now(), &mut OsRng).unwrap();
+        self.publish(domain);
+        self.restart_kgc(domain);
+    }
+
+    /// Retires generations whose overlap ended.
+    pub fn retire(&mut self, domain: &str, at: u64) {
+        let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
+        store.retire_expired(at).unwrap();
+        self.publish(domain);
+        self.restart_kgc(domain);
+    }
+
+    pub fn stop_kgc(&mut self, domain: &str) {
+        let rt = &self.rt;
+        let d = if domain == "a.test" {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
+        d.kgc.stop(rt);
+        let _ = std::fs::remove_file(&d.kgc_socket);
+    }
+
+    pub fn start_kgc(&mut self, domain: &str) {
+        let rt = &self.rt;
+        let d = if domain == "a.test" {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
+        d.kgc = start_kgc(rt, &d.store_dir, &d.kgc_socket);
+    }
+
+    pub fn restart_kgc(&mut self, domain: &str) {
+        self.stop_kgc(domain);
+        self.start_kgc(domain);
+    }
+
+    /// Restarts `domain`'s milter with `extra` appended to its configuration.
+    pub fn reconfigure_milter(&mut self, domain: &str, extra: &str) {
+        let rt = &self.rt;
+        let d = if domain == "a.test" {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
+        d.milter.stop(rt);
+        let config = format!("{}{extra}", d.milter_config);
+        d.milter = start_milter(rt, &config, d.milter_addr, d.metrics.clone());
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.a.postfix.stop();
+        self.b.postfix.stop();
+        self.c.stop();
+        let rt = &self.rt;
+        for d in [&mut self.a, &mut self.b] {
+            d.milter.stop(rt);
+            d.kgc.stop(rt);
+        }
+    }
+}
+
+/// A test message with the given headers and body (CRLF).
+pub fn message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\n\
+         Date: Mon, 23 Nov 2026 09:00:00 +0000\r\n\
+         Message-ID: <{}.{}@a.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
+        now(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+    .into_bytes()
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The part of a delivered Maildir file after the fields delivery added on
+/// top, with LF line endings; and the names of those added fields.
+pub fn delivered_original(mailbox_file: &[u8], submitted: &[u8]) -> Result<Vec<String>, String> {
+    let submitted: Vec<u8> = String::from_utf8_lossy(submitted)
+        .replace("\r\n", "\n")
+        .into_bytes();
+    if !mailbox_file.ends_with(&submitted) {
+        return Err(format!(
+            "the mailbox copy does not end with the submitted message:\n{}",
+            String::from_utf8_lossy(mailbox_file)
+        ));
+    }
+    let prefix = &mailbox_file[..mailbox_file.len() - submitted.len()];
+    let text = String::from_utf8_lossy(prefix);
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+        .collect())
+}

@@ -1,0 +1,381 @@
+//! A real Postfix instance in a temporary directory: its own configuration,
+//! queue and Maildir tree, listening on one loopback address, delivering
+//! its domain's mail with virtual(8) (no system users needed) and sending
+//! other domains' mail where a transport map says (no MX lookups).
+//!
+//! Needs root (Postfix's master runs as root and drops privileges).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{is_root, require_program};
+
+/// How to build an instance.
+#[derive(Clone, Debug)]
+pub struct PostfixConfig {
+    /// Short name (directory and log prefix), e.g. `a`.
+    pub name: String,
+    /// The mail domain it is final destination for, e.g. `a.test`.
+    pub domain: String,
+    /// Loopback address its SMTP server listens on (port 25).
+    pub ip: IpAddr,
+    /// Mailbox users (local parts) of `domain`.
+    pub users: Vec<String>,
+    /// Milters for smtpd and non-smtpd mail, in order (`inet:HOST:PORT`).
+    pub milters: Vec<String>,
+    /// `domain -> smtp:[ip]:port` routes.
+    pub transports: Vec<(String, String)>,
+    /// Port of an extra listener without milters (re-injection), if any.
+    pub reinject_port: Option<u16>,
+    /// Extra `main.cf` lines.
+    pub extra: Vec<String>,
+}
+
+/// A running instance.
+pub struct Postfix {
+    pub config: PostfixConfig,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    running: bool,
+}
+
+fn postfix_cmd(dir: &Path, args: &[&str]) -> std::process::Output {
+    // postfix(1) logs to syslog unless it has a terminal; read maillog instead.
+    Command::new(require_program("postfix", "postfix"))
+        .arg("-c")
+        .arg(dir.join("conf"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn uid_gid(user: &str) -> (u32, u32) {
+    let out = Command::new("id").arg("-u").arg(user).output().unwrap();
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let out = Command::new("id").arg("-g").arg(user).output().unwrap();
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (uid, gid)
+}
+
+impl Postfix {
+    /// Writes the configuration and starts Postfix.
+    pub fn start(config: PostfixConfig) -> Postfix {
+        assert!(
+            is_root(),
+            "Postfix tests need root (the CI runs as root; use sudo scripts/test)"
+        );
+        require_program("postfix", "postfix");
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("postfix-{}-", config.name))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        for sub in ["conf", "queue", "data", "mail"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (postfix_uid, postfix_gid) = uid_gid("postfix");
+        std::os::unix::fs::chown(dir.join("data"), Some(postfix_uid), Some(postfix_gid)).unwrap();
+        let (nobody_uid, nobody_gid) = uid_gid("nobody");
+        std::os::unix::fs::chown(dir.join("mail"), Some(nobody_uid), Some(nobody_gid)).unwrap();
+
+        let mut mailboxes = String::new();
+        for user in &config.users {
+            writeln!(mailboxes, "{user}@{d} {d}/{user}/", d = config.domain).unwrap();
+        }
+        std::fs::write(dir.join("conf/vmailbox"), mailboxes).unwrap();
+        let mut transport = String::new();
+        for (domain, route) in &config.transports {
+            writeln!(transport, "{domain} {route}").unwrap();
+        }
+        std::fs::write(dir.join("conf/transport"), transport).unwrap();
+
+        let d = dir.display();
+        let milters = config.milters.join(", ");
+        let mut main = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = mx.{domain}\n\
+             mydomain = {domain}\n\
+             myorigin = {domain}\n\
+             mydestination =\n\
+             inet_interfaces = all\n\
+             inet_protocols = ipv4\n\
+             smtp_bind_address = {ip}\n\
+             mynetworks = {ip}/32\n\
+             smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n\
+             virtual_mailbox_domains = {domain}\n\
+             virtual_mailbox_base = {d}/mail\n\
+             virtual_mailbox_maps = texthash:{d}/conf/vmailbox\n\
+             virtual_uid_maps = static:{nobody_uid}\n\
+             virtual_gid_maps = static:{nobody_gid}\n\
+             transport_maps = texthash:{d}/conf/transport\n\
+             smtp_dns_support_level = disabled\n\
+             maillog_file_prefixes = /tmp, /var\n\
+             maillog_file = {d}/maillog\n\
+             smtputf8_enable = no\n\
+             alias_maps =\n\
+             alias_database =\n\
+             message_size_limit = 52428800\n\
+             virtual_mailbox_limit = 0\n\
+             queue_run_delay = 1s\n\
+             minimal_backoff_time = 1s\n\
+             maximal_backoff_time = 2s\n\
+             smtp_connect_timeout = 5s\n\
+             milter_default_action = tempfail\n\
+             milter_protocol = 6\n\
+             milter_mail_macros = i {{auth_authen}} {{auth_type}}\n\
+             smtpd_milters = {milters}\n\
+             non_smtpd_milters = {milters}\n",
+            domain = config.domain,
+            ip = config.ip,
+        );
+        for line in &config.extra {
+            writeln!(main, "{line}").unwrap();
+        }
+        std::fs::write(dir.join("conf/main.cf"), main).unwrap();
+
+        let ip = config.ip;
+        let mut master = format!("{ip}:25 inet n - n - - smtpd\n");
+        if let Some(port) = config.reinject_port {
+            writeln!(
+                master,
+                "{ip}:{port} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
+                 -o receive_override_options=no_address_mappings -o mynetworks=127.0.0.0/8"
+            )
+            .unwrap();
+        }
+        master.push_str(MASTER_SERVICES);
+        std::fs::write(dir.join("conf/master.cf"), master).unwrap();
+
+        let mut postfix = Postfix {
+            config,
+            dir,
+            _tmp: tmp,
+            running: false,
+        };
+        postfix.start_again();
+        postfix
+    }
+
+    /// Starts (again) after [`Postfix::stop`].
+    pub fn start_again(&mut self) {
+        let out = postfix_cmd(&self.dir, &["start"]);
+        assert!(
+            out.status.success(),
+            "postfix {} did not start: {}\n{}",
+            self.config.name,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        self.running = true;
+        self.wait_for_port(25);
+        if let Some(port) = self.config.reinject_port {
+            self.wait_for_port(port);
+        }
+    }
+
+    fn wait_for_port(&self, port: u16) {
+        let addr = SocketAddr::new(self.config.ip, port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postfix {} does not listen on {addr}:\n{}",
+                self.config.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the instance (mail stays queued).
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = postfix_cmd(&self.dir, &["stop"]);
+            self.running = false;
+            // master exits asynchronously; wait for the port to close.
+            let addr = SocketAddr::new(self.config.ip, 25);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The SMTP address.
+    pub fn smtp(&self) -> SocketAddr {
+        SocketAddr::new(self.config.ip, 25)
+    }
+
+    /// Attempts delivery of everything deferred now.
+    pub fn flush(&self) {
+        let _ = Command::new(require_program("postqueue", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .arg("-f")
+            .output();
+    }
+
+    /// The queue as `postqueue -j` lines (JSON objects).
+    pub fn queue(&self) -> Vec<String> {
+        let out = Command::new(require_program("postqueue", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .arg("-j")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Messages in the hold queue (quarantined).
+    pub fn held(&self) -> usize {
+        self.queue()
+            .iter()
+            .filter(|l| l.contains("\"queue_name\": \"hold\""))
+            .count()
+    }
+
+    /// The Maildir files of `user`, oldest first.
+    pub fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
+        let dir = self
+            .dir
+            .join("mail")
+            .join(&self.config.domain)
+            .join(user)
+            .join("new");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort_by_key(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH)
+        });
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    /// Waits until `user` has at least `count` messages.
+    pub fn wait_for_mail(&self, user: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mail = self.mailbox(user);
+            if mail.len() >= count {
+                return mail;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user}@{} has {} of {count} messages after {timeout:?}\nqueue: {:?}\n{}",
+                self.config.domain,
+                mail.len(),
+                self.queue(),
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Submits `message` with swaks over SMTP from this instance's address
+    /// (an internal client). Returns swaks' transcript; panics on failure.
+    pub fn submit(&self, from: &str, to: &[&str], message: &[u8]) -> String {
+        let out = self.swaks(from, to, message);
+        assert!(out.0, "swaks failed:\n{}\n{}", out.1, self.log_tail(30));
+        out.1
+    }
+
+    /// Runs swaks; returns (success, transcript).
+    pub fn swaks(&self, from: &str, to: &[&str], message: &[u8]) -> (bool, String) {
+        let data = self.dir.join(format!(
+            "submit-{}.eml",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        // swaks ends the data with CRLF "." CRLF itself: a final CRLF in the
+        // file would add an empty line.
+        std::fs::write(&data, message.strip_suffix(b"\r\n").unwrap_or(message)).unwrap();
+        let out = Command::new(require_program("swaks", "swaks"))
+            .args(["--server", &self.smtp().to_string()])
+            .args(["--local-interface", &self.config.ip.to_string()])
+            .args(["--from", from])
+            .args(["--to", &to.join(",")])
+            .args(["--data", &format!("@{}", data.display())])
+            .args(["--timeout", "120"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&data);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Postfix's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// The last `n` log lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = postfix_cmd(&self.dir, &["stop"]);
+        }
+    }
+}
+
+/// Services besides the SMTP listeners, none chrooted.
+const MASTER_SERVICES: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
