@@ -240,9 +240,14 @@ impl World {
                 Some((top, tables)) => (top.to_string(), format!("[{tables}")),
                 None => (extra.clone(), String::new()),
             };
+            let submitters = if name == "a.test" {
+                ", \"127.0.0.1/32\""
+            } else {
+                ""
+            };
             let milter_config = format!(
                 "socket = \"inet:{milter_addr}\"\nauthserv_id = \"mx.{name}\"\n\
-                 local_domains = [\"{name}\"]\ninternal_networks = [\"{dom_ip}/32\"]\n{top}\n\
+                 local_domains = [\"{name}\"]\ninternal_networks = [\"{dom_ip}/32\"{submitters}]\n{top}\n\
                  [kgc]\nsocket = \"{}\"\ntimeout = \"3s\"\n{dns}\
                  [reinject]\naddress = \"{dom_ip}:{REINJECT_PORT}\"\nhelo = \"mx.{name}\"\n{tables}\n",
                 kgc_socket.display()
@@ -260,7 +265,13 @@ impl World {
                 milters,
                 transports,
                 reinject_port: Some(REINJECT_PORT),
-                extra: Vec::new(),
+                // Load generators (smtp-source) cannot bind an address: at
+                // a.test, 127.0.0.1 is an internal submitter too.
+                extra: if name == "a.test" {
+                    vec![format!("mynetworks = {dom_ip}/32 127.0.0.1/32")]
+                } else {
+                    Vec::new()
+                },
             });
             domains.push(Domain {
                 name: name.to_string(),

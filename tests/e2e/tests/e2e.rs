@@ -150,3 +150,251 @@ fn mixed_recipients_are_split_and_everyone_reads_the_mail() {
     assert_eq!(world.c.mailbox("carol").len(), 1);
     assert_eq!(world.a.postfix.mailbox("dave").len(), 1);
 }
+
+#[test]
+fn rotation_while_mail_waits_in_the_queue_then_retirement_quarantines_not_loses() {
+    let mut world = World::start(Options::default());
+    // b.test is down; a.test seals under generation 1 and queues.
+    world.b.postfix.stop();
+    let m1 = message(
+        "alice@a.test",
+        "bob@b.test",
+        "Sealed under gen 1",
+        "Queued while b.test was down.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(world.a.postfix.queue().len(), 1, "queued at a.test");
+    // b.test rotates (30 days overlap) and comes back.
+    world.rotate("b.test", 30 * 86_400);
+    world.b.postfix.start_again();
+    world.a.postfix.flush();
+    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    let copy = text(&bob[0]);
+    assert!(copy.contains("x-ibemail.generation=1"), "{copy}");
+    delivered_original(&bob[0], &m1).unwrap();
+
+    // New mail uses generation 2 (after the 2 s TTL of the records).
+    std::thread::sleep(Duration::from_secs(3));
+    let m2 = message(
+        "alice@a.test",
+        "bob@b.test",
+        "Sealed under gen 2",
+        "Fresh.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m2);
+    let bob = world.b.postfix.wait_for_mail("bob", 2, WAIT);
+    assert!(text(&bob[1]).contains("x-ibemail.generation=2"));
+
+    // Mail sealed under a generation that is retired before it arrives:
+    // quarantined at b.test with a reason, never dropped or delivered as garbage.
+    world.b.postfix.stop();
+    world.rotate("b.test", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let m3 = message(
+        "alice@a.test",
+        "bob@b.test",
+        "Sealed under gen 3",
+        "Too late.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m3);
+    std::thread::sleep(Duration::from_secs(1));
+    world.rotate("b.test", 1);
+    world.retire("b.test", ibemail_e2e::now() + 10);
+    world.b.postfix.start_again();
+    world.a.postfix.flush();
+    let deadline = std::time::Instant::now() + WAIT;
+    while world.b.postfix.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            world.b.postfix.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        world.b.postfix.mailbox("bob").len(),
+        2,
+        "nothing delivered as garbage"
+    );
+    assert!(
+        world
+            .b
+            .postfix
+            .log()
+            .contains("milter triggers HOLD action")
+    );
+}
+
+#[test]
+fn kgc_down_defers_until_it_returns_and_dns_down_with_require_never_sends_plaintext() {
+    let mut world = World::start(Options {
+        a_milter: "[policy.domains.\"b.test\"]\nencrypt = \"require\"\ndnssec = \"require\"\n"
+            .into(),
+        ..Options::default()
+    });
+    // b.test's KGC is down: b.test tempfails, a.test keeps the mail.
+    world.stop_kgc("b.test");
+    let m = message(
+        "alice@a.test",
+        "bob@b.test",
+        "While the KGC was down",
+        "Still arrives.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(world.b.postfix.mailbox("bob").is_empty());
+    assert_eq!(world.a.postfix.queue().len(), 1, "deferred at a.test");
+    assert!(world.b.postfix.log().contains("KGC unavailable"));
+    world.start_kgc("b.test");
+    world.a.postfix.flush();
+    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    delivered_original(&bob[0], &m).unwrap();
+
+    // a.test's DNS is down and b.test requires encryption: the submission
+    // is refused with 4xx; nothing leaves in plaintext.
+    std::thread::sleep(Duration::from_secs(3)); // the cached answer expires
+    world.knot.pause();
+    let before = world.wire.seen().len();
+    let m2 = message(
+        "alice@a.test",
+        "bob@b.test",
+        "During the DNS outage",
+        "Secret.\r\n",
+    );
+    let (ok, transcript) = world.a.postfix.swaks("alice@a.test", &["bob@b.test"], &m2);
+    world.knot.resume();
+    assert!(!ok, "{transcript}");
+    assert!(transcript.contains("451"), "{transcript}");
+    assert!(!text(&world.wire.seen()[before..]).contains("Secret."));
+    assert_eq!(world.a.postfix.queue().len(), 0);
+}
+
+#[test]
+fn forged_or_corrupted_ciphertext_is_quarantined_with_a_reason() {
+    use ibemail_message::{IbeRecipient, Limits, Recipient, seal};
+    let world = World::start(Options::default());
+    let store = ibemail_kgc::store::Store::open(&world.b.store_dir).unwrap();
+    let record = store.records()[0].clone();
+    let bob = IbeRecipient {
+        identity: ibemail_ibe::Identity::parse("bob@b.test").unwrap(),
+        generation: record.generation,
+        params: record.params,
+    };
+    let original = message("mallory@evil.test", "bob@b.test", "Forged", "Garbage?\r\n");
+    let sealed = seal(
+        &original,
+        &[&bob as &dyn Recipient],
+        &mut rand_core::OsRng,
+        &Limits::default(),
+    )
+    .unwrap()
+    .to_bytes();
+    // Flip a byte deep inside the base64 body.
+    let mut corrupted = sealed.clone();
+    let at = corrupted.len() - 200;
+    corrupted[at] = if corrupted[at] == b'A' { b'B' } else { b'A' };
+    // Sent straight to b.test by an outside client.
+    let out = std::process::Command::new("swaks")
+        .args(["--server", &world.b.postfix.smtp().to_string()])
+        .args(["--from", "mallory@evil.test", "--to", "bob@b.test"])
+        .args(["--data", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(corrupted.strip_suffix(b"\r\n").unwrap_or(&corrupted))?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let deadline = std::time::Instant::now() + WAIT;
+    while world.b.postfix.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            world.b.postfix.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(world.b.postfix.mailbox("bob").is_empty());
+    assert!(
+        world
+            .b
+            .postfix
+            .log()
+            .contains("milter triggers HOLD action"),
+        "{}",
+        world.b.postfix.log_tail(20)
+    );
+    assert_eq!(world.b.metrics.messages(Kind::Undecryptable), 1);
+}
+
+#[test]
+fn a_20_mib_attachment_arrives_intact() {
+    let world = World::start(Options::default());
+    let mut body = String::from(
+        "This is a multi-part message in MIME format.\r\n--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n\
+         --b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    while body.len() < 20 << 20 {
+        let line: String = (0..76)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                alphabet[(x % 64) as usize] as char
+            })
+            .collect();
+        body.push_str(&line);
+        body.push_str("\r\n");
+    }
+    body.push_str("--b1--\r\n");
+    let m = String::from_utf8(message("alice@a.test", "bob@b.test", "Big file", &body))
+        .unwrap()
+        .replace(
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Type: multipart/mixed; boundary=\"b1\"",
+        )
+        .into_bytes();
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    let bob = world
+        .b
+        .postfix
+        .wait_for_mail("bob", 1, Duration::from_secs(180));
+    delivered_original(&bob[0], &m).unwrap();
+    assert!(world.wire.seen().len() > 20 << 20);
+}
+
+#[test]
+fn a_thousand_messages_with_smtp_source_are_each_delivered_once_and_decrypted() {
+    let world = World::start(Options::default());
+    let count = 1000;
+    let out = std::process::Command::new("smtp-source")
+        .args(["-s", "10", "-m", &count.to_string(), "-l", "2048"])
+        .args(["-f", "alice@a.test", "-t", "bob@b.test"])
+        .args(["-S", "load test"])
+        .arg(world.a.postfix.smtp().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bob = world
+        .b
+        .postfix
+        .wait_for_mail("bob", count, Duration::from_secs(600));
+    assert_eq!(bob.len(), count);
+    for copy in &bob {
+        assert!(text(copy).contains("x-ibemail=pass"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(world.b.postfix.mailbox("bob").len(), count, "no duplicates");
+    assert_eq!(world.a.metrics.messages(Kind::Encrypted), count as u64);
+    assert_eq!(world.b.metrics.messages(Kind::Decrypted), count as u64);
+}

@@ -310,6 +310,22 @@ impl Knot {
             .collect()
     }
 
+    /// Freezes the server (SIGSTOP): queries time out, as when it is down.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string()));
+    }
+
     /// Knot's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
