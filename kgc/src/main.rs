@@ -187,7 +187,7 @@ enum Command {
         /// a local validating resolver). An authoritative server works too.
         #[arg(long = "resolver", value_name = "ADDR:PORT")]
         resolvers: Vec<SocketAddr>,
-        /// DNSSEC trust anchor file (DNSKEY or DS lines); default: the root
+        /// DNSSEC trust anchor file (DNSKEY lines); default: the root
         /// KSKs.
         #[arg(long, value_name = "FILE")]
         trust_anchor: Option<PathBuf>,

@@ -270,11 +270,11 @@ fn split_message(message: &[u8]) -> (Vec<(String, Vec<u8>)>, &[u8]) {
 /// indices stay valid), optionally only those `select`ed.
 fn delete_headers(
     headers: &[(String, Vec<u8>)],
-    select: impl Fn(&str, &[u8]) -> bool,
+    select: impl Fn(usize, &str, &[u8]) -> bool,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     for (position, (name, value)) in headers.iter().enumerate().rev() {
-        if !select(name, value) {
+        if !select(position, name, value) {
             continue;
         }
         let index = headers[..=position]
@@ -517,7 +517,7 @@ impl Engine {
             actions.extend(plain.into_iter().map(Action::DeleteRecipient));
             Kind::Split
         };
-        actions.extend(delete_headers(&message.headers, |_, _| true));
+        actions.extend(delete_headers(&message.headers, |_, _, _| true));
         let (outer, _) = split_message(&sealed.header);
         actions.extend(
             outer
@@ -540,9 +540,16 @@ impl Engine {
     ) -> Verdict {
         let authserv_id = self.config.authserv_id.clone();
         // RFC 8601 §5: results claiming to be ours that arrived from outside
-        // are forged.
-        let forged = |name: &str, value: &[u8]| {
-            name.eq_ignore_ascii_case("Authentication-Results")
+        // are forged. Those above the first Received field were added at
+        // this hop (by milters before us, e.g. OpenDKIM) and are kept.
+        let arrived_from = message
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case("Received"))
+            .unwrap_or(0);
+        let forged = |position: usize, name: &str, value: &[u8]| {
+            position >= arrived_from
+                && name.eq_ignore_ascii_case("Authentication-Results")
                 && claims_authserv_id(value, &authserv_id)
         };
         let remove_forged = if origin == Origin::External {
@@ -585,20 +592,25 @@ impl Engine {
         match opened {
             Ok(opened) => {
                 let (inner, body) = split_message(&opened.message);
-                let mut actions = delete_headers(&message.headers, |_, _| true);
+                let mut actions = delete_headers(&message.headers, |_, _, _| true);
                 // Fields added in transit after sealing (the receiving
                 // servers' Received, a DKIM signature of the ciphertext)
                 // stay on top; the sealed copy's own outer fields go.
-                let transit = message.headers.iter().take_while(|(name, value)| {
-                    !inner
-                        .iter()
-                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
-                        && !ibemail_message::SMIME_FIELDS
+                let transit = message
+                    .headers
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, (name, value))| {
+                        !inner
                             .iter()
-                            .any(|(n, _)| n.eq_ignore_ascii_case(name))
-                        && !name.eq_ignore_ascii_case("Subject")
-                        && !forged(name, value)
-                });
+                            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+                            && !ibemail_message::SMIME_FIELDS
+                                .iter()
+                                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+                            && !name.eq_ignore_ascii_case("Subject")
+                    })
+                    .filter(|(position, (name, value))| !forged(*position, name, value))
+                    .map(|(_, field)| field);
                 let results = format!(
                     " {}; x-ibemail=pass (decrypted) smtp.rcptto={} x-ibemail.generation={}",
                     self.config.authserv_id, opened.recipient, opened.generation
@@ -697,7 +709,7 @@ mod tests {
             ("received".to_string(), b" c".to_vec()),
         ];
         assert_eq!(
-            delete_headers(&headers, |_, _| true),
+            delete_headers(&headers, |_, _, _| true),
             vec![
                 Action::DeleteHeader {
                     name: "received".into(),

@@ -55,7 +55,7 @@ struct DnsArgs {
     /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53).
     #[arg(long = "resolver", value_name = "ADDR:PORT")]
     resolvers: Vec<SocketAddr>,
-    /// DNSSEC trust anchor file (DNSKEY or DS lines); default: the root KSKs.
+    /// DNSSEC trust anchor file (DNSKEY lines); default: the root KSKs.
     #[arg(long, value_name = "FILE")]
     trust_anchor: Option<PathBuf>,
     /// DNSSEC policy: off, prefer (use secure and insecure answers) or

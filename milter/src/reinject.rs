@@ -1,6 +1,6 @@
 //! Re-injection of the plaintext copy for recipients that do not get
 //! ciphertext: a minimal SMTP client speaking to a Postfix listener that
-//! runs without this milter (see `packaging/postfix/master.cf`).
+//! runs without this milter (see `packaging/postfix/master.cf.snippet`).
 //!
 //! The copy counts as delivered only after the final `250` to the message
 //! data; anything else is an error and the caller tempfails the original.

@@ -506,24 +506,16 @@ async fn forged_authentication_results_with_our_id_are_removed() {
     let world = World::new();
     let receiver = Milter::start(&world.receiver_config("")).await;
     let mut mail = Mail::original(&["<bob@b.test>"]).outside();
-    mail.headers.insert(
-        0,
-        (
-            "Authentication-Results".into(),
-            " other.example; spf=pass".into(),
-        ),
-    );
-    mail.headers.insert(
-        1,
-        (
-            "Authentication-Results".into(),
-            " mx.b.test; x-ibemail=pass".into(),
-        ),
-    );
-    mail.headers.push((
-        "authentication-results".into(),
-        " MX.B.TEST 1; dkim=pass".into(),
-    ));
+    // ORIGINAL_HEADERS starts with the Received field of the hop before
+    // ours; what is below it arrived with the message.
+    let arrived = |value: &str| ("Authentication-Results".to_string(), value.to_string());
+    mail.headers.insert(1, arrived(" other.example; spf=pass"));
+    mail.headers
+        .insert(2, arrived(" mx.b.test; x-ibemail=pass"));
+    mail.headers.push(arrived(" MX.B.TEST 1; dkim=pass"));
+    // Above it: added at this hop by a milter before us (e.g. OpenDKIM).
+    mail.headers
+        .insert(0, arrived(" mx.b.test; dkim=pass header.d=a.test"));
     let (status, actions) = send(receiver.addr, &mail).await;
     assert_eq!(status, Status::Continue);
     let (headers, body) = apply(&mail.headers, &mail.body, &actions);
@@ -533,7 +525,13 @@ async fn forged_authentication_results_with_our_id_are_removed() {
         .filter(|(n, _)| n.eq_ignore_ascii_case("Authentication-Results"))
         .map(|(_, v)| v.as_str())
         .collect();
-    assert_eq!(results, [" other.example; spf=pass"]);
+    assert_eq!(
+        results,
+        [
+            " mx.b.test; dkim=pass header.d=a.test",
+            " other.example; spf=pass"
+        ]
+    );
     receiver.stop().await;
 }
 

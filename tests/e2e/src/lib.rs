@@ -37,6 +37,7 @@ use ibemail_milter::config::Config;
 use ibemail_milter::engine::Engine;
 use ibemail_milter::metrics::Metrics;
 use ibemail_test_support::knot::{Knot, Signing, Zone};
+use ibemail_test_support::opendkim::OpenDkim;
 use ibemail_test_support::postfix::{Postfix, PostfixConfig};
 use ibemail_test_support::proxy::Recorder;
 use rand_core::OsRng;
@@ -95,6 +96,8 @@ pub struct World {
     pub b: Domain,
     pub c: Postfix,
     pub wire: Recorder,
+    /// OpenDKIM signer (a.test) and verifier (b.test), when asked for.
+    pub dkim: Option<(OpenDkim, OpenDkim)>,
     tsig: TsigKey,
     _tmp: tempfile::TempDir,
 }
@@ -114,6 +117,13 @@ pub struct Options {
     pub b_milters_before: Vec<String>,
     /// Fixed address block (`127.0.N.0/24`) instead of the next free one.
     pub block: Option<u8>,
+    /// OpenDKIM beside ibemail: a.test signs after encryption, b.test
+    /// verifies before decryption.
+    pub dkim: bool,
+    /// Leave ibemail out of a.test's Postfix (benchmarks).
+    pub a_without_ibemail: bool,
+    /// Extra `main.cf` lines for a.test.
+    pub a_postfix_extra: Vec<String>,
 }
 
 fn start_kgc(rt: &Runtime, store_dir: &Path, socket: &Path) -> Task {
@@ -180,10 +190,15 @@ impl World {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
 
-        let knot = Knot::start_on(
-            ip(53),
+        let dkim_signer = options.dkim.then(|| OpenDkim::signer(ip(11), "a.test"));
+        let mut a_records = vec!["mx A 127.0.0.1".to_string()];
+        a_records.extend(dkim_signer.as_ref().and_then(|d| d.key_record.clone()));
+        let a_records: Vec<&str> = a_records.iter().map(String::as_str).collect();
+        let dns_addr = SocketAddr::new(ip(53), ibemail_test_support::free_port(ip(53)));
+        let knot = Knot::start_at(
+            dns_addr,
             &[
-                Zone::new("a.test", Signing::Signed, &["mx A 127.0.0.1"]).updatable(),
+                Zone::new("a.test", Signing::Signed, &a_records).updatable(),
                 Zone::new("b.test", Signing::Signed, &["mx A 127.0.0.1"]).updatable(),
                 Zone::new("c.test", Signing::Signed, &["mx A 127.0.0.1"]),
             ],
@@ -203,6 +218,13 @@ impl World {
             knot.trust_anchor_file().display()
         );
 
+        let dkim_verifier = dkim_signer
+            .as_ref()
+            .map(|signer| OpenDkim::verifier(ip(12), &[("a.test", signer)], "mx.b.test"));
+        let mut a_after = options.a_milters_after.clone();
+        a_after.extend(dkim_signer.as_ref().map(OpenDkim::milter));
+        let mut b_before = options.b_milters_before.clone();
+        b_before.extend(dkim_verifier.as_ref().map(OpenDkim::milter));
         let mut domains = Vec::new();
         for (name, dom_ip, extra, before, after, transports) in [
             (
@@ -210,7 +232,7 @@ impl World {
                 a_ip,
                 &options.a_milter,
                 &options.a_milters_before,
-                &options.a_milters_after,
+                &a_after,
                 vec![
                     (
                         "b.test".to_string(),
@@ -223,7 +245,7 @@ impl World {
                 "b.test",
                 b_ip,
                 &options.b_milter,
-                &options.b_milters_before,
+                &b_before,
                 &Vec::new(),
                 vec![
                     ("a.test".to_string(), format!("smtp:[{a_ip}]:25")),
@@ -255,7 +277,9 @@ impl World {
             let metrics = Arc::new(Metrics::default());
             let milter = start_milter(&rt, &milter_config, milter_addr, metrics.clone());
             let mut milters = before.clone();
-            milters.push(format!("inet:{milter_addr}"));
+            if !(name == "a.test" && options.a_without_ibemail) {
+                milters.push(format!("inet:{milter_addr}"));
+            }
             milters.extend(after.iter().cloned());
             let postfix = Postfix::start(PostfixConfig {
                 name: name.trim_end_matches(".test").to_string(),
@@ -268,7 +292,9 @@ impl World {
                 // Load generators (smtp-source) cannot bind an address: at
                 // a.test, 127.0.0.1 is an internal submitter too.
                 extra: if name == "a.test" {
-                    vec![format!("mynetworks = {dom_ip}/32 127.0.0.1/32")]
+                    let mut extra = vec![format!("mynetworks = {dom_ip}/32 127.0.0.1/32")];
+                    extra.extend(options.a_postfix_extra.iter().cloned());
+                    extra
                 } else {
                     Vec::new()
                 },
@@ -305,6 +331,7 @@ impl World {
             b,
             c,
             wire,
+            dkim: dkim_signer.zip(dkim_verifier),
             tsig,
             _tmp: tmp,
         };

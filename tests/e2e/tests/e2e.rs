@@ -398,3 +398,37 @@ fn a_thousand_messages_with_smtp_source_are_each_delivered_once_and_decrypted() 
     assert_eq!(world.a.metrics.messages(Kind::Encrypted), count as u64);
     assert_eq!(world.b.metrics.messages(Kind::Decrypted), count as u64);
 }
+
+#[test]
+fn opendkim_signs_the_ciphertext_at_a_and_verifies_it_at_b_before_decryption() {
+    let world = World::start(Options {
+        dkim: true,
+        ..Options::default()
+    });
+    let m = message(
+        "alice@a.test",
+        "bob@b.test",
+        "Signed and sealed",
+        "DKIM covers the ciphertext.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    let copy = text(&bob[0]);
+    let wire = text(&world.wire.seen());
+    assert!(
+        wire.contains("DKIM-Signature:"),
+        "a.test signed what it sent"
+    );
+    let header = copy.split("\n\n").next().unwrap();
+    assert!(
+        header.contains("Authentication-Results: mx.b.test;\n\tdkim=pass"),
+        "b.test's OpenDKIM verified the ciphertext: {copy}\nkey in DNS: {:?}",
+        world.knot.query_txt("s1._domainkey.a.test")
+    );
+    let results = field(&copy, "Authentication-Results");
+    assert!(
+        results.iter().any(|r| r.contains("x-ibemail=pass")),
+        "{copy}"
+    );
+    delivered_original(&bob[0], &m).unwrap();
+}

@@ -89,8 +89,15 @@ impl Knot {
         Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), zones)
     }
 
-    /// Starts Knot on `ip` (any loopback address).
+    /// Starts Knot on `ip` (any loopback address), on a free port.
     pub fn start_on(ip: IpAddr, zones: &[Zone]) -> Knot {
+        Self::start_at(SocketAddr::new(ip, free_port(ip)), zones)
+    }
+
+    /// Starts Knot on `addr` (e.g. port 53 for resolvers that cannot be
+    /// given a port, like OpenDKIM's).
+    pub fn start_at(addr: SocketAddr, zones: &[Zone]) -> Knot {
+        let ip = addr.ip();
         let knotd = require_program("knotd", "knot");
         let keymgr = require_program("keymgr", "knot");
         require_program("kdig", "knot-dnsutils");
@@ -99,8 +106,6 @@ impl Knot {
         for sub in ["storage", "kasp", "run"] {
             std::fs::create_dir(root.join(sub)).unwrap();
         }
-        let port = free_port(ip);
-        let addr = SocketAddr::new(ip, port);
         let secret = {
             use std::io::Read as _;
             let mut bytes = [0u8; 32];

@@ -18,6 +18,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod knot;
+pub mod opendkim;
 pub mod postfix;
 pub mod proxy;
 pub mod silent;
@@ -74,4 +75,36 @@ pub fn run(command: &mut Command) -> String {
 /// True when running as root (some servers need it to bind or switch users).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// CPU seconds (user + system) used by process `pid` so far.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+/// Busy CPU seconds of the whole machine so far (all cores, from /proc/stat).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy / 100.0
 }

@@ -149,7 +149,7 @@ impl Postfix {
             writeln!(
                 master,
                 "{ip}:{port} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
-                 -o receive_override_options=no_address_mappings -o mynetworks=127.0.0.0/8"
+                 -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters -o mynetworks=127.0.0.0/8"
             )
             .unwrap();
         }

@@ -1,1 +1,96 @@
-fn main() {}
+//! `ibemail-demo`: the embedded default. Brings up two mail domains on this
+//! machine (Knot DNS with signed `_ibemailkey` records, a KGC daemon, the
+//! milter and Postfix for a.test and b.test), sends one mail from
+//! alice@a.test to bob@b.test with swaks, and shows what crossed the wire
+//! between the servers and what landed in Bob's mailbox.
+//!
+//! `--keep` leaves the system running until Enter is pressed, to send more
+//! mail by hand (the addresses are printed).
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use ibemail_e2e::{Options, World, message};
+
+fn section(title: &str) {
+    println!("\n==== {title} ====");
+}
+
+fn main() {
+    let keep = std::env::args().any(|a| a == "--keep");
+    println!("Starting Knot DNS, two KGCs, two milters and three Postfix instances...");
+    let world = World::start(Options {
+        block: Some(200),
+        ..Options::default()
+    });
+    section("DNS: the parameters b.test publishes (signed, published by RFC 2136)");
+    for line in world.knot.query_txt("_ibemailkey.b.test") {
+        println!("_ibemailkey.b.test. TXT {line}");
+    }
+
+    let m = message(
+        "Alice <alice@a.test>",
+        "Bob <bob@b.test>",
+        "Our plans for the merger",
+        "Hi Bob,\r\n\r\nthe merger closes on Friday. Keep it quiet.\r\n\r\nAlice\r\n",
+    );
+    section("Submitted by alice@a.test (swaks to a.test's Postfix)");
+    print!("{}", String::from_utf8_lossy(&m));
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    let bob = world
+        .b
+        .postfix
+        .wait_for_mail("bob", 1, Duration::from_secs(60));
+
+    section("On the wire between mx.a.test and mx.b.test (recorded by a relay)");
+    let wire = String::from_utf8_lossy(&world.wire.seen()).into_owned();
+    let data = wire.split("DATA\r\n").nth(1).unwrap_or(&wire);
+    let mut lines = data.lines();
+    for line in lines.by_ref().take_while(|l| !l.is_empty()) {
+        println!("{line}");
+    }
+    println!();
+    for line in lines.by_ref().take(6) {
+        println!("{line}");
+    }
+    println!(
+        "... ({} bytes of CMS AuthEnvelopedData in base64)",
+        data.len()
+    );
+    println!(
+        "plaintext on the wire: subject {}, body {}",
+        if wire.contains("merger") {
+            "VISIBLE"
+        } else {
+            "not visible"
+        },
+        if wire.contains("closes on Friday") {
+            "VISIBLE"
+        } else {
+            "not visible"
+        },
+    );
+
+    section("In bob@b.test's mailbox (Maildir, decrypted by b.test's milter)");
+    print!("{}", String::from_utf8_lossy(&bob[0]));
+
+    if keep {
+        section("The system stays up");
+        println!(
+            "a.test SMTP: {}   b.test SMTP: {}   c.test (no ibemail) SMTP: {}",
+            world.a.postfix.smtp(),
+            world.b.postfix.smtp(),
+            world.c.smtp()
+        );
+        println!(
+            "Mailboxes: {}/mail and {}/mail",
+            world.a.postfix.dir().display(),
+            world.b.postfix.dir().display()
+        );
+        println!("Press Enter to stop.");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+}
