@@ -354,33 +354,50 @@ fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
     let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut finished = false;
-    let flush = |chunk: &mut Vec<u8>, out: &mut Vec<u8>, finished: &mut bool| {
-        if chunk.is_empty() {
+    // Decodes the longest prefix of `chunk` that is whole 4-character groups
+    // (all of it when `last`), keeping the rest for the next round.
+    let flush = |chunk: &mut Vec<u8>, out: &mut Vec<u8>, finished: &mut bool, last: bool| {
+        let whole = if last {
+            chunk.len()
+        } else {
+            chunk.len() / 4 * 4
+        };
+        if whole == 0 {
             return Ok(());
         }
         if *finished {
             return Err(Malformed::Base64); // data after padding
         }
         let start = out.len();
-        out.resize(start + chunk.len() / 4 * 3 + 3, 0);
+        out.resize(start + whole / 4 * 3 + 3, 0);
         let n = STANDARD
-            .decode_slice(&chunk[..], &mut out[start..])
+            .decode_slice(&chunk[..whole], &mut out[start..])
             .map_err(|_| Malformed::Base64)?;
         out.truncate(start + n);
-        *finished = chunk.ends_with(b"=");
-        chunk.clear();
+        *finished = chunk[..whole].ends_with(b"=");
+        chunk.drain(..whole);
         Ok(())
     };
-    for &b in body {
-        if b.is_ascii_whitespace() {
-            continue;
-        }
-        chunk.push(b);
-        if chunk.len() == CHUNK {
-            flush(&mut chunk, &mut out, &mut finished)?;
+    // Copy whole runs between whitespace (the 76-character lines), not
+    // byte by byte: this loop dominated opening large messages.
+    let mut rest = body;
+    while !rest.is_empty() {
+        let skip = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[skip..];
+        let run = rest
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .unwrap_or(rest.len());
+        chunk.extend_from_slice(&rest[..run]);
+        rest = &rest[run..];
+        if chunk.len() >= CHUNK {
+            flush(&mut chunk, &mut out, &mut finished, false)?;
         }
     }
-    flush(&mut chunk, &mut out, &mut finished)?;
+    flush(&mut chunk, &mut out, &mut finished, true)?;
     if out.is_empty() {
         return Err(Malformed::Base64);
     }
@@ -588,5 +605,29 @@ mod tests {
         // Sanity: the OID bytes we compare against are the value bytes.
         let der = ID_DATA.to_der().unwrap();
         assert_eq!(&der[2..], ID_DATA.as_bytes());
+    }
+
+    #[test]
+    fn base64_with_irregular_whitespace_decodes_across_chunk_boundaries() {
+        use base64::Engine as _;
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let clean = base64::engine::general_purpose::STANDARD.encode(&data);
+        // Runs of 1..=97 characters separated by assorted whitespace, so runs
+        // straddle the 4 KiB decoding chunks at every alignment.
+        let mut messy = Vec::new();
+        let mut rest = clean.as_bytes();
+        let mut n = 0usize;
+        while !rest.is_empty() {
+            let take = (n * 37 % 97 + 1).min(rest.len());
+            messy.extend_from_slice(&rest[..take]);
+            messy.extend_from_slice([&b"\r\n"[..], b" ", b"\t\n", b"\n  "][n % 4]);
+            rest = &rest[take..];
+            n += 1;
+        }
+        assert_eq!(decode_base64(&messy).unwrap(), data);
+        let mut after_padding = b"QQ==\r\n".to_vec();
+        after_padding.extend_from_slice(b"QQ==\r\n");
+        assert!(decode_base64(&after_padding).is_err());
+        assert!(decode_base64(b" \r\n ").is_err());
     }
 }
