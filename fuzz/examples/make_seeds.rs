@@ -145,7 +145,7 @@ Message-ID: <seed@a.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHell
         ("nested_foreign_outer", seal_to(&once, &[&carol])),
     ];
     // One real-world message from the shared corpus, if it is beside the checkout.
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/mail-parser/rfc");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/mail-parser/rfc");
     if let Ok(entries) = std::fs::read_dir(&corpus) {
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
         paths.sort();

@@ -63,13 +63,14 @@ pub fn as_dyn(recipients: &[IbeRecipient]) -> Vec<&dyn Recipient> {
     recipients.iter().map(|r| r as &dyn Recipient).collect()
 }
 
-/// The shared corpus directory (`../shared/corpus` beside the checkout, or
-/// `$IBEMAIL_CORPUS`). Missing corpus is a test failure, not a skip.
+/// The corpus directory (`tests/corpus` in the repository, a copy of the
+/// team's shared corpus, or `$IBEMAIL_CORPUS`). Missing corpus is a test
+/// failure, not a skip.
 pub fn corpus_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("IBEMAIL_CORPUS") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus")
 }
 
 /// Every `.eml` file of the corpus, sorted.
