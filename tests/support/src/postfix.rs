@@ -200,7 +200,7 @@ impl Postfix {
     /// Stops the instance (mail stays queued).
     pub fn stop(&mut self) {
         if self.running {
-            let _ = postfix_cmd(&self.dir, &["stop"]);
+            self.stop_or_kill();
             self.running = false;
             // master exits asynchronously; wait for the port to close.
             let addr = SocketAddr::new(self.config.ip, 25);
@@ -346,10 +346,53 @@ impl Postfix {
     }
 }
 
+impl Postfix {
+    /// `postfix stop`, bounded: Postfix 3.7's postlogd has been seen to
+    /// block on its own log socket (every logging process then blocks,
+    /// `postfix stop` included). After 20 s every process of this instance
+    /// (found by its working directory, the queue) is killed.
+    fn stop_or_kill(&self) {
+        let mut child = Command::new(require_program("postfix", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "postfix {}: stop hung; killing its processes",
+            self.config.name
+        );
+        let queue = self.dir.join("queue");
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cwd = std::fs::read_link(entry.path().join("cwd"));
+            if cwd.is_ok_and(|c| c.starts_with(&queue))
+                && let Some(pid) = entry.file_name().to_str()
+            {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+}
+
 impl Drop for Postfix {
     fn drop(&mut self) {
         if self.running {
-            let _ = postfix_cmd(&self.dir, &["stop"]);
+            self.stop_or_kill();
         }
     }
 }
