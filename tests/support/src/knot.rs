@@ -73,6 +73,8 @@ pub struct Tsig {
 pub struct Knot {
     dir: tempfile::TempDir,
     child: Child,
+    /// knotd's own pid (the child is its guarding shell).
+    pid: u32,
     conf: PathBuf,
     pub addr: SocketAddr,
     pub tsig: Tsig,
@@ -182,16 +184,31 @@ impl Knot {
         std::fs::write(root.join("anchor.txt"), &anchor).unwrap();
 
         let log = std::fs::File::create(root.join("knotd.log")).unwrap();
-        let child = Command::new(&knotd)
+        // knotd runs under a shell that kills it when our end of its stdin
+        // closes: when this Knot is dropped, and also when the test process
+        // exits without dropping it (a server kept in a static).
+        let mut child = Command::new("sh")
             .arg("-c")
+            .arg("\"$0\" -c \"$1\" </dev/null & pid=$!; echo $pid; read _; kill $pid; wait $pid")
+            .arg(&knotd)
             .arg(&conf)
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        let pid = {
+            use std::io::BufRead as _;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            line.trim().parse::<u32>().unwrap()
+        };
         let knot = Knot {
             dir,
             child,
+            pid,
             conf,
             addr,
             tsig,
@@ -328,7 +345,7 @@ impl Knot {
     fn signal(&self, name: &str) {
         run(Command::new("kill")
             .arg(format!("-{name}"))
-            .arg(self.child.id().to_string()));
+            .arg(self.pid.to_string()));
     }
 
     /// Knot's log so far, for failure messages.
@@ -344,7 +361,8 @@ impl Knot {
 
 impl Drop for Knot {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Closing stdin makes the shell kill knotd and wait for it.
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
