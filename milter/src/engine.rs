@@ -404,7 +404,7 @@ impl Engine {
         if origin != Origin::External && !remote.is_empty() {
             self.outbound(message, &local, &remote).await
         } else if !local.is_empty() {
-            self.inbound(message, origin, &local).await
+            self.inbound(message, origin, &local, remote.len()).await
         } else {
             Verdict::untouched(Vec::new())
         }
@@ -537,6 +537,7 @@ impl Engine {
         message: &Message,
         origin: Origin,
         local: &[(String, Identity)],
+        remote_recipients: usize,
     ) -> Verdict {
         let authserv_id = self.config.authserv_id.clone();
         // RFC 8601 §5: results claiming to be ours that arrived from outside
@@ -559,6 +560,17 @@ impl Engine {
         };
         let raw = message.to_bytes();
         if !ibemail_message::is_encrypted(&raw) {
+            return Verdict::untouched(remove_forged);
+        }
+        if remote_recipients > 0 {
+            // Relayed on to other domains as well: opening it here would
+            // send the plaintext on. Deliver the ciphertext unchanged; the
+            // local recipients can open it with `ibemail-milter decrypt`.
+            warn!(
+                queue_id = %message.queue_id,
+                remote_recipients,
+                "encrypted message also for other domains: not opened"
+            );
             return Verdict::untouched(remove_forged);
         }
         let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();

@@ -489,6 +489,17 @@ async fn kgc_unreachable_is_a_tempfail_and_bad_ciphertext_is_quarantined() {
     )));
     assert_eq!(receiver.metrics.messages(Kind::Undecryptable), 1);
 
+    // Also addressed to another domain (relayed on): not opened here, so
+    // no plaintext travels further.
+    let relayed = Mail {
+        headers: sealed_headers.clone(),
+        body: sealed_body.clone(),
+        ..Mail::original(&["<bob@b.test>", "<x@elsewhere.test>"]).outside()
+    };
+    let (status, actions) = send(receiver.addr, &relayed).await;
+    assert_eq!(status, Status::Continue);
+    assert!(actions.actions.is_empty(), "{actions:?}");
+
     // Sealed for someone else at b.test: not ours to open, delivered as is.
     let other = Mail {
         headers: sealed_headers,
