@@ -622,6 +622,10 @@ impl Engine {
                             && !name.eq_ignore_ascii_case("Subject")
                     })
                     .filter(|(position, (name, value))| !forged(*position, name, value))
+                    // A DKIM signature of the ciphertext can never verify on
+                    // the plaintext; its result is already in the
+                    // Authentication-Results a verifier before us added.
+                    .filter(|(_, (name, _))| !name.eq_ignore_ascii_case("DKIM-Signature"))
                     .map(|(_, field)| field);
                 let results = format!(
                     " {}; x-ibemail=pass (decrypted) smtp.rcptto={} x-ibemail.generation={}",

@@ -422,13 +422,16 @@ fn opendkim_signs_the_ciphertext_at_a_and_verifies_it_at_b_before_decryption() {
     let header = copy.split("\n\n").next().unwrap();
     assert!(
         header.contains("Authentication-Results: mx.b.test;\n\tdkim=pass"),
-        "b.test's OpenDKIM verified the ciphertext: {copy}\nkey in DNS: {:?}",
-        world.knot.query_txt("s1._domainkey.a.test")
+        "b.test's OpenDKIM verified the ciphertext: {copy}"
     );
     let results = field(&copy, "Authentication-Results");
     assert!(
         results.iter().any(|r| r.contains("x-ibemail=pass")),
         "{copy}"
+    );
+    assert!(
+        !header.contains("DKIM-Signature:"),
+        "the signature of the ciphertext cannot verify on the plaintext: {copy}"
     );
     delivered_original(&bob[0], &m).unwrap();
 }
