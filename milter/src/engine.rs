@@ -14,7 +14,7 @@ use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnch
 use ibemail_ibe::Identity;
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
-use ibemail_message::header::HeaderSection;
+use ibemail_message::header::{HeaderSection, push_crlf_normalised};
 use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient};
 use rand_core::OsRng;
 use tracing::{info, warn};
@@ -59,15 +59,7 @@ impl Message {
             out.extend_from_slice(name.as_bytes());
             out.push(b':');
             // Postfix folds with a bare LF inside header values.
-            let mut previous = 0u8;
-            for &b in value {
-                if b == b'\n' && previous != b'\r' {
-                    out.push(b'\r');
-                }
-                out.push(b);
-                previous = b;
-            }
-            out.extend_from_slice(b"\r\n");
+            push_crlf_normalised(&mut out, value);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
@@ -416,13 +408,15 @@ impl Engine {
         local: &[(String, Identity)],
         remote: &[(String, Option<Identity>)],
     ) -> Verdict {
-        let raw = message.to_bytes();
+        // Shared by the sealing task and the re-injected copy: one copy of
+        // a possibly large message, not two.
+        let raw = Arc::new(message.to_bytes());
         if ibemail_message::is_encrypted(&raw) {
             // Already end-to-end encrypted by the user: leave it alone.
             return Verdict::untouched(Vec::new());
         }
         let now = now();
-        let mut sealed_for: Vec<(String, IbeRecipient)> = Vec::new();
+        let mut sealed_for: Vec<IbeRecipient> = Vec::new();
         let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
         for (rcpt, identity) in remote {
             let Some(identity) = identity else {
@@ -440,14 +434,11 @@ impl Engine {
                 .await;
             self.metrics.lookup(&found);
             match found.outcome {
-                Outcome::Parameters { record, .. } => sealed_for.push((
-                    rcpt.clone(),
-                    IbeRecipient {
-                        identity: identity.clone(),
-                        generation: record.generation,
-                        params: record.params,
-                    },
-                )),
+                Outcome::Parameters { record, .. } => sealed_for.push(IbeRecipient {
+                    identity: identity.clone(),
+                    generation: record.generation,
+                    params: record.params,
+                }),
                 Outcome::NotIbe(_) if policy.encrypt == EncryptPolicy::Opportunistic => {
                     plain.push(rcpt.clone());
                 }
@@ -472,11 +463,11 @@ impl Engine {
 
         // Seal first: a failure here must not leave a re-injected copy.
         let limits = self.limits;
-        let recipients: Vec<IbeRecipient> = sealed_for.iter().map(|(_, r)| r.clone()).collect();
+        let content = raw.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let dyn_recipients: Vec<&dyn Recipient> =
-                recipients.iter().map(|r| r as &dyn Recipient).collect();
-            ibemail_message::seal(&raw, &dyn_recipients, &mut OsRng, &limits)
+                sealed_for.iter().map(|r| r as &dyn Recipient).collect();
+            ibemail_message::seal(&content, &dyn_recipients, &mut OsRng, &limits)
         })
         .await;
         let sealed = match sealed {
@@ -502,7 +493,7 @@ impl Engine {
                 target,
                 &self.config.reinject_helo,
                 &envelope,
-                &message.to_bytes(),
+                &raw,
                 Duration::from_secs(60),
             )
             .await

@@ -176,7 +176,7 @@ fn split_params(text: &str) -> Vec<String> {
 }
 
 /// Appends `raw` with every line ending normalised to CRLF, ending in CRLF.
-pub(crate) fn push_crlf_normalised(out: &mut Vec<u8>, raw: &[u8]) {
+pub fn push_crlf_normalised(out: &mut Vec<u8>, raw: &[u8]) {
     let mut previous = 0u8;
     for &b in raw {
         if b == b'\n' && previous != b'\r' {
