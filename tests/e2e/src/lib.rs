@@ -85,7 +85,6 @@ pub struct Domain {
     pub postfix: Postfix,
     kgc: Task,
     milter: Task,
-    milter_config: String,
 }
 
 /// The two-domain system.
@@ -309,7 +308,6 @@ impl World {
                 postfix,
                 kgc,
                 milter,
-                milter_config,
             });
         }
         let b = domains.pop().unwrap();
@@ -344,12 +342,14 @@ impl World {
         if name == "a.test" { &self.a } else { &self.b }
     }
 
-    pub fn domain_mut(&mut self, name: &str) -> &mut Domain {
-        if name == "a.test" {
+    /// The runtime and `name`'s domain, borrowed together.
+    fn runtime_and_domain(&mut self, name: &str) -> (&Runtime, &mut Domain) {
+        let domain = if name == "a.test" {
             &mut self.a
         } else {
             &mut self.b
-        }
+        };
+        (&self.rt, domain)
     }
 
     /// Publishes `domain`'s records with `ibemail-kgc publish`'s code.
@@ -383,42 +383,19 @@ impl World {
     }
 
     pub fn stop_kgc(&mut self, domain: &str) {
-        let rt = &self.rt;
-        let d = if domain == "a.test" {
-            &mut self.a
-        } else {
-            &mut self.b
-        };
+        let (rt, d) = self.runtime_and_domain(domain);
         d.kgc.stop(rt);
         let _ = std::fs::remove_file(&d.kgc_socket);
     }
 
     pub fn start_kgc(&mut self, domain: &str) {
-        let rt = &self.rt;
-        let d = if domain == "a.test" {
-            &mut self.a
-        } else {
-            &mut self.b
-        };
+        let (rt, d) = self.runtime_and_domain(domain);
         d.kgc = start_kgc(rt, &d.store_dir, &d.kgc_socket);
     }
 
     pub fn restart_kgc(&mut self, domain: &str) {
         self.stop_kgc(domain);
         self.start_kgc(domain);
-    }
-
-    /// Restarts `domain`'s milter with `extra` appended to its configuration.
-    pub fn reconfigure_milter(&mut self, domain: &str, extra: &str) {
-        let rt = &self.rt;
-        let d = if domain == "a.test" {
-            &mut self.a
-        } else {
-            &mut self.b
-        };
-        d.milter.stop(rt);
-        let config = format!("{}{extra}", d.milter_config);
-        d.milter = start_milter(rt, &config, d.milter_addr, d.metrics.clone());
     }
 }
 

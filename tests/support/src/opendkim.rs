@@ -30,15 +30,9 @@ impl OpenDkim {
         );
         let txt = std::fs::read_to_string(dir.path().join("s1.txt")).unwrap();
         // `s1._domainkey IN TXT ( "v=DKIM1; ..." "p=..." ) ; comment`
-        let strings: Vec<&str> = txt
-            .split('"')
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 1)
-            .map(|(_, s)| s)
-            .collect();
         let record = format!(
             "s1._domainkey TXT {}",
-            strings
+            quoted_strings(&txt)
                 .iter()
                 .map(|s| format!("\"{s}\""))
                 .collect::<Vec<_>>()
@@ -63,12 +57,7 @@ impl OpenDkim {
         let mut keys = String::new();
         for (domain, signer) in signers {
             let record = signer.key_record.as_deref().unwrap_or_default();
-            let data: String = record
-                .split('"')
-                .enumerate()
-                .filter(|(i, _)| i % 2 == 1)
-                .map(|(_, s)| s)
-                .collect();
+            let data: String = quoted_strings(record).concat();
             keys.push_str(&format!("s1._domainkey.{domain} {data}\n"));
         }
         let keys_path = dir.path().join("keys");
@@ -133,6 +122,11 @@ impl OpenDkim {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// The contents of the double-quoted strings in `text`, in order.
+fn quoted_strings(text: &str) -> Vec<&str> {
+    text.split('"').skip(1).step_by(2).collect()
 }
 
 impl Drop for OpenDkim {
