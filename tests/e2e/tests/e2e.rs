@@ -203,15 +203,7 @@ fn rotation_while_mail_waits_in_the_queue_then_retirement_quarantines_not_loses(
     world.retire("b.test", ibemail_e2e::now() + 10);
     world.b.postfix.start_again();
     world.a.postfix.flush();
-    let deadline = std::time::Instant::now() + WAIT;
-    while world.b.postfix.held() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            world.b.postfix.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    world.b.postfix.wait_for_held(1, WAIT);
     assert_eq!(
         world.b.postfix.mailbox("bob").len(),
         2,
@@ -313,15 +305,7 @@ fn forged_or_corrupted_ciphertext_is_quarantined_with_a_reason() {
         })
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
-    let deadline = std::time::Instant::now() + WAIT;
-    while world.b.postfix.held() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            world.b.postfix.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    world.b.postfix.wait_for_held(1, WAIT);
     assert!(world.b.postfix.mailbox("bob").is_empty());
     assert!(
         world

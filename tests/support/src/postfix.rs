@@ -249,6 +249,20 @@ impl Postfix {
             .count()
     }
 
+    /// Waits until at least `count` messages are in the hold queue.
+    pub fn wait_for_held(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.held() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} held of {count} after {timeout:?}\n{}",
+                self.held(),
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The Maildir files of `user`, oldest first.
     pub fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
         let dir = self
