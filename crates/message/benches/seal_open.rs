@@ -417,6 +417,16 @@ fn building_blocks(kgc: &Kgc, size: usize, budget: Duration) {
     let (dec, _, _) = measure(budget, || {
         black_box(STANDARD.decode(black_box(&text)).unwrap());
     });
+    let (simd_enc, _, _) = measure(budget, || {
+        black_box(base64_simd::STANDARD.encode_type::<Vec<u8>>(black_box(&data)));
+    });
+    let (simd_dec, _, _) = measure(budget, || {
+        black_box(
+            base64_simd::STANDARD
+                .decode_to_vec(black_box(&text))
+                .unwrap(),
+        );
+    });
     let (copy, _, _) = measure(budget, || {
         black_box(black_box(&data).clone());
     });
@@ -432,6 +442,14 @@ fn building_blocks(kgc: &Kgc, size: usize, budget: Duration) {
     println!(
         "  base64 decode (one string)     {:>8.0} MB/s",
         mb_s(size, dec)
+    );
+    println!(
+        "  base64-simd encode             {:>8.0} MB/s",
+        mb_s(size, simd_enc)
+    );
+    println!(
+        "  base64-simd decode             {:>8.0} MB/s",
+        mb_s(size, simd_dec)
     );
     println!(
         "  memcpy (Vec clone)             {:>8.0} MB/s",

@@ -55,9 +55,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod b64;
 pub mod cms;
 mod error;
 mod frame;
+mod gcm;
 pub mod header;
 mod open;
 mod seal;

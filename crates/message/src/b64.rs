@@ -1,0 +1,248 @@
+//! Base64 for the S/MIME body (RFC 2045 §6.8): 76-character lines ending in
+//! CRLF, with SIMD encoding and decoding (`base64-simd`, runtime CPU
+//! detection) for the bulk.
+
+use base64_simd::{AsOut, STANDARD};
+
+/// Input bytes of one full line (57 bytes → 76 characters).
+pub(crate) const LINE_BYTES: usize = 57;
+const LINE_CHARS: usize = 76;
+/// A line with its CRLF.
+const LINE_OUT: usize = LINE_CHARS + 2;
+/// Lines encoded per step into the staging block (about 5 KB, in L1).
+const BLOCK_LINES: usize = 64;
+
+/// Length of the wrapped base64 text of `len` bytes.
+pub(crate) fn wrapped_len(len: usize) -> usize {
+    let rest = len % LINE_BYTES;
+    len / LINE_BYTES * LINE_OUT
+        + if rest == 0 {
+            0
+        } else {
+            rest.div_ceil(3) * 4 + 2
+        }
+}
+
+/// Encodes a byte stream, written in pieces of any size, as base64 lines.
+/// The output is the same as encoding the concatenation of the pieces at once.
+pub(crate) struct LineEncoder {
+    out: Vec<u8>,
+    /// The start of a line still short of 57 bytes.
+    pending: [u8; LINE_BYTES],
+    pending_len: usize,
+    /// Whole lines with their CRLFs, encoded here then appended to `out` at once.
+    block: Vec<u8>,
+    /// The characters of up to `BLOCK_LINES` lines, before wrapping.
+    staging: Vec<u8>,
+}
+
+impl LineEncoder {
+    /// An encoder whose output will be `expected_len` bytes (of input);
+    /// the output is allocated once at its exact size.
+    pub(crate) fn new(expected_len: usize) -> Self {
+        let mut block = vec![0u8; BLOCK_LINES * LINE_OUT];
+        for line in block.chunks_exact_mut(LINE_OUT) {
+            line[LINE_CHARS..].copy_from_slice(b"\r\n");
+        }
+        LineEncoder {
+            out: Vec::with_capacity(wrapped_len(expected_len)),
+            pending: [0; LINE_BYTES],
+            pending_len: 0,
+            block,
+            staging: vec![0u8; BLOCK_LINES * LINE_CHARS],
+        }
+    }
+
+    pub(crate) fn write(&mut self, mut data: &[u8]) {
+        if self.pending_len > 0 {
+            let take = (LINE_BYTES - self.pending_len).min(data.len());
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
+            self.pending_len += take;
+            data = &data[take..];
+            if self.pending_len < LINE_BYTES {
+                return;
+            }
+            let line = self.pending;
+            self.whole_lines(&line);
+            self.pending_len = 0;
+        }
+        let whole = data.len() / LINE_BYTES * LINE_BYTES;
+        self.whole_lines(&data[..whole]);
+        let rest = &data[whole..];
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.pending_len = rest.len();
+    }
+
+    /// Encodes `data`, a multiple of 57 bytes, as full lines.
+    fn whole_lines(&mut self, data: &[u8]) {
+        for group in data.chunks(LINE_BYTES * BLOCK_LINES) {
+            let lines = group.len() / LINE_BYTES;
+            // One SIMD run over the whole group (per line, the short tail of
+            // each 57 bytes went through the scalar code), then each line's
+            // 76 characters into place before its CRLF.
+            let text = STANDARD.encode(group, self.staging.as_mut_slice().as_out());
+            for (line, out) in text
+                .chunks_exact(LINE_CHARS)
+                .zip(self.block.chunks_exact_mut(LINE_OUT))
+            {
+                out[..LINE_CHARS].copy_from_slice(line);
+            }
+            self.out.extend_from_slice(&self.block[..lines * LINE_OUT]);
+        }
+    }
+
+    /// The text: the last, shorter line (padded) ends in CRLF too.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if self.pending_len > 0 {
+            STANDARD.encode_append(&self.pending[..self.pending_len], &mut self.out);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out
+    }
+}
+
+/// Decodes base64 laid out as the encoder writes it — lines of 76
+/// characters separated by CRLF or LF, the last one 76 or fewer, whitespace
+/// before and after the text — straight into the output. `None` for
+/// anything else, invalid input included: the caller then runs the general
+/// decoder, which tolerates any whitespace and says what is wrong.
+///
+/// When this returns `Some`, the result is what the general decoder returns:
+/// the lines contain no whitespace (the strict decoder refuses it inside a
+/// line), so stripping whitespace leaves exactly their concatenation, and
+/// that is decoded strictly, padding only at the very end.
+pub(crate) fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
+    const GROUP_LINES: usize = 52; // 3952 characters, a multiple of 4
+    let mut rest = body.trim_ascii();
+    let sep = match rest.get(LINE_CHARS..LINE_CHARS + 2) {
+        None => 0, // one line at most
+        Some(b"\r\n") => 2,
+        Some([b'\n', _]) => 1,
+        Some(_) => return None,
+    };
+    let mut out = Vec::with_capacity(rest.len() / (LINE_CHARS + sep.max(1)) * LINE_BYTES + 60);
+    let mut group = vec![0u8; GROUP_LINES * LINE_CHARS];
+    let mut filled = 0;
+    while rest.len() > LINE_CHARS {
+        let (line, tail) = rest.split_first_chunk::<LINE_CHARS>()?;
+        let next = match (sep, tail) {
+            (2, [b'\r', b'\n', next @ ..]) | (1, [b'\n', next @ ..]) => next,
+            _ => return None,
+        };
+        // An empty last line would mean trailing whitespace, trimmed above.
+        if next.is_empty() {
+            return None;
+        }
+        group[filled..filled + LINE_CHARS].copy_from_slice(line);
+        filled += LINE_CHARS;
+        rest = next;
+        if filled == group.len() {
+            // Not the end: the group must decode in full, without padding.
+            let before = out.len();
+            STANDARD.decode_append(&group, &mut out).ok()?;
+            if out.len() - before != group.len() / 4 * 3 {
+                return None;
+            }
+            filled = 0;
+        }
+    }
+    let (last, _) = group.split_at_mut_checked(filled + rest.len())?;
+    last[filled..].copy_from_slice(rest);
+    STANDARD.decode_append(last, &mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(data: &[u8]) -> Vec<u8> {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(data);
+        let mut out = Vec::new();
+        for line in text.as_bytes().chunks(LINE_CHARS) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn encoder_matches_reference_for_any_pieces() {
+        for len in [
+            0usize, 1, 2, 3, 56, 57, 58, 113, 114, 115, 3648, 3649, 100_000,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 300) as u8).collect();
+            let expected = reference(&data);
+            assert_eq!(wrapped_len(len), expected.len(), "len {len}");
+            for piece in [1usize, 2, 56, 57, 58, 1000, 3648, 5000, len.max(1)] {
+                let mut enc = LineEncoder::new(len);
+                for p in data.chunks(piece) {
+                    enc.write(p);
+                }
+                let out = enc.finish();
+                assert!(out == expected, "len {len}, piece {piece}");
+                assert_eq!(out.capacity(), expected.len(), "allocated once");
+            }
+        }
+    }
+
+    #[test]
+    fn line_decoder_decodes_what_the_encoder_writes() {
+        for len in [
+            1usize,
+            2,
+            3,
+            56,
+            57,
+            58,
+            3951,
+            3952 / 4 * 3,
+            2964 + 1,
+            100_000,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 77) as u8).collect();
+            let crlf = reference(&data);
+            assert_eq!(decode_lines(&crlf), Some(data.clone()), "len {len}");
+            let lf: Vec<u8> = crlf.iter().copied().filter(|&b| b != b'\r').collect();
+            assert_eq!(decode_lines(&lf), Some(data.clone()), "LF, len {len}");
+            let mut spaced = b"\r\n  ".to_vec();
+            spaced.extend_from_slice(&crlf);
+            spaced.extend_from_slice(b"\r\n\t\r\n");
+            assert_eq!(decode_lines(&spaced), Some(data), "len {len}");
+        }
+    }
+
+    #[test]
+    fn line_decoder_declines_anything_irregular() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(20_000).collect();
+        let good = reference(&data);
+        assert!(decode_lines(&good).is_some());
+        // A space inside a line, a junk character, a line too long, a blank
+        // line in the middle, padding in the middle, mixed separators.
+        let mut bad = Vec::new();
+        let mut with = |i: usize, b: u8| {
+            let mut v = good.clone();
+            v[i] = b;
+            bad.push(v);
+        };
+        with(10, b' ');
+        with(10, b'*');
+        with(78 * 60 + 3, b'\n');
+        with(76, b'A');
+        with(78 * 100 + 75, b'=');
+        with(78 * 51 + 75, b'=');
+        let mut blank = good.clone();
+        blank.splice(78 * 5..78 * 5, *b"\r\n");
+        bad.push(blank);
+        let mut mixed = good.clone();
+        mixed.remove(78 * 7 + 76);
+        bad.push(mixed);
+        bad.push(b"QQ==QQ==".to_vec());
+        bad.push(b"   ".to_vec());
+        bad.push(Vec::new());
+        for (i, b) in bad.iter().enumerate() {
+            assert_eq!(decode_lines(b), None, "case {i}");
+        }
+    }
+}
