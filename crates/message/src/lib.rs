@@ -61,6 +61,7 @@ mod frame;
 pub mod header;
 mod open;
 mod seal;
+pub mod signature;
 
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
 pub use open::{Candidate, Envelope, Opened, inspect, is_encrypted, open};
