@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
 use ibemail_message::CapsuleError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::protocol::{self, Request, Response};
-use crate::service::response_to_secret;
+use crate::service::{SignError, response_to_secret, response_to_signature};
 
 /// Talks to `ibemail-kgc serve` over its Unix socket.
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ impl KgcClient {
         match self.request(&Request::Hello).await? {
             Response::Hello(domains) => Ok(domains),
             Response::Error(status, reason) => Err(format!("{status:?}: {reason}")),
-            Response::Opened(_) => Err("unexpected answer".into()),
+            Response::Opened(_) | Response::Signed(..) => Err("unexpected answer".into()),
         }
     }
 
@@ -92,5 +92,25 @@ impl KgcClient {
             .await
             .map_err(CapsuleError::Unavailable)?;
         response_to_secret(response, generation)
+    }
+
+    /// Asks the daemon to sign `message` (a digest) as `identity`.
+    /// Connection problems are [`SignError::Unavailable`].
+    pub async fn sign(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        message: &[u8],
+    ) -> Result<(Generation, Signature), SignError> {
+        let request = Request::Sign {
+            generation,
+            identity: identity.as_str().to_string(),
+            message: message.to_vec(),
+        };
+        let response = self
+            .request(&request)
+            .await
+            .map_err(SignError::Unavailable)?;
+        response_to_signature(response)
     }
 }

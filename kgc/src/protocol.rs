@@ -9,13 +9,19 @@
 //! request  = version(1) op(1) body
 //!   HELLO  op 0: (empty)                      -> domains and active generations
 //!   OPEN   op 1: generation(u32) len(u16) identity capsule(128)
+//!   SIGN   op 2: generation(u32) len(u16) identity len(u16) message (<= 64 bytes)
 //! response = version(1) status(1) body
 //!   OK (0): HELLO -> count(u16) { len(u16) domain generation(u32) }*
 //!           OPEN  -> shared secret(32)
+//!           SIGN  -> generation(u32) signature(192)
+//!
+//! SIGN signs a digest (never the message itself) as the identity at the
+//! generation asked for, which the caller learns from HELLO: the generation
+//! is part of what the caller hashed into the digest.
 //!   error (1..): UTF-8 reason
 //! ```
 
-use ibemail_ibe::{CAPSULE_BYTES, Generation, SHARED_SECRET_BYTES};
+use ibemail_ibe::{CAPSULE_BYTES, Generation, SHARED_SECRET_BYTES, SIGNATURE_BYTES};
 use thiserror::Error;
 
 /// Protocol version spoken by this implementation.
@@ -25,6 +31,9 @@ pub const MAX_FRAME: usize = 16 * 1024;
 
 const OP_HELLO: u8 = 0;
 const OP_OPEN: u8 = 1;
+const OP_SIGN: u8 = 2;
+/// Largest message a SIGN request carries (a digest, not a mail message).
+pub const MAX_SIGN_MESSAGE: usize = 64;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +48,15 @@ pub enum Request {
         identity: String,
         /// The 128-byte capsule.
         capsule: Vec<u8>,
+    },
+    /// Sign a digest as an identity at a generation.
+    Sign {
+        /// The generation to sign with (active or retiring).
+        generation: Generation,
+        /// The normalised sender address.
+        identity: String,
+        /// What to sign (at most [`MAX_SIGN_MESSAGE`] bytes).
+        message: Vec<u8>,
     },
 }
 
@@ -91,6 +109,8 @@ pub enum Response {
     Hello(Vec<(String, Generation)>),
     /// OPEN answer: the shared secret.
     Opened([u8; SHARED_SECRET_BYTES]),
+    /// SIGN answer: the generation used and the signature.
+    Signed(Generation, [u8; SIGNATURE_BYTES]),
     /// Any failure, with a reason for the log.
     Error(Status, String),
 }
@@ -100,6 +120,7 @@ impl core::fmt::Debug for Response {
         match self {
             Response::Hello(d) => f.debug_tuple("Hello").field(d).finish(),
             Response::Opened(_) => f.write_str("Opened(<redacted>)"),
+            Response::Signed(n, _) => f.debug_tuple("Signed").field(n).finish(),
             Response::Error(s, r) => f.debug_tuple("Error").field(s).field(r).finish(),
         }
     }
@@ -200,6 +221,17 @@ impl Request {
                 push_string(&mut out, identity);
                 out.extend_from_slice(capsule);
             }
+            Request::Sign {
+                generation,
+                identity,
+                message,
+            } => {
+                out.push(OP_SIGN);
+                out.extend_from_slice(&generation.to_be_bytes());
+                push_string(&mut out, identity);
+                out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                out.extend_from_slice(message);
+            }
         }
         out
     }
@@ -218,6 +250,19 @@ impl Request {
                 identity: c.string("OPEN identity")?,
                 capsule: c.take(CAPSULE_BYTES, "OPEN capsule")?.to_vec(),
             },
+            OP_SIGN => {
+                let generation = c.u32("SIGN generation")?;
+                let identity = c.string("SIGN identity")?;
+                let len = c.u16("SIGN message")? as usize;
+                if len > MAX_SIGN_MESSAGE {
+                    return Err(ProtocolError::Malformed("SIGN message (too long)"));
+                }
+                Request::Sign {
+                    generation,
+                    identity,
+                    message: c.take(len, "SIGN message")?.to_vec(),
+                }
+            }
             other => return Err(ProtocolError::Unknown(other)),
         };
         c.end("request")?;
@@ -241,6 +286,11 @@ impl Response {
             Response::Opened(secret) => {
                 out.push(Status::Ok as u8);
                 out.extend_from_slice(secret);
+            }
+            Response::Signed(generation, signature) => {
+                out.push(Status::Ok as u8);
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(signature);
             }
             Response::Error(status, reason) => {
                 out.push(*status as u8);
@@ -280,6 +330,12 @@ impl Response {
                 secret.copy_from_slice(c.take(SHARED_SECRET_BYTES, "OPEN secret")?);
                 Response::Opened(secret)
             }
+            Request::Sign { .. } => {
+                let generation = c.u32("SIGN generation")?;
+                let mut signature = [0u8; SIGNATURE_BYTES];
+                signature.copy_from_slice(c.take(SIGNATURE_BYTES, "SIGN signature")?);
+                Response::Signed(generation, signature)
+            }
         };
         c.end("response")?;
         Ok(response)
@@ -297,7 +353,12 @@ mod tests {
             identity: "bob@b.test".into(),
             capsule: vec![9; CAPSULE_BYTES],
         };
-        for r in [Request::Hello, open.clone()] {
+        let sign = Request::Sign {
+            generation: 2,
+            identity: "alice@a.test".into(),
+            message: vec![3; 32],
+        };
+        for r in [Request::Hello, open.clone(), sign.clone()] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
         let hello = Response::Hello(vec![("b.test".into(), 3), ("c.test".into(), 1)]);
@@ -307,6 +368,17 @@ mod tests {
         );
         let opened = Response::Opened([5; 32]);
         assert_eq!(Response::decode(&open, &opened.encode()).unwrap(), opened);
+        let signed = Response::Signed(4, [7; SIGNATURE_BYTES]);
+        assert_eq!(Response::decode(&sign, &signed.encode()).unwrap(), signed);
+        let mut long = Request::Sign {
+            generation: 1,
+            identity: "alice@a.test".into(),
+            message: vec![0; MAX_SIGN_MESSAGE + 1],
+        }
+        .encode();
+        assert!(Request::decode(&long).is_err());
+        long.truncate(long.len() - 2);
+        assert!(Request::decode(&long).is_err());
         let err = Response::Error(Status::Retired, "generation 1 retired".into());
         assert_eq!(Response::decode(&open, &err.encode()).unwrap(), err);
     }

@@ -153,6 +153,21 @@ async fn handle_connection(
                     Err(_) => Response::Error(Status::Internal, "worker failed".into()),
                 }
             }
+            Ok(Request::Sign {
+                generation,
+                identity,
+                message,
+            }) => {
+                let service = service.clone();
+                match tokio::task::spawn_blocking(move || {
+                    service.sign(&identity, generation, &message, peer)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Response::Error(Status::Internal, "worker failed".into()),
+                }
+            }
             Err(e) => {
                 let status = match e {
                     ProtocolError::UnsupportedVersion(_) => Status::UnsupportedVersion,

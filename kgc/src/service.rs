@@ -6,8 +6,9 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, UserKey};
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature, SigningKey, UserKey};
 use lru::LruCache;
+use rand_core::OsRng;
 use tracing::{info, warn};
 
 use crate::protocol::{Response, Status};
@@ -27,6 +28,18 @@ pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
     cache: Mutex<LruCache<(String, Generation), Arc<UserKey>>>,
+    signing_cache: Mutex<LruCache<(String, Generation), Arc<SigningKey>>>,
+}
+
+/// Why a message could not be signed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// Temporary: the KGC is unreachable or failed; try again later.
+    #[error("KGC unavailable: {0}")]
+    Unavailable(String),
+    /// The KGC will not sign as this identity (not its domain, no key).
+    #[error("KGC refused to sign: {0}")]
+    Refused(String),
 }
 
 impl std::fmt::Debug for KeyService {
@@ -47,6 +60,9 @@ impl KeyService {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
             )),
+            signing_cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -60,6 +76,10 @@ impl KeyService {
         let stores = Self::open_all(&self.dirs)?;
         *self.stores.write().unwrap_or_else(|e| e.into_inner()) = stores;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.signing_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -111,6 +131,100 @@ impl KeyService {
         Ok(key)
     }
 
+    fn signing_key(
+        &self,
+        store: &Store,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Result<Arc<SigningKey>, StoreError> {
+        let cache_key = (identity.as_str().to_string(), generation);
+        if let Some(key) = self
+            .signing_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key)
+        {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(store.extract_signing(identity, generation)?);
+        self.signing_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(cache_key, key.clone());
+        Ok(key)
+    }
+
+    /// The active generation of `identity`'s domain, if this service
+    /// holds its store.
+    pub fn active_generation(&self, identity: &Identity) -> Option<Generation> {
+        self.store_for(identity.domain())?.active_generation()
+    }
+
+    /// Signs `message` (a digest) as `identity` at `generation`, and logs
+    /// the key use like [`KeyService::open`].
+    pub fn sign(
+        &self,
+        identity: &str,
+        generation: Generation,
+        message: &[u8],
+        peer: Peer,
+    ) -> Response {
+        let response = self.sign_inner(identity, generation, message);
+        let outcome = match &response {
+            Response::Signed(..) => "signed",
+            Response::Error(Status::WrongDomain, _) => "wrong-domain",
+            Response::Error(Status::Retired, _) => "retired",
+            Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
+            Response::Error(_, _) => "error",
+            _ => "unexpected",
+        };
+        let line = format!(
+            "key use: sign identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
+            peer.uid.map_or("-".into(), |u| u.to_string()),
+            peer.pid.map_or("-".into(), |p| p.to_string()),
+        );
+        if matches!(response, Response::Signed(..)) {
+            info!(target: "ibemail_kgc::audit", "{line}");
+        } else {
+            warn!(target: "ibemail_kgc::audit", "{line}");
+        }
+        response
+    }
+
+    fn sign_inner(&self, identity: &str, generation: Generation, message: &[u8]) -> Response {
+        let identity = match Identity::parse(identity) {
+            Ok(id) => id,
+            Err(e) => return Response::Error(Status::BadRequest, format!("identity: {e}")),
+        };
+        let Some(store) = self.store_for(identity.domain()) else {
+            return Response::Error(
+                Status::WrongDomain,
+                format!("this KGC does not serve {}", identity.domain()),
+            );
+        };
+        match self.signing_key(&store, &identity, generation) {
+            Ok(key) => Response::Signed(generation, key.sign(message, &mut OsRng).to_bytes()),
+            Err(StoreError::Retired(n)) => {
+                Response::Error(Status::Retired, format!("generation {n} was retired"))
+            }
+            Err(StoreError::UnknownGeneration(n)) => Response::Error(
+                Status::UnknownGeneration,
+                format!("generation {n} does not exist"),
+            ),
+            Err(e) => Response::Error(Status::Internal, e.to_string()),
+        }
+    }
+
+    /// In-process convenience: [`KeyService::sign`] with typed results.
+    pub fn sign_as(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        message: &[u8],
+    ) -> Result<(Generation, Signature), SignError> {
+        response_to_signature(self.sign(identity.as_str(), generation, message, Peer::default()))
+    }
+
     /// Opens `capsule` for `identity` at `generation` and logs the key use
     /// (identity, generation, outcome, peer; never key material).
     pub fn open(
@@ -128,7 +242,7 @@ impl KeyService {
             Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
             Response::Error(Status::WrongDomain, _) => "wrong-domain",
             Response::Error(_, _) => "error",
-            Response::Hello(_) => "hello",
+            Response::Hello(_) | Response::Signed(..) => "unexpected",
         };
         let line = format!(
             "key use: identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
@@ -201,6 +315,20 @@ impl KeyService {
     }
 }
 
+/// Maps a SIGN response to a signature.
+pub fn response_to_signature(response: Response) -> Result<(Generation, Signature), SignError> {
+    match response {
+        Response::Signed(generation, bytes) => Signature::from_bytes(&bytes)
+            .map(|s| (generation, s))
+            .map_err(|e| SignError::Unavailable(format!("KGC sent an invalid signature: {e}"))),
+        Response::Error(Status::Internal, reason) => Err(SignError::Unavailable(reason)),
+        Response::Error(status, reason) => Err(SignError::Refused(format!("{status:?}: {reason}"))),
+        Response::Hello(_) | Response::Opened(_) => {
+            Err(SignError::Unavailable("unexpected answer to SIGN".into()))
+        }
+    }
+}
+
 /// Maps a daemon response to what the message crate expects of an opener.
 pub fn response_to_secret(
     response: Response,
@@ -217,7 +345,9 @@ pub fn response_to_secret(
         Response::Error(status, reason) => {
             Err(CapsuleError::Refused(format!("{status:?}: {reason}")))
         }
-        Response::Hello(_) => Err(CapsuleError::Unavailable("unexpected HELLO answer".into())),
+        Response::Hello(_) | Response::Signed(..) => Err(CapsuleError::Unavailable(
+            "unexpected answer to OPEN".into(),
+        )),
     }
 }
 

@@ -32,7 +32,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ibemail_ibe::{
     Capsule, DecapsulationError, Generation, Identity, MasterKey, PublicParams, SharedSecret,
-    UserKey,
+    SigningKey, UserKey,
 };
 use ibemail_params::Record;
 use rand_core::CryptoRngCore;
@@ -584,7 +584,8 @@ impl Store {
         self.published()
             .into_iter()
             .filter_map(|e| {
-                let mut record = Record::new(e.generation, e.params.clone()?);
+                let mut record = Record::new(e.generation, e.params.clone()?)
+                    .with_signing(e.key.as_ref()?.signing_params());
                 if Some(e.generation) != active {
                     record.expires = e.retire_at;
                 }
@@ -624,6 +625,23 @@ impl Store {
             });
         }
         Ok(self.master_key(generation)?.extract(identity, generation))
+    }
+
+    /// Derives the signing key of `identity` for `generation`.
+    pub fn extract_signing(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Result<SigningKey, StoreError> {
+        if identity.domain() != self.domain {
+            return Err(StoreError::WrongDomain {
+                identity: identity.to_string(),
+                domain: self.domain.clone(),
+            });
+        }
+        Ok(self
+            .master_key(generation)?
+            .extract_signing(identity, generation))
     }
 
     /// Opens a capsule for `identity` at `generation`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::service::SignError;
 use ibemail_kgc::store::Store;
 use ibemail_message::CapsuleError;
 use rand_chacha::ChaCha20Rng;
@@ -124,6 +125,35 @@ async fn sixty_four_concurrent_clients_each_open_their_capsule() {
         daemon.client().open(&carol, 1, &capsule).await.unwrap_err(),
         CapsuleError::Refused(_)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_requests_sign_as_the_identity_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let daemon = Daemon::start(&dir, &tmp.path().join("kgc.sock"), &[]);
+    let store = Store::open(&dir).unwrap();
+    let params = store.records()[0].signing.unwrap();
+    let alice = Identity::parse("alice@b.test").unwrap();
+    let digest = [0x5a; 32];
+    let (generation, signature) = daemon.client().sign(&alice, 1, &digest).await.unwrap();
+    assert_eq!(generation, 1);
+    ibemail_ibe::verify(&params, &alice, 1, &digest, &signature).unwrap();
+    // Not Bob's signature, not of another digest.
+    let bob = Identity::parse("bob@b.test").unwrap();
+    assert!(ibemail_ibe::verify(&params, &bob, 1, &digest, &signature).is_err());
+    assert!(ibemail_ibe::verify(&params, &alice, 1, &[0x5b; 32], &signature).is_err());
+    // Other domains, unknown generations and oversized digests are refused.
+    let carol = Identity::parse("carol@c.test").unwrap();
+    assert!(matches!(
+        daemon.client().sign(&carol, 1, &digest).await.unwrap_err(),
+        SignError::Refused(reason) if reason.contains("does not serve")
+    ));
+    assert!(matches!(
+        daemon.client().sign(&alice, 7, &digest).await.unwrap_err(),
+        SignError::Refused(reason) if reason.contains("generation 7")
+    ));
+    assert!(daemon.client().sign(&alice, 1, &[0; 65]).await.is_err());
 }
 
 #[tokio::test]

@@ -36,6 +36,49 @@ impl std::str::FromStr for EncryptPolicy {
     }
 }
 
+/// Whether outbound mail of a local domain is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignPolicy {
+    /// Never sign.
+    Never,
+    /// Sign every message an eligible sender sends (authenticated, internal
+    /// or local, and only as their own From address); KGC trouble is a
+    /// tempfail, never an unsigned message.
+    Always,
+}
+
+impl std::str::FromStr for SignPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(SignPolicy::Never),
+            "always" => Ok(SignPolicy::Always),
+            other => Err(format!("{other:?}: expected never or always")),
+        }
+    }
+}
+
+/// What to require of the signatures on mail from a remote domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignaturePolicy {
+    /// Verify and report the result in Authentication-Results.
+    Report,
+    /// Verify; mail without a passing signature is quarantined (a
+    /// temporary verification error is a tempfail).
+    Require,
+}
+
+impl std::str::FromStr for SignaturePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "report" => Ok(SignaturePolicy::Report),
+            "require" => Ok(SignaturePolicy::Require),
+            other => Err(format!("{other:?}: expected report or require")),
+        }
+    }
+}
+
 /// What to do with a message that cannot be processed as it should:
 /// inbound ciphertext that does not open, or a message over the size cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +119,8 @@ pub enum KeySource {
 pub struct RemotePolicy {
     /// Whether to encrypt.
     pub encrypt: EncryptPolicy,
+    /// What to require of its senders' signatures.
+    pub signature: SignaturePolicy,
     /// DNSSEC and pinning for its lookups.
     pub lookup: DomainPolicy,
 }
@@ -122,6 +167,10 @@ pub struct Config {
     pub reinject: Option<SocketAddr>,
     /// HELO name used when re-injecting.
     pub reinject_helo: String,
+    /// Signing policy for local domains not listed in `sign_domains`.
+    pub sign: SignPolicy,
+    /// Per-local-domain signing policies.
+    pub sign_domains: BTreeMap<String, SignPolicy>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,6 +194,22 @@ struct RawConfig {
     inbound: RawInbound,
     #[serde(default)]
     reinject: RawReinject,
+    #[serde(default)]
+    signing: RawSigning,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    sign: Option<String>,
+    #[serde(default)]
+    domains: BTreeMap<String, RawSignDomain>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSignDomain {
+    sign: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -172,6 +237,7 @@ struct RawDns {
 #[serde(deny_unknown_fields)]
 struct RawDomainPolicy {
     encrypt: Option<String>,
+    signature: Option<String>,
     dnssec: Option<String>,
     pin: Option<String>,
 }
@@ -180,6 +246,7 @@ struct RawDomainPolicy {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     encrypt: Option<String>,
+    signature: Option<String>,
     dnssec: Option<String>,
     pin: Option<String>,
     #[serde(default)]
@@ -385,6 +452,11 @@ impl Config {
                 raw.policy.encrypt.as_ref(),
                 EncryptPolicy::Opportunistic,
             )?,
+            signature: field(
+                "policy.signature",
+                raw.policy.signature.as_ref(),
+                SignaturePolicy::Report,
+            )?,
             lookup: DomainPolicy {
                 dnssec: field(
                     "policy.dnssec",
@@ -403,6 +475,11 @@ impl Config {
                 domain,
                 RemotePolicy {
                     encrypt: field(&key("encrypt"), p.encrypt.as_ref(), default_policy.encrypt)?,
+                    signature: field(
+                        &key("signature"),
+                        p.signature.as_ref(),
+                        default_policy.signature,
+                    )?,
                     lookup: DomainPolicy {
                         dnssec: field(
                             &key("dnssec"),
@@ -424,6 +501,24 @@ impl Config {
             raw.inbound.on_failure.as_ref(),
             FailureAction::Quarantine,
         )?;
+        let sign = field("signing.sign", raw.signing.sign.as_ref(), SignPolicy::Never)?;
+        let mut sign_domains = BTreeMap::new();
+        for (name, d) in &raw.signing.domains {
+            let domain = ibemail_ibe::normalize_domain(name)
+                .map_err(|e| format!("signing.domains: {name:?}: {e}"))?;
+            if !local_domains.contains(&domain) {
+                return Err(format!(
+                    "signing.domains: {name:?} is not one of local_domains"
+                ));
+            }
+            let key = format!("signing.domains.\"{name}\".sign");
+            sign_domains.insert(domain, field(&key, d.sign.as_ref(), sign)?);
+        }
+        let signs = sign == SignPolicy::Always && !local_domains.is_empty()
+            || sign_domains.values().any(|&p| p == SignPolicy::Always);
+        if signs && keys.is_none() {
+            return Err("signing: signing needs kgc.dir or kgc.socket".into());
+        }
         let reinject = raw
             .reinject
             .address
@@ -450,6 +545,8 @@ impl Config {
             undecryptable,
             reinject,
             reinject_helo: raw.reinject.helo.unwrap_or_else(|| "localhost".into()),
+            sign,
+            sign_domains,
         })
     }
 
@@ -459,6 +556,15 @@ impl Config {
             .get(domain)
             .copied()
             .unwrap_or(self.default_policy)
+    }
+
+    /// The signing policy of a local domain (normalised name); `Never` for
+    /// domains that are not ours.
+    pub fn sign_policy(&self, domain: &str) -> SignPolicy {
+        if !self.is_local(domain) {
+            return SignPolicy::Never;
+        }
+        self.sign_domains.get(domain).copied().unwrap_or(self.sign)
     }
 
     /// True if `domain` (normalised) is one of ours.
@@ -519,6 +625,27 @@ mod tests {
         assert_eq!(b.lookup.pin, PinPolicy::Enforce);
         assert_eq!(c.policy_for("c.test").encrypt, EncryptPolicy::Opportunistic);
         assert_eq!(c.reinject, Some("127.0.0.1:10026".parse().unwrap()));
+        assert_eq!(c.sign_policy("a.test"), SignPolicy::Never);
+        assert_eq!(b.signature, SignaturePolicy::Report);
+    }
+
+    #[test]
+    fn signing_and_signature_policies() {
+        let text = format!(
+            "{MINIMAL}local_domains = [\"a.test\", \"a2.test\"]\n[kgc]\ndir = \"/k\"\n\
+             [signing]\nsign = \"always\"\n[signing.domains.\"a2.test\"]\nsign = \"never\"\n\
+             [policy]\nsignature = \"require\"\n[policy.domains.\"c.test\"]\nsignature = \"report\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.sign_policy("a.test"), SignPolicy::Always);
+        assert_eq!(c.sign_policy("a2.test"), SignPolicy::Never);
+        assert_eq!(c.sign_policy("b.test"), SignPolicy::Never);
+        assert_eq!(c.policy_for("b.test").signature, SignaturePolicy::Require);
+        assert_eq!(c.policy_for("c.test").signature, SignaturePolicy::Report);
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().default_policy.signature,
+            SignaturePolicy::Report
+        );
     }
 
     #[test]
@@ -553,6 +680,18 @@ mod tests {
                 "kgc",
             ),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
+            (
+                &format!("{MINIMAL}[signing]\nsign = \"sometimes\"\n"),
+                "signing.sign",
+            ),
+            (
+                &format!("{MINIMAL}[signing.domains.\"x.test\"]\nsign = \"always\"\n"),
+                "signing.domains",
+            ),
+            (
+                &format!("{MINIMAL}[policy]\nsignature = \"maybe\"\n"),
+                "policy.signature",
+            ),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{err:?} should name {key}");

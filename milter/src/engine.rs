@@ -15,13 +15,17 @@ use ibemail_ibe::Identity;
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::header::{HeaderSection, push_crlf_normalised};
+use ibemail_message::signature::{self, SIGNATURE_FIELD};
 use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient};
+
+const SIGNATURE_FIELD_LEN: usize = SIGNATURE_FIELD.len();
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use crate::config::{Config, EncryptPolicy, FailureAction, KeySource};
+use crate::config::{Config, EncryptPolicy, FailureAction, KeySource, SignaturePolicy};
 use crate::metrics::Metrics;
 use crate::reinject;
+use crate::signing::{SigResult, combine, is_signature_field};
 
 /// Where a message came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +45,8 @@ pub struct Message {
     pub queue_id: String,
     /// `MAIL FROM` argument as given (`<addr>` or `<>`).
     pub sender: String,
+    /// The SASL login name (`{auth_authen}`), if the client authenticated.
+    pub auth_authen: Option<String>,
     /// `RCPT TO` arguments as given.
     pub recipients: Vec<String>,
     /// Header fields: name and value exactly as sent (leading space kept).
@@ -131,6 +137,8 @@ pub enum Kind {
     Tempfail,
     /// Rejected (oversize).
     Rejected,
+    /// Quarantined for lack of a required valid signature.
+    Unsigned,
 }
 
 impl Kind {
@@ -145,11 +153,12 @@ impl Kind {
             Kind::Undecryptable => "undecryptable",
             Kind::Tempfail => "tempfail",
             Kind::Rejected => "rejected",
+            Kind::Unsigned => "unsigned",
         }
     }
 
     /// Every kind, for metrics.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Untouched,
         Kind::Encrypted,
         Kind::Split,
@@ -158,6 +167,7 @@ impl Kind {
         Kind::Undecryptable,
         Kind::Tempfail,
         Kind::Rejected,
+        Kind::Unsigned,
     ];
 }
 
@@ -190,8 +200,8 @@ impl Verdict {
     }
 }
 
-/// How capsules are opened.
-enum Keys {
+/// How capsules are opened and messages signed.
+pub(crate) enum Keys {
     None,
     InProcess(Arc<KeyService>),
     Daemon(KgcClient),
@@ -200,11 +210,11 @@ enum Keys {
 /// Everything the milter needs to decide, built from one [`Config`]
 /// (rebuilt on reload).
 pub struct Engine {
-    config: Config,
-    discovery: Discovery,
-    keys: Keys,
+    pub(crate) config: Config,
+    pub(crate) discovery: Discovery,
+    pub(crate) keys: Keys,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn now() -> u64 {
@@ -394,7 +404,7 @@ impl Engine {
             }
         }
         if origin != Origin::External && !remote.is_empty() {
-            self.outbound(message, &local, &remote).await
+            self.outbound(message, origin, &local, &remote).await
         } else if !local.is_empty() {
             self.inbound(message, origin, &local, remote.len()).await
         } else {
@@ -405,16 +415,42 @@ impl Engine {
     async fn outbound(
         &self,
         message: &Message,
+        origin: Origin,
         local: &[(String, Identity)],
         remote: &[(String, Option<Identity>)],
     ) -> Verdict {
-        // Shared by the sealing task and the re-injected copy: one copy of
-        // a possibly large message, not two.
-        let raw = Arc::new(message.to_bytes());
+        let raw = message.to_bytes();
         if ibemail_message::is_encrypted(&raw) {
             // Already end-to-end encrypted by the user: leave it alone.
             return Verdict::untouched(Vec::new());
         }
+        // Sign first (inside): the signature travels in the sealed copy, the
+        // re-injected copy and plaintext mail alike.
+        let signer = self.signer(message, origin, &raw);
+        let (raw, signature_field) = match &signer {
+            None => (raw, None),
+            Some(identity) => match self.sign(identity, &raw).await {
+                Ok(value) => {
+                    let mut signed =
+                        Vec::with_capacity(raw.len() + value.len() + SIGNATURE_FIELD_LEN + 3);
+                    signed.extend_from_slice(SIGNATURE_FIELD.as_bytes());
+                    signed.push(b':');
+                    signed.extend_from_slice(value.as_bytes());
+                    signed.extend_from_slice(b"\r\n");
+                    signed.extend_from_slice(&raw);
+                    (signed, Some(value))
+                }
+                Err(e) => return Verdict::tempfail(format!("signing as {identity} failed: {e}")),
+            },
+        };
+        let sign_action = |value: &String| Action::InsertHeader {
+            index: 0,
+            name: SIGNATURE_FIELD.into(),
+            value: milter_value(value.as_bytes()),
+        };
+        // Shared by the sealing task and the re-injected copy: one copy of
+        // a possibly large message, not two.
+        let raw = Arc::new(raw);
         let now = now();
         let mut sealed_for: Vec<IbeRecipient> = Vec::new();
         let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
@@ -456,7 +492,7 @@ impl Engine {
         if sealed_for.is_empty() {
             return Verdict {
                 reply: Reply::Continue,
-                actions: Vec::new(),
+                actions: signature_field.iter().map(sign_action).collect(),
                 kind: Kind::Plaintext,
             };
         }
@@ -474,6 +510,16 @@ impl Engine {
             Ok(Ok(sealed)) => sealed,
             Ok(Err(e)) => return Verdict::tempfail(format!("sealing failed: {e}")),
             Err(e) => return Verdict::tempfail(format!("sealing task failed: {e}")),
+        };
+        // Then sign the outside, so that re-encrypting is detected.
+        let outer_signature = match &signer {
+            None => None,
+            Some(identity) => match self.sign(identity, &sealed.to_bytes()).await {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    return Verdict::tempfail(format!("signing the sealed message failed: {e}"));
+                }
+            },
         };
 
         let mut actions = Vec::new();
@@ -509,6 +555,10 @@ impl Engine {
             Kind::Split
         };
         actions.extend(delete_headers(&message.headers, |_, _, _| true));
+        actions.extend(outer_signature.map(|value| Action::AddHeader {
+            name: SIGNATURE_FIELD.into(),
+            value: milter_value(value.as_bytes()),
+        }));
         let (outer, _) = split_message(&sealed.header);
         actions.extend(
             outer
@@ -549,9 +599,21 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let raw = message.to_bytes();
+        let raw = Arc::new(message.to_bytes());
+        let now = now();
         if !ibemail_message::is_encrypted(&raw) {
-            return Verdict::untouched(remove_forged);
+            let result = self.verify(&raw, now).await;
+            let policy = self.signature_policy(&raw);
+            if result == SigResult::None && policy == SignaturePolicy::Report {
+                return Verdict::untouched(remove_forged);
+            }
+            let mut actions = remove_forged;
+            actions.push(Action::InsertHeader {
+                index: 0,
+                name: "Authentication-Results".into(),
+                value: format!(" {}; {}", authserv_id, result.resinfo("unencrypted")).into_bytes(),
+            });
+            return self.apply_signature_policy(message, policy, &result, actions, Kind::Untouched);
         }
         if remote_recipients > 0 {
             // Relayed on to other domains as well: opening it here would
@@ -570,6 +632,7 @@ impl Engine {
             Keys::None => return Verdict::tempfail("no KGC configured to open inbound mail"),
             Keys::InProcess(service) => {
                 let service = service.clone();
+                let raw = raw.clone();
                 tokio::task::spawn_blocking(move || {
                     ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
                         service.open_capsule(id, generation, capsule)
@@ -580,6 +643,7 @@ impl Engine {
             Keys::Daemon(client) => {
                 let client = client.clone();
                 let handle = tokio::runtime::Handle::current();
+                let raw = raw.clone();
                 tokio::task::spawn_blocking(move || {
                     ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
                         handle.block_on(client.open(id, generation, capsule))
@@ -594,6 +658,10 @@ impl Engine {
         };
         match opened {
             Ok(opened) => {
+                let outer_result = self.verify(&raw, now).await;
+                let inner_result = self.verify(&opened.message, now).await;
+                let signed = combine(outer_result, inner_result);
+                let policy = self.signature_policy(&opened.message);
                 let (inner, body) = split_message(&opened.message);
                 let mut actions = delete_headers(&message.headers, |_, _, _| true);
                 // Fields added in transit after sealing (the receiving
@@ -616,12 +684,20 @@ impl Engine {
                     // A DKIM signature of the ciphertext can never verify on
                     // the plaintext; its result is already in the
                     // Authentication-Results a verifier before us added.
-                    .filter(|(_, (name, _))| !name.eq_ignore_ascii_case("DKIM-Signature"))
+                    // The same holds for our own signature of the
+                    // ciphertext (its result is in our A-R below).
+                    .filter(|(_, (name, _))| {
+                        !name.eq_ignore_ascii_case("DKIM-Signature") && !is_signature_field(name)
+                    })
                     .map(|(_, field)| field);
-                let results = format!(
+                let mut results = format!(
                     " {}; x-ibemail=pass (decrypted) smtp.rcptto={} x-ibemail.generation={}",
                     self.config.authserv_id, opened.recipient, opened.generation
                 );
+                if signed != SigResult::None || policy == SignaturePolicy::Require {
+                    results.push_str(";\n\t");
+                    results.push_str(&signed.resinfo("inside and outside the encryption"));
+                }
                 actions.push(Action::AddHeader {
                     name: "Authentication-Results".into(),
                     value: results.into_bytes(),
@@ -635,11 +711,7 @@ impl Engine {
                     value: value.clone(),
                 }));
                 actions.push(Action::ReplaceBody(body.to_vec()));
-                Verdict {
-                    reply: Reply::Continue,
-                    actions,
-                    kind: Kind::Decrypted,
-                }
+                self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted)
             }
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
@@ -679,6 +751,50 @@ impl Engine {
                         actions: Vec::new(),
                         kind: Kind::Undecryptable,
                     },
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// The signature policy for a message's sender domain (its From).
+    fn signature_policy(&self, message: &[u8]) -> SignaturePolicy {
+        signature::from_address(message).map_or(self.config.default_policy.signature, |from| {
+            self.config.policy_for(from.domain()).signature
+        })
+    }
+
+    /// Applies `policy` to a signature `result`: with `require`, anything
+    /// but a pass is quarantined (a temporary error is a tempfail).
+    fn apply_signature_policy(
+        &self,
+        message: &Message,
+        policy: SignaturePolicy,
+        result: &SigResult,
+        mut actions: Vec<Action>,
+        kind: Kind,
+    ) -> Verdict {
+        match (policy, result) {
+            (SignaturePolicy::Report, _) | (_, SigResult::Pass { .. }) => Verdict {
+                reply: Reply::Continue,
+                actions,
+                kind,
+            },
+            (SignaturePolicy::Require, SigResult::TempError(reason)) => {
+                Verdict::tempfail(format!("signature check incomplete: {reason}"))
+            }
+            (SignaturePolicy::Require, other) => {
+                let reason = format!(
+                    "ibemail: sender signature required, result {}",
+                    other.resinfo("")
+                );
+                warn!(queue_id = %message.queue_id, reason = %reason, "signature required");
+                actions.push(Action::Quarantine(reason));
+                Verdict {
+                    reply: Reply::Continue,
+                    actions,
+                    kind: Kind::Unsigned,
                 }
             }
         }

@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod milter;
 pub mod offline;
 pub mod reinject;
+pub mod signing;
 
 pub use milter::run;

@@ -116,7 +116,8 @@ fn connect(cx: &mut Context<Session>, socket: SocketInfo) -> Status {
 }
 
 fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) -> Status {
-    let authenticated = macro_value(&cx.macros, c"{auth_authen}").is_some();
+    let auth_authen = macro_value(&cx.macros, c"{auth_authen}").filter(|a| !a.is_empty());
+    let authenticated = auth_authen.is_some();
     let queue_id = macro_value(&cx.macros, c"i").unwrap_or_default();
     let session = cx.data.get_or_insert_with(Session::default);
     let config_engine = engine(shared);
@@ -133,6 +134,7 @@ fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) ->
     session.stage = Stage::Message(Box::new(Message {
         queue_id,
         sender,
+        auth_authen,
         ..Message::default()
     }));
     Status::Continue

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ibemail_discovery::{DnssecPolicy, PinPolicy};
-use ibemail_milter::config::{Config, EncryptPolicy, FailureAction, KeySource};
+use ibemail_milter::config::{
+    Config, EncryptPolicy, FailureAction, KeySource, SignPolicy, SignaturePolicy,
+};
 use ibemail_milter::offline::RecordBook;
 
 fn packaging(path: &str) -> PathBuf {
@@ -53,6 +55,10 @@ const KEYS: &[&str] = &[
     "policy.domains.*.encrypt",
     "policy.domains.*.dnssec",
     "policy.domains.*.pin",
+    "policy.signature",
+    "policy.domains.*.signature",
+    "signing.sign",
+    "signing.domains.*.sign",
     "inbound.on_failure",
     "reinject.address",
     "reinject.helo",
@@ -90,6 +96,8 @@ fn classify(line: &str) -> Line<'_> {
 fn qualified(table: &str, key: &str) -> String {
     let table = if table.starts_with("policy.domains.") {
         "policy.domains.*"
+    } else if table.starts_with("signing.domains.") {
+        "signing.domains.*"
     } else {
         table
     };
@@ -150,6 +158,7 @@ fn the_sample_configuration_parses_as_shipped() {
     assert_eq!(c.pins, None);
     assert_eq!(c.reinject, Some("127.0.0.1:10026".parse().unwrap()));
     assert!(c.domains.is_empty());
+    assert_eq!(c.sign_policy("example.org"), SignPolicy::Always);
 }
 
 #[test]
@@ -173,6 +182,7 @@ fn the_sample_states_the_defaults_truly() {
     assert_eq!(defaults.metrics, None);
     assert_eq!(defaults.reinject, None);
     assert_eq!(defaults.reinject_helo, "localhost");
+    assert_eq!(defaults.sign, SignPolicy::Never, "the sample says it signs");
     assert_eq!(sample.max_message_size, 100 << 20);
     assert_eq!(sample.kgc_timeout, Duration::from_secs(10));
     assert_eq!(sample.dns_timeout, Duration::from_secs(5));
@@ -202,6 +212,8 @@ fn every_optional_line_of_the_sample_is_valid() {
     assert_eq!(partner.lookup.dnssec, DnssecPolicy::Require);
     assert_eq!(partner.lookup.pin, PinPolicy::Enforce);
     assert_eq!(c.policy_for("lists.example").encrypt, EncryptPolicy::Never);
+    assert_eq!(partner.signature, SignaturePolicy::Require);
+    assert_eq!(c.sign_policy("example.org"), SignPolicy::Never);
     assert_eq!(c.undecryptable, FailureAction::Quarantine);
 }
 
@@ -291,4 +303,7 @@ fn the_example_zone_publishes_a_rotation() {
     assert_eq!(set.select(expires - 1).unwrap().generation, 2);
     assert_eq!(set.select(expires + 1).unwrap().generation, 2);
     assert!(set.records[0].expires.is_none());
+    // Both generations carry their signature parameter, and they differ.
+    let signing: Vec<_> = set.records.iter().map(|r| r.signing.unwrap()).collect();
+    assert_ne!(signing[0], signing[1]);
 }

@@ -208,11 +208,13 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Two domains: a.test sends, b.test (signed, IBE) receives, c.test has no
-/// parameters, d.test's DNS is broken.
+/// Two domains: a.test sends (and signs, when configured to), b.test
+/// (signed zone, IBE) receives, c.test has no parameters, d.test's DNS is
+/// broken.
 struct World {
     _tmp: tempfile::TempDir,
     knot: Knot,
+    a_dir: PathBuf,
     b_dir: PathBuf,
     sink: Sink,
 }
@@ -223,7 +225,11 @@ impl World {
         let b_dir = tmp.path().join("b.test");
         let b = Store::setup(&b_dir, "b.test", now(), &mut OsRng).unwrap();
         let record = format!("_ibemailkey TXT \"{}\"", b.records()[0].to_text());
+        let a_dir = tmp.path().join("a.test");
+        let a = Store::setup(&a_dir, "a.test", now(), &mut OsRng).unwrap();
+        let a_record = format!("_ibemailkey TXT \"{}\"", a.records()[0].to_text());
         let knot = Knot::start(&[
+            Zone::new("a.test", Signing::Signed, &[&a_record]),
             Zone::new("b.test", Signing::Signed, &[&record]),
             Zone::new("c.test", Signing::Signed, &["www A 127.0.0.1"]),
             Zone::new("d.test", Signing::Broken, &[]),
@@ -231,6 +237,7 @@ impl World {
         World {
             _tmp: tmp,
             knot,
+            a_dir,
             b_dir,
             sink: Sink::start(),
         }
@@ -252,6 +259,14 @@ impl World {
             self.dns(),
             self.sink.addr
         )
+    }
+
+    /// a.test's milter, signing its users' mail with keys in-process.
+    fn signing_sender_config(&self) -> String {
+        self.sender_config(&format!(
+            "local_domains = [\"a.test\"]\n[kgc]\ndir = \"{}\"\n[signing]\nsign = \"always\"\n",
+            self.a_dir.display()
+        ))
     }
 
     /// b.test's milter (inbound), keys in-process or from `socket`.
@@ -339,6 +354,208 @@ async fn outbound_is_sealed_and_inbound_opened_back_to_the_original() {
         .collect();
     assert_eq!(&rest[1..], &original[..], "inner headers restored exactly");
     assert_eq!(receiver.metrics.messages(Kind::Decrypted), 1);
+    receiver.stop().await;
+}
+
+fn field_value<'h>(headers: &'h [(String, String)], name: &str, index: usize) -> &'h str {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .nth(index)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} #{index} in {headers:?}"))
+}
+
+fn to_message(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(format!("{name}:{}\r\n", value.replace('\n', "\r\n")).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn from_message(message: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+    let section = ibemail_message::header::HeaderSection::parse(message);
+    let headers = section
+        .fields
+        .iter()
+        .map(|f| {
+            let value = String::from_utf8_lossy(f.value());
+            let value = value.strip_suffix("\r\n").unwrap_or(&value);
+            (
+                String::from_utf8_lossy(f.name).into_owned(),
+                value.replace("\r\n", "\n"),
+            )
+        })
+        .collect();
+    (headers, message[section.body_offset..].to_vec())
+}
+
+/// The A-R field b.test adds, and whether the message was held.
+async fn receive(
+    receiver: &Milter,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> (String, bool, Vec<(String, String)>, Vec<u8>) {
+    let mail = Mail {
+        headers,
+        body,
+        ..Mail::original(&["<bob@b.test>"]).outside()
+    };
+    let (status, actions) = send(receiver.addr, &mail).await;
+    assert_eq!(status, Status::Continue);
+    let held = has(&actions, |a| matches!(a, EomAction::Quarantine { .. }));
+    let (headers, body) = apply(&mail.headers, &mail.body, &actions);
+    let results = field_value(&headers, "Authentication-Results", 0).to_string();
+    (results, held, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_inside_and_outside_and_every_substitution_fails() {
+    let world = World::new();
+    let sender = Milter::start(&world.signing_sender_config()).await;
+    let mail = Mail::original(&["<bob@b.test>"]);
+    let (status, actions) = send(sender.addr, &mail).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(sender.metrics.messages(Kind::Encrypted), 1);
+    let (sealed_headers, sealed_body) = apply(&mail.headers, &mail.body, &actions);
+    let outer_sig = field_value(&sealed_headers, "IBE-Signature", 0);
+    assert!(outer_sig.contains("i=alice@a.test"), "{outer_sig}");
+    assert!(outer_sig.contains("n=1;"), "{outer_sig}");
+
+    // b.test requires valid signatures from a.test.
+    let receiver = Milter::start(&format!(
+        "{}[policy.domains.\"a.test\"]\nsignature = \"require\"\n",
+        world.receiver_config("")
+    ))
+    .await;
+    let (results, held, opened, body) =
+        receive(&receiver, sealed_headers.clone(), sealed_body.clone()).await;
+    assert!(!held);
+    assert!(results.contains("x-ibemail=pass"), "{results}");
+    assert!(
+        results.contains(
+            "ibesig=pass (inside and outside the encryption, generation 1) header.i=alice@a.test"
+        ),
+        "{results}"
+    );
+    assert_eq!(body, ORIGINAL_BODY);
+    // The inner signature is delivered (it verifies on the plaintext); the
+    // outer one, over the ciphertext, is not.
+    assert_eq!(
+        opened.iter().filter(|(n, _)| n == "IBE-Signature").count(),
+        1
+    );
+    let inner_message = to_message(&opened[1..], &body);
+    let inner = ibemail_message::signature::signatures(&inner_message)
+        .remove(0)
+        .unwrap();
+    let a_params = Store::open(&world.a_dir).unwrap().records()[0]
+        .signing
+        .unwrap();
+    inner.verify(&inner_message, &a_params).unwrap();
+
+    // A man in the middle who had a.test encrypt to his parameters can read
+    // the message and re-encrypt it to b.test's real ones, keeping every
+    // header, including the outer signature: that fails.
+    let b_store = Store::open(&world.b_dir).unwrap();
+    let b_record = &b_store.records()[0];
+    let bob = ibemail_ibe::Identity::parse("bob@b.test").unwrap();
+    let recipient = ibemail_message::IbeRecipient {
+        identity: bob,
+        generation: b_record.generation,
+        params: b_record.params.clone(),
+    };
+    let resealed = ibemail_message::seal(
+        &inner_message,
+        &[&recipient as &dyn ibemail_message::Recipient],
+        &mut OsRng,
+        &ibemail_message::Limits::default(),
+    )
+    .unwrap();
+    let (mut resealed_headers, resealed_body) = from_message(&resealed.to_bytes());
+    resealed_headers.insert(0, ("IBE-Signature".to_string(), outer_sig.to_string()));
+    let (results, held, _, body) =
+        receive(&receiver, resealed_headers.clone(), resealed_body.clone()).await;
+    assert!(results.contains("ibesig=fail"), "{results}");
+    assert!(results.contains("body hash"), "{results}");
+    assert!(held, "quarantined under signature = require");
+    assert_eq!(body, ORIGINAL_BODY, "still decrypted for the hold queue");
+    assert_eq!(receiver.metrics.messages(Kind::Unsigned), 1);
+
+    // Dropping the outer signature instead does not help.
+    resealed_headers.remove(0);
+    let (results, held, _, _) = receive(&receiver, resealed_headers, resealed_body).await;
+    assert!(
+        results.contains("ibesig=fail (signed inside but not outside"),
+        "{results}"
+    );
+    assert!(held);
+    receiver.stop().await;
+
+    // With the default policy (report), the same failure is delivered,
+    // marked.
+    let reporting = Milter::start(&world.receiver_config("")).await;
+    let (results, held, _, _) = receive(&reporting, sealed_headers, sealed_body).await;
+    assert!(results.contains("ibesig=pass"), "{results}");
+    assert!(!held);
+    reporting.stop().await;
+    sender.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_own_addresses_are_signed_and_a_forged_from_fails() {
+    let world = World::new();
+    let sender = Milter::start(&world.signing_sender_config()).await;
+    // To a domain without ibemail: the message is signed, not encrypted;
+    // only a header field is added.
+    let mail = Mail::original(&["<carol@c.test>"]);
+    let (status, actions) = send(sender.addr, &mail).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(sender.metrics.messages(Kind::Plaintext), 1);
+    let (headers, body) = apply(&mail.headers, &mail.body, &actions);
+    assert_eq!(body, ORIGINAL_BODY);
+    assert_eq!(headers[0].0, "IBE-Signature");
+    assert_eq!(&headers[1..], &mail.headers[..]);
+
+    // Bob, logged in, sending as Alice: not signed.
+    let forged = Mail {
+        auth: Some("bob"),
+        sender: "<bob@a.test>",
+        ..Mail::original(&["<carol@c.test>"])
+    };
+    let (status, actions) = send(sender.addr, &forged).await;
+    assert_eq!(status, Status::Continue);
+    assert!(actions.actions.is_empty(), "{actions:?}");
+    // Alice logged in as "alice" (no domain) is signed.
+    let own = Mail {
+        auth: Some("alice"),
+        ..Mail::original(&["<carol@c.test>"])
+    };
+    let (_, actions) = send(sender.addr, &own).await;
+    assert_eq!(actions.actions.len(), 1, "{actions:?}");
+    sender.stop().await;
+
+    // Bob's valid signature on a message From Alice (made with his own key,
+    // as a rogue user of a.test could) fails at b.test.
+    let a_store = Store::open(&world.a_dir).unwrap();
+    let bob = ibemail_ibe::Identity::parse("bob@a.test").unwrap();
+    let plain = to_message(&mail.headers, &mail.body);
+    let unsigned = ibemail_message::signature::Unsigned::new(&plain, &bob, 1);
+    let signature = a_store
+        .extract_signing(&bob, 1)
+        .unwrap()
+        .sign(unsigned.digest(), &mut OsRng);
+    let (headers, body) = from_message(&unsigned.prepend(&plain, &signature));
+    let receiver = Milter::start(&world.receiver_config("")).await;
+    let (results, held, _, _) = receive(&receiver, headers, body).await;
+    assert!(
+        results.contains("ibesig=fail (signed by bob@a.test, but From is alice@a.test)"),
+        "{results}"
+    );
+    assert!(!held, "reported, not held, under the default policy");
     receiver.stop().await;
 }
 

@@ -115,3 +115,13 @@ pub enum DecapsulationError {
     #[error("capsule rejected: not for this key, or modified")]
     Rejected,
 }
+
+/// Why a signature does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The pairing equation does not hold: wrong signer, generation,
+    /// parameters or message, or a forged signature.
+    #[error("signature does not verify")]
+    BadSignature,
+}

@@ -24,6 +24,16 @@ pub(crate) const INFO_USER_KEY_R: &[u8] = b"IBEMAIL-V1-BB2KEM-BLS12381-SHA256-US
 /// DST of master-key scalar sampling (wide reduction of RNG output).
 pub(crate) const DST_MASTER_SCALAR: &[u8] = b"IBEMAIL-V1-BB2KEM-BLS12381-SHA256-MASTER-SCALAR";
 
+/// RFC 9380 hash-to-curve DST of the IBS identity point `Q` (G2, SSWU, random oracle).
+pub(crate) const DST_IBS_IDENTITY: &[u8] =
+    b"IBEMAIL-V1-CCIBS-BLS12381G2_XMD:SHA-256_SSWU_RO_IDENTITY_";
+/// DST of the IBS challenge scalar `h = H(U, identity, m)`.
+pub(crate) const DST_IBS_CHALLENGE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CHALLENGE";
+/// DST of the hedged IBS nonce `r`.
+pub(crate) const DST_IBS_NONCE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-NONCE";
+/// HKDF `info` of the IBS master scalar `t` (from the generation's PRF key).
+pub(crate) const INFO_IBS_MASTER: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER";
+
 /// Salt for DSTs longer than 255 bytes (RFC 9380 §5.3.3).
 const OVERSIZE_DST_SALT: &[u8] = b"H2C-OVERSIZE-DST-";
 

@@ -95,7 +95,10 @@ pub(crate) fn decode_g1(
     Ok(point)
 }
 
-fn decode_g2(bytes: &[u8; G2_BYTES], what: &'static str) -> Result<G2Affine, DecodeError> {
+pub(crate) fn decode_g2(
+    bytes: &[u8; G2_BYTES],
+    what: &'static str,
+) -> Result<G2Affine, DecodeError> {
     let point = Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(bytes))
         .ok_or(DecodeError::NotOnCurve { what })?;
     if bool::from(point.is_identity()) {
@@ -145,7 +148,7 @@ fn gt_to_bytes(gt: &Gt) -> Zeroizing<[u8; GT_BYTES]> {
 
 /// Length-prefixed identity context shared by the FO and key derivations:
 /// `len(address) ‖ address ‖ generation`.
-fn identity_context(identity: &Identity, generation: Generation) -> Vec<u8> {
+pub(crate) fn identity_context(identity: &Identity, generation: Generation) -> Vec<u8> {
     let address = identity.as_str().as_bytes();
     let mut out = Vec::with_capacity(2 + address.len() + 4);
     out.extend_from_slice(
@@ -232,6 +235,11 @@ impl MasterKey {
         out[32..64].copy_from_slice(&self.y);
         out[64..].copy_from_slice(&self.prf_key);
         out
+    }
+
+    /// The PRF key, from which the signing master scalar is derived too.
+    pub(crate) fn prf_key_bytes(&self) -> &[u8; PRF_KEY_BYTES] {
+        &self.prf_key
     }
 
     fn scalars(&self) -> (Scalar, Scalar) {

@@ -23,6 +23,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! It also has the matching identity-based signature (Cha–Cheon, in
+//! [`SigningKey::sign`] and [`verify`]): the KGC signs as a user, anyone
+//! with the domain's signing parameter `S` verifies.
+//!
 //! ## What this crate does not do
 //!
 //! No I/O of any kind: no files, sockets, clocks or global RNG. Randomness is
@@ -37,10 +41,14 @@
 mod error;
 mod fixed_base;
 mod hash;
+mod ibs;
 mod identity;
 mod kem;
 
-pub use error::{DecapsulationError, DecodeError, EncapsulationError, IdentityError};
+pub use error::{DecapsulationError, DecodeError, EncapsulationError, IdentityError, VerifyError};
+pub use ibs::{
+    SIGNATURE_BYTES, SIGNING_PARAMS_BYTES, Signature, SigningKey, SigningParams, verify,
+};
 pub use identity::{Identity, MAX_DOMAIN, MAX_LOCAL_PART, normalize_domain};
 pub use kem::{
     CAPSULE_BYTES, Capsule, G1_BYTES, G2_BYTES, Generation, MASTER_KEY_BYTES, MasterKey,

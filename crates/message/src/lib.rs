@@ -63,6 +63,7 @@ mod gcm;
 pub mod header;
 mod open;
 mod seal;
+pub mod signature;
 
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
 pub use open::{Candidate, Envelope, Opened, inspect, is_encrypted, open};

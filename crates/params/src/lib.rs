@@ -24,7 +24,12 @@
 //! | `c` | curve, `bls12-381` | yes |
 //! | `n` | parameter generation, 1 ..= 2^32-1 | yes |
 //! | `X`, `Y` | compressed G1 points, base64 | yes |
+//! | `S` | identity-based signature parameter (Cha–Cheon), a compressed G1 point, base64 | no (a domain without it does not sign) |
 //! | `e` | expiry, seconds since the Unix epoch; senders skip the generation from then on | no |
+//!
+//! With `S=` the record is about 236 bytes plus the digits of `n` and `e`;
+//! if the spaced form would exceed 255 bytes the emitter drops the optional
+//! spaces after `;`, so it always fits one character-string.
 //!
 //! A record split over several character-strings is concatenated first
 //! (RFC 7208 §3.3), so `"ver=1; ... X=abc" "def..."` parses.
@@ -34,7 +39,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_ibe::{DecodeError, Generation, PublicParams};
+use ibemail_ibe::{DecodeError, Generation, PublicParams, SigningParams};
 use thiserror::Error;
 
 /// The label under which parameters are published: `_ibemailkey.<domain>`.
@@ -64,6 +69,8 @@ pub struct Record {
     pub params: PublicParams,
     /// Expiry in seconds since the Unix epoch (`e=`), if published.
     pub expires: Option<u64>,
+    /// The signature parameter (`S=`), if the domain signs.
+    pub signing: Option<SigningParams>,
 }
 
 /// The tags of the record, for error messages.
@@ -84,6 +91,8 @@ pub enum Tag {
     Y,
     /// `e=`
     Expires,
+    /// `S=`
+    Signing,
 }
 
 impl Tag {
@@ -96,6 +105,7 @@ impl Tag {
             Tag::X => "X",
             Tag::Y => "Y",
             Tag::Expires => "e",
+            Tag::Signing => "S",
         }
     }
 
@@ -108,6 +118,7 @@ impl Tag {
             "X" => Tag::X,
             "Y" => Tag::Y,
             "e" => Tag::Expires,
+            "S" => Tag::Signing,
             _ => return None,
         })
     }
@@ -183,7 +194,14 @@ impl Record {
             generation,
             params,
             expires: None,
+            signing: None,
         }
+    }
+
+    /// The record with the signature parameter `S=`.
+    pub fn with_signing(mut self, signing: SigningParams) -> Self {
+        self.signing = Some(signing);
+        self
     }
 
     /// Parses one record given as its character-strings (concatenated).
@@ -221,7 +239,7 @@ impl Record {
             _ => return Err(ParseError::NotIbemailRecord),
         }
 
-        let mut values: [Option<&str>; 7] = [None; 7];
+        let mut values: [Option<&str>; 8] = [None; 8];
         let slot = |tag: Tag| match tag {
             Tag::Version => 0,
             Tag::Algorithm => 1,
@@ -230,6 +248,7 @@ impl Record {
             Tag::X => 4,
             Tag::Y => 5,
             Tag::Expires => 6,
+            Tag::Signing => 7,
         };
         let count = elements.clone().count();
         for (i, element) in elements.enumerate() {
@@ -291,25 +310,48 @@ impl Record {
         let expires = values[slot(Tag::Expires)]
             .map(|v| parse_decimal(v, Tag::Expires))
             .transpose()?;
+        let signing = values[slot(Tag::Signing)]
+            .map(|v| {
+                let bytes = decode_base64(v, Tag::Signing)?;
+                SigningParams::from_bytes(&bytes).map_err(|source| ParseError::InvalidPoint {
+                    tag: Tag::Signing,
+                    source,
+                })
+            })
+            .transpose()?;
         Ok(Record {
             generation,
             params,
             expires,
+            signing,
         })
     }
 
     /// The record text, e.g. `ver=1; a=bb2-fo; c=bls12-381; n=1; X=…; Y=…`.
     /// At most [`MAX_RECORD_LEN`] bytes, so it fits one TXT character-string.
     pub fn to_text(&self) -> String {
-        let mut text = format!(
-            "ver={VERSION}; a={ALGORITHM_BB2_FO}; c={CURVE_BLS12_381}; n={}; X={}; Y={}",
-            self.generation,
-            STANDARD.encode(self.params.x_bytes()),
-            STANDARD.encode(self.params.y_bytes()),
-        );
-        if let Some(e) = self.expires {
-            text.push_str(&format!("; e={e}"));
+        let mut elements = vec![
+            format!("ver={VERSION}"),
+            format!("a={ALGORITHM_BB2_FO}"),
+            format!("c={CURVE_BLS12_381}"),
+            format!("n={}", self.generation),
+            format!("X={}", STANDARD.encode(self.params.x_bytes())),
+            format!("Y={}", STANDARD.encode(self.params.y_bytes())),
+        ];
+        if let Some(signing) = &self.signing {
+            elements.push(format!("S={}", STANDARD.encode(signing.to_bytes())));
         }
+        if let Some(e) = self.expires {
+            elements.push(format!("e={e}"));
+        }
+        let spaced = elements.join("; ");
+        let text = if spaced.len() <= MAX_RECORD_LEN {
+            spaced
+        } else {
+            elements.join(";")
+        };
+        // Compact, the record with `S=`, the largest `n` and an `e` below
+        // 10^12 (the year 33658) is 255 bytes.
         debug_assert!(text.len() <= MAX_RECORD_LEN);
         text
     }
@@ -447,6 +489,45 @@ mod tests {
         assert!(t.len() <= MAX_RECORD_LEN, "{} bytes", t.len());
         assert!(t.starts_with("ver=1; a=bb2-fo; c=bls12-381; n=4294967295; X="));
         assert_eq!(Record::parse(&t).unwrap(), record);
+    }
+
+    #[test]
+    fn signing_parameter_is_optional_and_round_trips() {
+        let master = MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(3));
+        let record = Record::new(7, master.public_params()).with_signing(master.signing_params());
+        let t = record.to_text();
+        assert!(
+            t.starts_with("ver=1; a=bb2-fo; c=bls12-381; n=7; X="),
+            "{t}"
+        );
+        assert!(t.contains("; S="), "{t}");
+        assert_eq!(Record::parse(&t).unwrap(), record);
+        // The largest values still fit one string, compacted if need be.
+        let mut big =
+            Record::new(u32::MAX, master.public_params()).with_signing(master.signing_params());
+        big.expires = Some(999_999_999_999);
+        let t = big.to_text();
+        assert!(t.len() <= MAX_RECORD_LEN, "{} bytes: {t}", t.len());
+        assert_eq!(Record::parse(&t).unwrap(), big);
+        // A typical rotation record keeps the spaced form.
+        let mut typical = record.clone();
+        typical.expires = Some(1_900_000_000);
+        assert!(typical.to_text().contains("; e=1900000000"));
+        // A bad S= is an error naming the tag; without S= the record is fine.
+        let bad = t.replace(";S=", ";S=AAAA");
+        assert!(matches!(
+            Record::parse(&bad),
+            Err(ParseError::InvalidPoint {
+                tag: Tag::Signing,
+                ..
+            })
+        ));
+        assert_eq!(
+            Record::parse(&Record::new(7, master.public_params()).to_text())
+                .unwrap()
+                .signing,
+            None
+        );
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct World {
     pub b: Domain,
     pub c: Postfix,
     pub wire: Recorder,
+    /// What a.test sent to b.test, when [`Options::intercept_b`] is set.
+    pub interceptor: Option<ibemail_test_support::smtp::Sink>,
     /// OpenDKIM signer (a.test) and verifier (b.test), when asked for.
     pub dkim: Option<(OpenDkim, OpenDkim)>,
     tsig: TsigKey,
@@ -123,6 +125,9 @@ pub struct Options {
     pub a_without_ibemail: bool,
     /// Extra `main.cf` lines for a.test.
     pub a_postfix_extra: Vec<String>,
+    /// Route a.test's mail for b.test into [`World::interceptor`] (a man in
+    /// the middle) instead of to b.test.
+    pub intercept_b: bool,
 }
 
 fn start_kgc(rt: &Runtime, store_dir: &Path, socket: &Path) -> Task {
@@ -209,8 +214,16 @@ impl World {
         .unwrap();
 
         let (a_ip, b_ip, c_ip) = (ip(11), ip(12), ip(13));
-        // a.test -> b.test goes through the observer.
+        // a.test -> b.test goes through the observer (or to the man in the
+        // middle).
         let wire = Recorder::start(SocketAddr::new(ip(20), 2525), SocketAddr::new(b_ip, 25));
+        let interceptor = options
+            .intercept_b
+            .then(ibemail_test_support::smtp::Sink::start);
+        let a_to_b = match &interceptor {
+            Some(sink) => format!("smtp:[{}]:{}", sink.addr.ip(), sink.addr.port()),
+            None => format!("smtp:[{}]:{}", wire.addr.ip(), wire.addr.port()),
+        };
         let dns = format!(
             "[dns]\nresolvers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout = \"2s\"\n",
             knot.addr,
@@ -233,10 +246,7 @@ impl World {
                 &options.a_milters_before,
                 &a_after,
                 vec![
-                    (
-                        "b.test".to_string(),
-                        format!("smtp:[{}]:{}", wire.addr.ip(), wire.addr.port()),
-                    ),
+                    ("b.test".to_string(), a_to_b.clone()),
                     ("c.test".to_string(), format!("smtp:[{c_ip}]:25")),
                 ],
             ),
@@ -329,6 +339,7 @@ impl World {
             b,
             c,
             wire,
+            interceptor,
             dkim: dkim_signer.zip(dkim_verifier),
             tsig,
             _tmp: tmp,
@@ -355,6 +366,12 @@ impl World {
     /// Publishes `domain`'s records with `ibemail-kgc publish`'s code.
     pub fn publish(&self, domain: &str) {
         let store = Store::open(&self.domain(domain).store_dir).unwrap();
+        self.publish_records(domain, &store.records());
+    }
+
+    /// Replaces `domain`'s published records with `records` (an attacker's,
+    /// in the tests that need one).
+    pub fn publish_records(&self, domain: &str, records: &[ibemail_params::Record]) {
         let target = UpdateTarget {
             server: self.knot.addr,
             zone: domain.to_string(),
@@ -362,7 +379,7 @@ impl World {
             timeout: Duration::from_secs(5),
         };
         self.rt
-            .block_on(publish(&target, &self.tsig, domain, &store.records()))
+            .block_on(publish(&target, &self.tsig, domain, records))
             .unwrap();
     }
 

@@ -15,21 +15,42 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn field<'m>(mail: &'m str, name: &str) -> Vec<&'m str> {
+/// The values of the header fields called `name`, unfolded and trimmed.
+fn field(mail: &str, name: &str) -> Vec<String> {
     let header = mail.split("\n\n").next().unwrap_or("");
-    header
-        .lines()
-        .filter_map(|l| {
-            l.split_once(':')
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim())
-        })
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in header.lines() {
+        match (line.starts_with([' ', '\t']), fields.last_mut()) {
+            (true, Some((_, value))) => {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            _ => {
+                if let Some((n, v)) = line.split_once(':') {
+                    fields.push((n.to_string(), v.trim().to_string()));
+                }
+            }
+        }
+    }
+    fields
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
         .collect()
 }
 
 /// Delivered fields on top of the original may only be these.
 fn assert_only_trace_added(added: &[String]) {
+    assert_only_added(added, &[]);
+}
+
+/// Delivered fields on top of the original may only be trace fields and
+/// `extra`.
+fn assert_only_added(added: &[String], extra: &[&str]) {
     for name in added {
+        if extra.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
         assert!(
             [
                 "Return-Path",
@@ -387,6 +408,7 @@ fn a_thousand_messages_with_smtp_source_are_each_delivered_once_and_decrypted() 
 fn opendkim_signs_the_ciphertext_at_a_and_verifies_it_at_b_before_decryption() {
     let world = World::start(Options {
         dkim: true,
+        a_milter: SIGN.into(),
         ..Options::default()
     });
     let m = message(
@@ -417,5 +439,159 @@ fn opendkim_signs_the_ciphertext_at_a_and_verifies_it_at_b_before_decryption() {
         !header.contains("DKIM-Signature:"),
         "the signature of the ciphertext cannot verify on the plaintext: {copy}"
     );
+    // ibemail's own signatures (inside and outside) coexist with DKIM.
+    assert!(results.iter().any(|r| r.contains("ibesig=pass")), "{copy}");
     delivered_original(&bob[0], &m).unwrap();
+}
+
+const SIGN: &str = "[signing]\nsign = \"always\"";
+
+#[test]
+fn signed_and_encrypted_mail_passes_and_mail_to_other_domains_only_gains_a_field() {
+    let world = World::start(Options {
+        a_milter: SIGN.into(),
+        b_milter: "[policy.domains.\"a.test\"]\nsignature = \"require\"".into(),
+        ..Options::default()
+    });
+    let m = message(
+        "Alice <alice@a.test>",
+        "Bob <bob@b.test>",
+        "Signed, sealed, delivered",
+        "Only Alice could have sent this.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    let copy = text(&bob[0]);
+    let results = field(&copy, "Authentication-Results");
+    assert!(
+        results.iter().any(|r| r.contains(
+            "ibesig=pass (inside and outside the encryption, generation 1) header.i=alice@a.test"
+        )),
+        "{copy}"
+    );
+    // The original, with the inner signature on top; the outer one (over
+    // the ciphertext) is not delivered.
+    assert_only_added(
+        &delivered_original(&bob[0], &m).unwrap(),
+        &["IBE-Signature"],
+    );
+    assert_eq!(field(&copy, "IBE-Signature").len(), 1, "{copy}");
+    let wire = text(&world.wire.seen());
+    assert!(wire.contains("IBE-Signature:"), "the outside is signed too");
+    assert!(!wire.contains("Only Alice"), "{wire}");
+
+    // To c.test (no ibemail): plaintext, signed, nothing else changed.
+    let m2 = message(
+        "Alice <alice@a.test>",
+        "Carol <carol@c.test>",
+        "Plain but signed",
+        "Hello Carol.\r\n",
+    );
+    world
+        .a
+        .postfix
+        .submit("alice@a.test", &["carol@c.test"], &m2);
+    let carol = world.c.wait_for_mail("carol", 1, WAIT);
+    assert_only_added(
+        &delivered_original(&carol[0], &m2).unwrap(),
+        &["IBE-Signature"],
+    );
+    assert!(text(&carol[0]).contains("i=alice@a.test"));
+    assert_eq!(world.b.metrics.messages(Kind::Decrypted), 1);
+    assert_eq!(world.b.metrics.messages(Kind::Unsigned), 0);
+}
+
+#[test]
+fn a_message_re_encrypted_by_a_man_in_the_middle_fails_the_signature() {
+    use ibemail_ibe::Identity;
+    use ibemail_kgc::store::Store;
+    use ibemail_message::header::HeaderSection;
+    use ibemail_message::{CapsuleError, IbeRecipient, Limits, Recipient};
+    use rand_core::OsRng;
+
+    let world = World::start(Options {
+        a_milter: SIGN.into(),
+        intercept_b: true,
+        ..Options::default()
+    });
+    // The attacker replaces b.test's parameters as a.test sees them, and
+    // sits between a.test and b.test.
+    let evil_dir = tempfile::tempdir().unwrap();
+    let evil = Store::setup(
+        &evil_dir.path().join("kgc"),
+        "b.test",
+        ibemail_e2e::now(),
+        &mut OsRng,
+    )
+    .unwrap();
+    world.publish_records("b.test", &evil.records());
+    let m = message(
+        "Alice <alice@a.test>",
+        "Bob <bob@b.test>",
+        "For Bob only",
+        "The safe code is 4711.\r\n",
+    );
+    world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
+    let interceptor = world.interceptor.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while interceptor.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing intercepted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stolen = interceptor.received().remove(0).data;
+
+    // He reads it...
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let opened = ibemail_message::open(
+        &stolen,
+        std::slice::from_ref(&bob),
+        &Limits::default(),
+        |id, generation, capsule| {
+            evil.extract(id, generation)
+                .map_err(|e| CapsuleError::Refused(e.to_string()))?
+                .decapsulate(evil.params(generation).unwrap(), capsule)
+                .map_err(|_| CapsuleError::Rejected)
+        },
+    )
+    .unwrap();
+    assert!(text(&opened.message).contains("4711"));
+    // ...and re-encrypts it to b.test's real parameters, keeping every
+    // header field, the outer signature included.
+    let real = Store::open(&world.b.store_dir).unwrap().records().remove(0);
+    let recipient = IbeRecipient {
+        identity: bob,
+        generation: real.generation,
+        params: real.params,
+    };
+    let resealed = ibemail_message::seal(
+        &opened.message,
+        &[&recipient as &dyn Recipient],
+        &mut OsRng,
+        &Limits::default(),
+    )
+    .unwrap();
+    let section = HeaderSection::parse(&stolen);
+    let outer_signature = section
+        .fields
+        .iter()
+        .find(|f| f.is("IBE-Signature"))
+        .expect("a.test signed the outside")
+        .raw;
+    let mut forged = outer_signature.to_vec();
+    forged.extend_from_slice(&resealed.to_bytes());
+    world
+        .b
+        .postfix
+        .submit("alice@a.test", &["bob@b.test"], &forged);
+
+    let delivered = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    let copy = text(&delivered[0]);
+    let results = field(&copy, "Authentication-Results");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.contains("x-ibemail=pass") && r.contains("ibesig=fail")),
+        "b.test must see the substitution: {copy}"
+    );
+    assert!(copy.contains("body hash mismatch"), "{copy}");
 }

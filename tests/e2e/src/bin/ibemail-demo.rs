@@ -23,6 +23,8 @@ fn main() {
     println!("Starting Knot DNS, two KGCs, two milters and three Postfix instances...");
     let world = World::start(Options {
         block: Some(200),
+        // a.test signs its users' mail (inside and outside the encryption).
+        a_milter: "[signing]\nsign = \"always\"".into(),
         ..Options::default()
     });
     section("DNS: the parameters b.test publishes (signed, published by RFC 2136)");
@@ -73,7 +75,9 @@ fn main() {
         },
     );
 
-    section("In bob@b.test's mailbox (Maildir, decrypted by b.test's milter)");
+    section(
+        "In bob@b.test's mailbox (Maildir, decrypted and signature-checked by b.test's milter)",
+    );
     print!("{}", String::from_utf8_lossy(&bob[0]));
 
     if keep {

@@ -1,0 +1,435 @@
+//! Identity-based signatures: Cha–Cheon (PKC 2003) on BLS12-381.
+//!
+//! Notation (additive; `g1`, `g2` the standard generators):
+//!
+//! - signing master scalar `t = H_t(k_prf)` (HKDF from the generation's PRF
+//!   key, so every generation has one and nothing new is stored);
+//!   public signing parameter `S = t·g1` (the `S=` tag of the DNS record);
+//! - identity point `Q = H_Q(address, generation)` in G2 (RFC 9380
+//!   hash-to-curve);
+//! - user signing key `D = t·Q`;
+//! - signature on `m`: `r = H_r(D, fresh randomness, address, generation, m)`
+//!   (hedged: deterministic if the RNG fails), `U = r·Q`,
+//!   `h = H_h(U, address, generation, m)`, `V = (r + h)·D`; the signature is
+//!   `U ‖ V`;
+//! - verification: `e(g1, V) = e(S, U + h·Q)`, checked as one two-term
+//!   multi-pairing against 1.
+//!
+//! Security: existential unforgeability under adaptive chosen-message and
+//! chosen-identity attacks in the random-oracle model, under the
+//! computational Diffie–Hellman assumption (Cha and Cheon, "An
+//! Identity-Based Signature from Gap Diffie-Hellman Groups", PKC 2003,
+//! Theorem 3, via the forking lemma). In the asymmetric setting used here
+//! (`S` in G1, `Q`, `U`, `V`, `D` in G2) the reduction needs `t·g2` to
+//! answer key-extraction queries, so the assumption is co-CDH with that
+//! auxiliary element, the same one BLS signatures on BLS12-381 rely on. See
+//! `SECURITY.md`.
+
+use core::fmt;
+
+use blstrs::{Bls12, G1Affine, G2Affine, G2Prepared, G2Projective, Gt, Scalar};
+use ff::Field;
+use group::{Curve, Group, prime::PrimeCurveAffine};
+use hkdf::Hkdf;
+use pairing::{MillerLoopResult, MultiMillerLoop};
+use rand_core::{CryptoRng, RngCore};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::{DecodeError, VerifyError};
+use crate::hash::{self, hash_to_scalar};
+use crate::identity::Identity;
+use crate::kem::{G1_BYTES, G2_BYTES, Generation, MasterKey, decode_g1, decode_g2};
+
+/// Bytes of an encoded signature: `U ‖ V`, two compressed G2 points.
+pub const SIGNATURE_BYTES: usize = 2 * G2_BYTES;
+/// Bytes of the encoded signing parameter `S` (a compressed G1 point).
+pub const SIGNING_PARAMS_BYTES: usize = G1_BYTES;
+
+/// The identity point `Q = H_Q(len ‖ address ‖ generation)` in G2.
+fn identity_point(identity: &Identity, generation: Generation) -> G2Projective {
+    let context = crate::kem::identity_context(identity, generation);
+    G2Projective::hash_to_curve(&context, hash::DST_IBS_IDENTITY, &[])
+}
+
+/// `h = H_h(U ‖ len ‖ address ‖ generation ‖ m)`.
+fn challenge(u: &G2Affine, identity: &Identity, generation: Generation, message: &[u8]) -> Scalar {
+    let context = crate::kem::identity_context(identity, generation);
+    hash_to_scalar(
+        &[&u.to_compressed(), &context, message],
+        hash::DST_IBS_CHALLENGE,
+    )
+}
+
+impl MasterKey {
+    /// The signing master scalar `t`, derived from the generation's PRF key
+    /// under its own HKDF label (independent of every user-key scalar).
+    fn signing_scalar(&self) -> Scalar {
+        let mut okm = Zeroizing::new([0u8; 48]);
+        if let Ok(hk) = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()) {
+            let _ = hk.expand(hash::INFO_IBS_MASTER, okm.as_mut());
+        }
+        let t = hash::scalar_from_wide(&okm);
+        // Zero with probability 2^-255; fall back to 1 only to stay total.
+        if bool::from(t.is_zero()) {
+            Scalar::ONE
+        } else {
+            t
+        }
+    }
+
+    /// The public signing parameter `S = t·g1` of this generation.
+    pub fn signing_params(&self) -> SigningParams {
+        SigningParams {
+            s: (G1Affine::generator() * self.signing_scalar()).to_affine(),
+        }
+    }
+
+    /// Derives the signing key of `identity` for this generation.
+    ///
+    /// Deterministic, like [`MasterKey::extract`].
+    pub fn extract_signing(&self, identity: &Identity, generation: Generation) -> SigningKey {
+        let d = (identity_point(identity, generation) * self.signing_scalar()).to_affine();
+        SigningKey {
+            identity: identity.clone(),
+            generation,
+            d_uncompressed: Zeroizing::new(d.to_uncompressed()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signing parameters
+
+/// A domain's public signing parameter for one generation (`S=` in DNS).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SigningParams {
+    s: G1Affine,
+}
+
+impl fmt::Debug for SigningParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.s.to_compressed();
+        let short: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        write!(f, "SigningParams({short}…)")
+    }
+}
+
+impl SigningParams {
+    /// Decodes `S` (compressed G1, subgroup-checked, not the identity).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; G1_BYTES] = bytes.try_into().map_err(|_| DecodeError::Length {
+            what: "signing parameter S",
+            expected: G1_BYTES,
+            actual: bytes.len(),
+        })?;
+        Ok(SigningParams {
+            s: decode_g1(bytes, "signing parameter S")?,
+        })
+    }
+
+    /// The compressed `S`.
+    pub fn to_bytes(&self) -> [u8; SIGNING_PARAMS_BYTES] {
+        self.s.to_compressed()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signing key
+
+/// The signing key of one identity at one generation. Zeroized on drop;
+/// `Debug` is redacted.
+#[derive(Clone)]
+pub struct SigningKey {
+    identity: Identity,
+    generation: Generation,
+    d_uncompressed: Zeroizing<[u8; 2 * G2_BYTES]>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("identity", &self.identity)
+            .field("generation", &self.generation)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// The identity this key signs as.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The generation of the key.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    fn point(&self) -> G2Affine {
+        // Produced by `extract_signing` from a valid point.
+        Option::from(G2Affine::from_uncompressed_unchecked(&self.d_uncompressed))
+            .unwrap_or_else(G2Affine::identity)
+    }
+
+    /// Signs `message` (any bytes; callers sign a digest of what they
+    /// protect). `rng` adds fresh randomness to the nonce; the nonce is
+    /// also bound to the key and the message, so a broken RNG does not
+    /// repeat nonces across messages.
+    pub fn sign<R: RngCore + CryptoRng + ?Sized>(&self, message: &[u8], rng: &mut R) -> Signature {
+        let context = crate::kem::identity_context(&self.identity, self.generation);
+        let q = identity_point(&self.identity, self.generation);
+        let d = self.point();
+        let mut fresh = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(fresh.as_mut());
+        let mut counter = 0u8;
+        loop {
+            let r = hash_to_scalar(
+                &[
+                    self.d_uncompressed.as_ref(),
+                    fresh.as_ref(),
+                    &context,
+                    &[counter],
+                    message,
+                ],
+                hash::DST_IBS_NONCE,
+            );
+            let u = (q * r).to_affine();
+            let h = challenge(&u, &self.identity, self.generation, message);
+            let rh = r + h;
+            if bool::from(r.is_zero()) || bool::from(rh.is_zero()) {
+                // Probability 2^-254: draw again rather than emit an
+                // identity point.
+                counter = counter.wrapping_add(1);
+                continue;
+            }
+            let v = (d * rh).to_affine();
+            return Signature { u, v };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signatures
+
+/// A signature `U ‖ V` (two G2 points).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature {
+    u: G2Affine,
+    v: G2Affine,
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.u.to_compressed();
+        let short: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        write!(f, "Signature({short}…)")
+    }
+}
+
+impl Signature {
+    /// Decodes `U ‖ V`; both must be valid, non-identity points of the
+    /// prime-order subgroup.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; SIGNATURE_BYTES] = bytes.try_into().map_err(|_| DecodeError::Length {
+            what: "signature",
+            expected: SIGNATURE_BYTES,
+            actual: bytes.len(),
+        })?;
+        let (u, v) = bytes.split_at(G2_BYTES);
+        let u: &[u8; G2_BYTES] = u.try_into().map_err(|_| DecodeError::Length {
+            what: "signature U",
+            expected: G2_BYTES,
+            actual: u.len(),
+        })?;
+        let v: &[u8; G2_BYTES] = v.try_into().map_err(|_| DecodeError::Length {
+            what: "signature V",
+            expected: G2_BYTES,
+            actual: v.len(),
+        })?;
+        Ok(Signature {
+            u: decode_g2(u, "signature U")?,
+            v: decode_g2(v, "signature V")?,
+        })
+    }
+
+    /// Encodes the signature as `U ‖ V`.
+    pub fn to_bytes(&self) -> [u8; SIGNATURE_BYTES] {
+        let mut out = [0u8; SIGNATURE_BYTES];
+        out[..G2_BYTES].copy_from_slice(&self.u.to_compressed());
+        out[G2_BYTES..].copy_from_slice(&self.v.to_compressed());
+        out
+    }
+}
+
+/// Verifies `signature` on `message` by `identity` at `generation` under
+/// the signer domain's `params`.
+pub fn verify(
+    params: &SigningParams,
+    identity: &Identity,
+    generation: Generation,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), VerifyError> {
+    let q = identity_point(identity, generation);
+    let h = challenge(&signature.u, identity, generation, message);
+    let rhs = (G2Projective::from(signature.u) + q * h).to_affine();
+    if bool::from(rhs.is_identity()) {
+        return Err(VerifyError::BadSignature);
+    }
+    // e(g1, V) · e(-S, U + h·Q) = 1
+    let minus_s = (-params.s.to_curve()).to_affine();
+    let v = G2Prepared::from(signature.v);
+    let rhs = G2Prepared::from(rhs);
+    let result: Gt = <Bls12 as MultiMillerLoop>::multi_miller_loop(&[
+        (&G1Affine::generator(), &v),
+        (&minus_s, &rhs),
+    ])
+    .final_exponentiation();
+    if bool::from(result.is_identity()) {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn setup() -> (MasterKey, SigningParams, Identity, ChaCha20Rng) {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let master = MasterKey::generate(&mut rng);
+        let params = master.signing_params();
+        (
+            master,
+            params,
+            Identity::parse("alice@a.test").unwrap(),
+            rng,
+        )
+    }
+
+    #[test]
+    fn signatures_verify_and_keys_are_deterministic() {
+        let (master, params, alice, mut rng) = setup();
+        let key = master.extract_signing(&alice, 1);
+        let again = master.extract_signing(&alice, 1);
+        assert_eq!(*key.d_uncompressed, *again.d_uncompressed);
+        let sig = key.sign(b"message", &mut rng);
+        verify(&params, &alice, 1, b"message", &sig).unwrap();
+        let decoded = Signature::from_bytes(&sig.to_bytes()).unwrap();
+        assert_eq!(decoded, sig);
+        verify(&params, &alice, 1, b"message", &decoded).unwrap();
+        // Fresh randomness: two signatures of one message differ, both verify.
+        let sig2 = key.sign(b"message", &mut rng);
+        assert_ne!(sig.to_bytes(), sig2.to_bytes());
+        verify(&params, &alice, 1, b"message", &sig2).unwrap();
+    }
+
+    #[test]
+    fn wrong_identity_generation_params_or_message_fail() {
+        let (master, params, alice, mut rng) = setup();
+        let sig = master.extract_signing(&alice, 1).sign(b"message", &mut rng);
+        let bob = Identity::parse("bob@a.test").unwrap();
+        let other_domain = Identity::parse("alice@b.test").unwrap();
+        assert_eq!(
+            verify(&params, &bob, 1, b"message", &sig),
+            Err(VerifyError::BadSignature)
+        );
+        assert!(verify(&params, &other_domain, 1, b"message", &sig).is_err());
+        assert!(verify(&params, &alice, 2, b"message", &sig).is_err());
+        assert!(verify(&params, &alice, 1, b"messagf", &sig).is_err());
+        let other = MasterKey::generate(&mut rng).signing_params();
+        assert!(verify(&other, &alice, 1, b"message", &sig).is_err());
+        // Bob's valid signature is not Alice's.
+        let bob_sig = master.extract_signing(&bob, 1).sign(b"message", &mut rng);
+        verify(&params, &bob, 1, b"message", &bob_sig).unwrap();
+        assert!(verify(&params, &alice, 1, b"message", &bob_sig).is_err());
+        // A key of generation 1 does not sign for generation 2.
+        let gen2 = master.extract_signing(&alice, 2);
+        let sig2 = gen2.sign(b"message", &mut rng);
+        verify(&params, &alice, 2, b"message", &sig2).unwrap();
+        assert!(verify(&params, &alice, 1, b"message", &sig2).is_err());
+    }
+
+    #[test]
+    fn replay_onto_another_message_fails() {
+        let (master, params, alice, mut rng) = setup();
+        let key = master.extract_signing(&alice, 1);
+        let a = key.sign(b"first", &mut rng);
+        let b = key.sign(b"second", &mut rng);
+        assert!(verify(&params, &alice, 1, b"second", &a).is_err());
+        assert!(verify(&params, &alice, 1, b"first", &b).is_err());
+        // Mixing halves of two valid signatures fails too.
+        let mut mixed = a.to_bytes();
+        mixed[G2_BYTES..].copy_from_slice(&b.to_bytes()[G2_BYTES..]);
+        if let Ok(mixed) = Signature::from_bytes(&mixed) {
+            assert!(verify(&params, &alice, 1, b"first", &mixed).is_err());
+            assert!(verify(&params, &alice, 1, b"second", &mixed).is_err());
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_message_or_signature_fails() {
+        let (master, params, alice, mut rng) = setup();
+        let message = *b"a 32-byte digest of the message!";
+        let sig = master.extract_signing(&alice, 1).sign(&message, &mut rng);
+        let bytes = sig.to_bytes();
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(s) = Signature::from_bytes(&flipped) {
+                assert!(
+                    verify(&params, &alice, 1, &message, &s).is_err(),
+                    "signature bit {bit} flipped still verifies"
+                );
+            }
+        }
+        for bit in 0..message.len() * 8 {
+            let mut flipped = message;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                verify(&params, &alice, 1, &flipped, &sig).is_err(),
+                "message bit {bit} flipped still verifies"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_encodings_are_errors() {
+        assert!(matches!(
+            Signature::from_bytes(&[0u8; 10]),
+            Err(DecodeError::Length { .. })
+        ));
+        assert!(Signature::from_bytes(&[0u8; SIGNATURE_BYTES]).is_err());
+        // Compressed identity points are refused.
+        let mut identity = [0u8; SIGNATURE_BYTES];
+        identity[0] = 0xc0;
+        identity[G2_BYTES] = 0xc0;
+        assert!(matches!(
+            Signature::from_bytes(&identity),
+            Err(DecodeError::IdentityPoint { .. })
+        ));
+        assert!(SigningParams::from_bytes(&[0u8; 47]).is_err());
+        let mut s = [0u8; G1_BYTES];
+        s[0] = 0xc0;
+        assert!(SigningParams::from_bytes(&s).is_err());
+    }
+
+    #[test]
+    fn signing_key_is_independent_of_the_kem_key() {
+        let (master, params, _, _) = setup();
+        let kem = master.public_params();
+        assert_ne!(params.to_bytes(), kem.x_bytes());
+        assert_ne!(params.to_bytes(), kem.y_bytes());
+        assert_eq!(
+            SigningParams::from_bytes(&params.to_bytes()).unwrap(),
+            params
+        );
+    }
+}

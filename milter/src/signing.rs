@@ -1,0 +1,307 @@
+//! Identity-based signatures in the milter: who may be signed for, asking
+//! the KGC to sign, and verifying inbound signatures against the sender
+//! domain's published `S=` parameter.
+//!
+//! Outbound, the sender's address signs twice when the message is
+//! encrypted: inside (the original message, before sealing) and outside
+//! (the sealed message). Inbound, both must pass: a man in the middle who
+//! got the sender to encrypt to parameters of his own can read and
+//! re-encrypt the message, but cannot re-sign the outside without the
+//! sender's key (the paper's §5 argument).
+
+use ibemail_discovery::Outcome;
+use ibemail_ibe::{Generation, Identity};
+use ibemail_kgc::service::SignError;
+use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError, Unsigned};
+use tracing::info;
+
+use crate::config::SignPolicy;
+use crate::engine::{Engine, Keys, Message, Origin, envelope_address};
+
+/// The result of verifying a message's signatures (RFC 8601 result words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SigResult {
+    /// A valid signature by the From address.
+    Pass {
+        /// The signer.
+        identity: String,
+        /// Its generation.
+        generation: Generation,
+    },
+    /// A signature is present but does not verify (or one is missing where
+    /// the other layer has one).
+    Fail(String),
+    /// No signature.
+    None,
+    /// Verification could not complete now (DNS trouble).
+    TempError(String),
+    /// The signature cannot be checked (unsupported, no parameters).
+    PermError(String),
+}
+
+impl SigResult {
+    /// The result word for Authentication-Results.
+    pub fn word(&self) -> &'static str {
+        match self {
+            SigResult::Pass { .. } => "pass",
+            SigResult::Fail(_) => "fail",
+            SigResult::None => "none",
+            SigResult::TempError(_) => "temperror",
+            SigResult::PermError(_) => "permerror",
+        }
+    }
+
+    /// `ibesig=...` for Authentication-Results (`layers` describes what was
+    /// checked, e.g. "inside and outside the encryption").
+    pub fn resinfo(&self, layers: &str) -> String {
+        let text = match self {
+            SigResult::Pass {
+                identity,
+                generation,
+            } => format!("ibesig=pass ({layers}, generation {generation}) header.i={identity}"),
+            SigResult::None => "ibesig=none".to_string(),
+            SigResult::Fail(reason)
+            | SigResult::TempError(reason)
+            | SigResult::PermError(reason) => {
+                format!(
+                    "ibesig={} ({})",
+                    self.word(),
+                    reason.replace(['(', ')'], "")
+                )
+            }
+        };
+        text.replace(['\r', '\n'], " ")
+    }
+}
+
+/// The inner and outer results of an encrypted message, combined: both
+/// must pass, by the same signer.
+pub fn combine(outer: SigResult, inner: SigResult) -> SigResult {
+    match (outer, inner) {
+        (SigResult::None, SigResult::None) => SigResult::None,
+        (SigResult::TempError(e), _) | (_, SigResult::TempError(e)) => SigResult::TempError(e),
+        (
+            SigResult::Pass {
+                identity: a,
+                generation,
+            },
+            SigResult::Pass { identity: b, .. },
+        ) if a == b => SigResult::Pass {
+            identity: a,
+            generation,
+        },
+        (SigResult::Pass { identity: a, .. }, SigResult::Pass { identity: b, .. }) => {
+            SigResult::Fail(format!("outside signed by {a}, inside by {b}"))
+        }
+        (SigResult::None, _) => SigResult::Fail(
+            "signed inside but not outside: the encryption may have been replaced".into(),
+        ),
+        (_, SigResult::None) => SigResult::Fail("signed outside but not inside".into()),
+        (SigResult::Fail(e), _) => SigResult::Fail(format!("outside: {e}")),
+        (_, SigResult::Fail(e)) => SigResult::Fail(format!("inside: {e}")),
+        (SigResult::PermError(e), _) => SigResult::PermError(format!("outside: {e}")),
+        (_, SigResult::PermError(e)) => SigResult::PermError(format!("inside: {e}")),
+    }
+}
+
+impl Engine {
+    /// The address to sign `message` as, if this message is signed: the
+    /// sender is ours (authenticated, internal or local), the From address
+    /// is in a local domain that signs, and it is the sender's own address
+    /// (the SASL login, or the envelope sender when not authenticated).
+    pub(crate) fn signer(&self, message: &Message, origin: Origin, raw: &[u8]) -> Option<Identity> {
+        if origin == Origin::External {
+            return None;
+        }
+        let from = signature::from_address(raw).ok()?;
+        if self.config.sign_policy(from.domain()) != SignPolicy::Always {
+            return None;
+        }
+        let own = match &message.auth_authen {
+            Some(login) => match Identity::parse(login) {
+                Ok(login) => login == from,
+                // A login without a domain: the From local part in a local
+                // domain.
+                Err(_) => {
+                    !login.contains('@')
+                        && Identity::parse(&format!("{login}@{}", from.domain()))
+                            .is_ok_and(|l| l == from)
+                }
+            },
+            None => Identity::parse(envelope_address(&message.sender)).is_ok_and(|s| s == from),
+        };
+        if !own {
+            info!(
+                queue_id = %message.queue_id,
+                from = %from,
+                "not signed: From is not the sender's own address"
+            );
+            return None;
+        }
+        Some(from)
+    }
+
+    /// Signs `message` as `identity`: the complete `IBE-Signature` field
+    /// value (leading space, CRLF folding).
+    pub(crate) async fn sign(
+        &self,
+        identity: &Identity,
+        message: &[u8],
+    ) -> Result<String, SignError> {
+        let generation = match &self.keys {
+            Keys::None => return Err(SignError::Refused("no KGC configured".into())),
+            Keys::InProcess(service) => service.active_generation(identity),
+            Keys::Daemon(client) => client
+                .hello()
+                .await
+                .map_err(SignError::Unavailable)?
+                .into_iter()
+                .find(|(domain, _)| domain == identity.domain())
+                .map(|(_, n)| n),
+        }
+        .ok_or_else(|| {
+            SignError::Refused(format!("the KGC has no key for {}", identity.domain()))
+        })?;
+        let unsigned = Unsigned::new(message, identity, generation);
+        let digest = *unsigned.digest();
+        let (signed_generation, signature) = match &self.keys {
+            Keys::None => return Err(SignError::Refused("no KGC configured".into())),
+            Keys::InProcess(service) => {
+                let service = service.clone();
+                let identity = identity.clone();
+                tokio::task::spawn_blocking(move || service.sign_as(&identity, generation, &digest))
+                    .await
+                    .map_err(|e| SignError::Unavailable(format!("signing task: {e}")))??
+            }
+            Keys::Daemon(client) => client.sign(identity, generation, &digest).await?,
+        };
+        if signed_generation != generation {
+            return Err(SignError::Unavailable(format!(
+                "KGC signed with generation {signed_generation}, not {generation}"
+            )));
+        }
+        Ok(unsigned.field_value(&signature))
+    }
+
+    /// Verifies the `IBE-Signature` fields of `message`: pass if one by the
+    /// From address verifies; otherwise the most telling failure.
+    pub(crate) async fn verify(&self, message: &[u8], now: u64) -> SigResult {
+        let found = signature::signatures(message);
+        if found.is_empty() {
+            return SigResult::None;
+        }
+        let mut result = SigResult::None;
+        for parsed in found {
+            let outcome = match parsed {
+                Err(e @ SignatureError::Unsupported(_)) => SigResult::PermError(e.to_string()),
+                Err(e) => SigResult::Fail(e.to_string()),
+                Ok(parsed) => {
+                    let domain = parsed.identity.domain().to_string();
+                    let policy = self.config.policy_for(&domain);
+                    let found = self.discovery.lookup(&domain, policy.lookup, now).await;
+                    self.metrics.lookup(&found);
+                    match found.outcome {
+                        Outcome::Parameters { published, .. } => {
+                            match published
+                                .generation(parsed.generation)
+                                .and_then(|r| r.signing)
+                            {
+                                None => SigResult::PermError(
+                                    SignatureError::NoParameters(parsed.generation).to_string(),
+                                ),
+                                Some(params) => {
+                                    let check = parsed.clone();
+                                    let bytes = message.to_vec();
+                                    match tokio::task::spawn_blocking(move || {
+                                        check.verify(&bytes, &params)
+                                    })
+                                    .await
+                                    {
+                                        Ok(Ok(())) => SigResult::Pass {
+                                            identity: parsed.identity.to_string(),
+                                            generation: parsed.generation,
+                                        },
+                                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
+                                        Err(e) => {
+                                            SigResult::TempError(format!("verification task: {e}"))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Outcome::NotIbe(_) => SigResult::PermError(format!(
+                            "{domain} publishes no ibemail parameters"
+                        )),
+                        Outcome::Temporary(reason) => SigResult::TempError(reason),
+                        Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
+                    }
+                }
+            };
+            result = match (result, outcome) {
+                (_, pass @ SigResult::Pass { .. }) => return pass,
+                (SigResult::None, other) => other,
+                (SigResult::TempError(e), _) => SigResult::TempError(e),
+                (_, SigResult::TempError(e)) => SigResult::TempError(e),
+                (SigResult::Fail(e), _) => SigResult::Fail(e),
+                (_, other) => other,
+            };
+        }
+        result
+    }
+}
+
+fn found_summary(domain: &str) -> String {
+    format!("{domain}'s parameters are refused by local policy (DNSSEC or pin)")
+}
+
+/// The value of a header field named [`SIGNATURE_FIELD`]: true for names
+/// that are one.
+pub fn is_signature_field(name: &str) -> bool {
+    name.eq_ignore_ascii_case(SIGNATURE_FIELD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(who: &str) -> SigResult {
+        SigResult::Pass {
+            identity: who.into(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn both_layers_must_pass_by_the_same_signer() {
+        assert_eq!(
+            combine(pass("a@a.test"), pass("a@a.test")),
+            pass("a@a.test")
+        );
+        assert_eq!(combine(SigResult::None, SigResult::None), SigResult::None);
+        for (outer, inner) in [
+            (SigResult::None, pass("a@a.test")),
+            (pass("a@a.test"), SigResult::None),
+            (pass("a@a.test"), pass("b@a.test")),
+            (SigResult::Fail("x".into()), pass("a@a.test")),
+            (pass("a@a.test"), SigResult::Fail("x".into())),
+        ] {
+            assert_eq!(combine(outer, inner).word(), "fail");
+        }
+        assert_eq!(
+            combine(SigResult::TempError("dns".into()), pass("a@a.test")).word(),
+            "temperror"
+        );
+    }
+
+    #[test]
+    fn results_render_for_authentication_results() {
+        assert_eq!(
+            pass("a@a.test").resinfo("inside and outside"),
+            "ibesig=pass (inside and outside, generation 1) header.i=a@a.test"
+        );
+        assert_eq!(
+            SigResult::Fail("body (hash)\r\n".into()).resinfo("x"),
+            "ibesig=fail (body hash  )"
+        );
+    }
+}
