@@ -25,6 +25,13 @@ pub enum Verdict {
     KeyMismatch,
     /// The parameters match but `e=` differs (published, local).
     ExpiryMismatch(Option<u64>, Option<u64>),
+    /// The encryption parameters match but the signature parameter `S=`
+    /// is missing (a record from before signatures) or differs: receivers
+    /// cannot verify this domain's signatures.
+    SigningMismatch {
+        /// Whether the published record has an `S=` at all.
+        published: bool,
+    },
     /// The generation is published several times with different parameters
     /// (senders ignore it).
     Conflicting,
@@ -77,6 +84,9 @@ pub fn compare(store: &Store, published: Option<&RecordSet>, now: u64) -> Compar
                 match published.generation(mine.generation) {
                     None => Verdict::Missing,
                     Some(theirs) if theirs.params != mine.params => Verdict::KeyMismatch,
+                    Some(theirs) if theirs.signing != mine.signing => Verdict::SigningMismatch {
+                        published: theirs.signing.is_some(),
+                    },
                     Some(theirs) if theirs.expires != mine.expires => {
                         Verdict::ExpiryMismatch(theirs.expires, mine.expires)
                     }
@@ -234,6 +244,17 @@ pub async fn check(
                 ));
                 problems.push(format!("generation {n} MISMATCH"));
             }
+            Verdict::SigningMismatch { published } => {
+                lines.push(format!(
+                    "{what}: MISMATCH ({}; receivers cannot check this domain's signatures — publish again)",
+                    if *published {
+                        "published S= differs from the local key"
+                    } else {
+                        "published record has no S="
+                    }
+                ));
+                problems.push(format!("generation {n} MISMATCH (S=)"));
+            }
             Verdict::ExpiryMismatch(theirs, mine) => {
                 lines.push(format!(
                     "{what}: MISMATCH (published e={}, local retirement e={})",
@@ -360,6 +381,16 @@ mod tests {
             c.local[1].1,
             Verdict::ExpiryMismatch(None, records[1].expires)
         );
+        // A record from before signatures (no S=), and one with another S=.
+        let mut unsigned = records[0].clone();
+        unsigned.signing = None;
+        let mut other_s = records[1].clone();
+        other_s.signing =
+            Some(MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(10)).signing_params());
+        let c = compare(&store, Some(&set(&[unsigned, other_s])), NOW);
+        assert_eq!(c.local[0].1, Verdict::SigningMismatch { published: false });
+        assert_eq!(c.local[1].1, Verdict::SigningMismatch { published: true });
+        assert!(!c.ok());
         // A higher generation this store does not have.
         let foreign = Record::new(
             3,
