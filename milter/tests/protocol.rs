@@ -560,6 +560,58 @@ async fn only_own_addresses_are_signed_and_a_forged_from_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_signature_that_cannot_be_checked_now_is_deferred_only_when_required() {
+    let world = World::new();
+    // x@d.test signs with a valid key, but d.test's DNS is broken (SERVFAIL).
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Store::setup(&tmp.path().join("d"), "d.test", now(), &mut OsRng).unwrap();
+    let x = ibemail_ibe::Identity::parse("x@d.test").unwrap();
+    let plain = b"From: x@d.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nhello\r\n";
+    let unsigned = ibemail_message::signature::Unsigned::new(plain, &x, 1);
+    let signature = d
+        .extract_signing(&x, 1)
+        .unwrap()
+        .sign(unsigned.digest(), &mut OsRng);
+    let (headers, body) = from_message(&unsigned.prepend(plain, &signature));
+
+    let reporting = Milter::start(&world.receiver_config("")).await;
+    let (results, held, _, _) = receive(&reporting, headers.clone(), body.clone()).await;
+    assert!(results.contains("ibesig=temperror"), "{results}");
+    assert!(!held);
+    reporting.stop().await;
+
+    let requiring = Milter::start(&format!(
+        "{}[policy.domains.\"d.test\"]\nsignature = \"require\"\n",
+        world.receiver_config("")
+    ))
+    .await;
+    let mail = Mail {
+        headers,
+        body,
+        ..Mail::original(&["<bob@b.test>"]).outside()
+    };
+    let (status, actions) = send(requiring.addr, &mail).await;
+    assert!(
+        tempfail_reason(&status).contains("signature check incomplete"),
+        "{status:?}"
+    );
+    assert!(actions.actions.is_empty());
+    // Unsigned mail from a domain whose signatures are required is held.
+    let unsigned_mail = Mail {
+        headers: vec![("From".into(), " x@d.test".into())],
+        body: b"hello\r\n".to_vec(),
+        ..Mail::original(&["<bob@b.test>"]).outside()
+    };
+    let (status, actions) = send(requiring.addr, &unsigned_mail).await;
+    assert_eq!(status, Status::Continue);
+    assert!(has(
+        &actions,
+        |a| matches!(a, EomAction::Quarantine { reason } if reason.to_str().unwrap().contains("ibesig=none"))
+    ));
+    requiring.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn mixed_recipients_split_with_a_plaintext_copy_reinjected_first() {
     let world = World::new();
     let milter = Milter::start(&world.sender_config("")).await;
