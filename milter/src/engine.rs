@@ -603,7 +603,7 @@ impl Engine {
         let now = now();
         if !ibemail_message::is_encrypted(&raw) {
             let result = self.verify(&raw, now).await;
-            let policy = self.signature_policy(&raw);
+            let policy = self.signature_policy(&raw, origin);
             if result == SigResult::None && policy == SignaturePolicy::Report {
                 return Verdict::untouched(remove_forged);
             }
@@ -661,7 +661,7 @@ impl Engine {
                 let outer_result = self.verify(&raw, now).await;
                 let inner_result = self.verify(&opened.message, now).await;
                 let signed = combine(outer_result, inner_result);
-                let policy = self.signature_policy(&opened.message);
+                let policy = self.signature_policy(&opened.message, origin);
                 let (inner, body) = split_message(&opened.message);
                 let mut actions = delete_headers(&message.headers, |_, _, _| true);
                 // Fields added in transit after sealing (the receiving
@@ -759,7 +759,13 @@ impl Engine {
 
 impl Engine {
     /// The signature policy for a message's sender domain (its From).
-    fn signature_policy(&self, message: &[u8]) -> SignaturePolicy {
+    /// Mail of our own users (internal or local origin) is only reported
+    /// on: mail that stays inside is never signed, so requiring a
+    /// signature there would hold all of it.
+    fn signature_policy(&self, message: &[u8], origin: Origin) -> SignaturePolicy {
+        if origin != Origin::External {
+            return SignaturePolicy::Report;
+        }
         signature::from_address(message).map_or(self.config.default_policy.signature, |from| {
             self.config.policy_for(from.domain()).signature
         })

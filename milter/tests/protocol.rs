@@ -608,6 +608,15 @@ async fn a_signature_that_cannot_be_checked_now_is_deferred_only_when_required()
         &actions,
         |a| matches!(a, EomAction::Quarantine { reason } if reason.to_str().unwrap().contains("ibesig=none"))
     ));
+    // The same from one of our own (internal) clients is only reported:
+    // mail that stays inside is never signed.
+    let internal = Mail {
+        client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ..unsigned_mail
+    };
+    let (status, actions) = send(requiring.addr, &internal).await;
+    assert_eq!(status, Status::Continue);
+    assert!(actions.actions.is_empty(), "{actions:?}");
     requiring.stop().await;
 }
 
