@@ -27,9 +27,12 @@ pub struct Peer {
 pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
-    cache: Mutex<LruCache<(String, Generation), Arc<UserKey>>>,
-    signing_cache: Mutex<LruCache<(String, Generation), Arc<SigningKey>>>,
+    cache: Mutex<KeyCache<UserKey>>,
+    signing_cache: Mutex<KeyCache<SigningKey>>,
 }
+
+/// Derived keys by (identity, generation).
+type KeyCache<T> = LruCache<(String, Generation), Arc<T>>;
 
 /// Why a message could not be signed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -108,50 +111,41 @@ impl KeyService {
         self.stores().into_iter().find(|s| s.domain() == domain)
     }
 
-    fn user_key(
-        &self,
-        store: &Store,
+    /// The key of `identity` at `generation` from `cache`, derived with
+    /// `derive` (and cached) when absent.
+    fn cached<T>(
+        cache: &Mutex<KeyCache<T>>,
         identity: &Identity,
         generation: Generation,
-    ) -> Result<Arc<UserKey>, StoreError> {
+        derive: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<Arc<T>, StoreError> {
         let cache_key = (identity.as_str().to_string(), generation);
-        if let Some(key) = self
-            .cache
+        if let Some(key) = cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&cache_key)
         {
             return Ok(key.clone());
         }
-        let key = Arc::new(store.extract(identity, generation)?);
-        self.cache
+        let key = Arc::new(derive()?);
+        cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .put(cache_key, key.clone());
         Ok(key)
     }
 
-    fn signing_key(
-        &self,
-        store: &Store,
-        identity: &Identity,
-        generation: Generation,
-    ) -> Result<Arc<SigningKey>, StoreError> {
-        let cache_key = (identity.as_str().to_string(), generation);
-        if let Some(key) = self
-            .signing_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&cache_key)
-        {
-            return Ok(key.clone());
-        }
-        let key = Arc::new(store.extract_signing(identity, generation)?);
-        self.signing_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(cache_key, key.clone());
-        Ok(key)
+    /// The identity and the store of its domain, or why not.
+    fn resolve(&self, identity: &str) -> Result<(Identity, Arc<Store>), (Status, String)> {
+        let identity = Identity::parse(identity)
+            .map_err(|e| (Status::BadRequest, format!("identity: {e}")))?;
+        let store = self.store_for(identity.domain()).ok_or_else(|| {
+            (
+                Status::WrongDomain,
+                format!("this KGC does not serve {}", identity.domain()),
+            )
+        })?;
+        Ok((identity, store))
     }
 
     /// The active generation of `identity`'s domain, if this service
@@ -170,48 +164,20 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.sign_inner(identity, generation, message);
-        let outcome = match &response {
-            Response::Signed(..) => "signed",
-            Response::Error(Status::WrongDomain, _) => "wrong-domain",
-            Response::Error(Status::Retired, _) => "retired",
-            Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
-            Response::Error(_, _) => "error",
-            _ => "unexpected",
-        };
-        let line = format!(
-            "key use: sign identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
-            peer.uid.map_or("-".into(), |u| u.to_string()),
-            peer.pid.map_or("-".into(), |p| p.to_string()),
-        );
-        if matches!(response, Response::Signed(..)) {
-            info!(target: "ibemail_kgc::audit", "{line}");
-        } else {
-            warn!(target: "ibemail_kgc::audit", "{line}");
-        }
+        audit("sign", identity, generation, &response, peer);
         response
     }
 
     fn sign_inner(&self, identity: &str, generation: Generation, message: &[u8]) -> Response {
-        let identity = match Identity::parse(identity) {
-            Ok(id) => id,
-            Err(e) => return Response::Error(Status::BadRequest, format!("identity: {e}")),
+        let (identity, store) = match self.resolve(identity) {
+            Ok(found) => found,
+            Err((status, reason)) => return Response::Error(status, reason),
         };
-        let Some(store) = self.store_for(identity.domain()) else {
-            return Response::Error(
-                Status::WrongDomain,
-                format!("this KGC does not serve {}", identity.domain()),
-            );
-        };
-        match self.signing_key(&store, &identity, generation) {
+        match Self::cached(&self.signing_cache, &identity, generation, || {
+            store.extract_signing(&identity, generation)
+        }) {
             Ok(key) => Response::Signed(generation, key.sign(message, &mut OsRng).to_bytes()),
-            Err(StoreError::Retired(n)) => {
-                Response::Error(Status::Retired, format!("generation {n} was retired"))
-            }
-            Err(StoreError::UnknownGeneration(n)) => Response::Error(
-                Status::UnknownGeneration,
-                format!("generation {n} does not exist"),
-            ),
-            Err(e) => Response::Error(Status::Internal, e.to_string()),
+            Err(e) => store_error(e),
         }
     }
 
@@ -235,55 +201,24 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.open_inner(identity, generation, capsule);
-        let outcome = match &response {
-            Response::Opened(_) => "opened",
-            Response::Error(Status::Rejected, _) => "rejected",
-            Response::Error(Status::Retired, _) => "retired",
-            Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
-            Response::Error(Status::WrongDomain, _) => "wrong-domain",
-            Response::Error(_, _) => "error",
-            Response::Hello(_) | Response::Signed(..) => "unexpected",
-        };
-        let line = format!(
-            "key use: identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
-            peer.uid.map_or("-".into(), |u| u.to_string()),
-            peer.pid.map_or("-".into(), |p| p.to_string()),
-        );
-        if matches!(response, Response::Opened(_)) {
-            info!(target: "ibemail_kgc::audit", "{line}");
-        } else {
-            warn!(target: "ibemail_kgc::audit", "{line}");
-        }
+        audit("open", identity, generation, &response, peer);
         response
     }
 
     fn open_inner(&self, identity: &str, generation: Generation, capsule: &[u8]) -> Response {
-        let identity = match Identity::parse(identity) {
-            Ok(id) => id,
-            Err(e) => return Response::Error(Status::BadRequest, format!("identity: {e}")),
-        };
-        let Some(store) = self.store_for(identity.domain()) else {
-            return Response::Error(
-                Status::WrongDomain,
-                format!("this KGC does not serve {}", identity.domain()),
-            );
+        let (identity, store) = match self.resolve(identity) {
+            Ok(found) => found,
+            Err((status, reason)) => return Response::Error(status, reason),
         };
         let capsule = match Capsule::from_bytes(capsule) {
             Ok(c) => c,
             Err(_) => return Response::Error(Status::Rejected, "invalid capsule".into()),
         };
-        let key = match self.user_key(&store, &identity, generation) {
+        let key = match Self::cached(&self.cache, &identity, generation, || {
+            store.extract(&identity, generation)
+        }) {
             Ok(key) => key,
-            Err(StoreError::Retired(n)) => {
-                return Response::Error(Status::Retired, format!("generation {n} was retired"));
-            }
-            Err(StoreError::UnknownGeneration(n)) => {
-                return Response::Error(
-                    Status::UnknownGeneration,
-                    format!("generation {n} does not exist"),
-                );
-            }
-            Err(e) => return Response::Error(Status::Internal, e.to_string()),
+            Err(e) => return store_error(e),
         };
         let params = match store.params(generation) {
             Ok(p) => p,
@@ -312,6 +247,45 @@ impl KeyService {
             ),
             generation,
         )
+    }
+}
+
+/// A key store error as a response.
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Retired(n) => {
+            Response::Error(Status::Retired, format!("generation {n} was retired"))
+        }
+        StoreError::UnknownGeneration(n) => Response::Error(
+            Status::UnknownGeneration,
+            format!("generation {n} does not exist"),
+        ),
+        e => Response::Error(Status::Internal, e.to_string()),
+    }
+}
+
+/// One audit line per key use: operation, identity, generation, outcome and
+/// peer — never key material. Successes at info, everything else at warn.
+fn audit(operation: &str, identity: &str, generation: Generation, response: &Response, peer: Peer) {
+    let outcome = match response {
+        Response::Opened(_) => "opened",
+        Response::Signed(..) => "signed",
+        Response::Error(Status::Rejected, _) => "rejected",
+        Response::Error(Status::Retired, _) => "retired",
+        Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
+        Response::Error(Status::WrongDomain, _) => "wrong-domain",
+        Response::Error(_, _) => "error",
+        Response::Hello(_) => "unexpected",
+    };
+    let line = format!(
+        "key use: {operation} identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
+        peer.uid.map_or("-".into(), |u| u.to_string()),
+        peer.pid.map_or("-".into(), |p| p.to_string()),
+    );
+    if matches!(response, Response::Opened(_) | Response::Signed(..)) {
+        info!(target: "ibemail_kgc::audit", "{line}");
+    } else {
+        warn!(target: "ibemail_kgc::audit", "{line}");
     }
 }
 
