@@ -11,6 +11,20 @@ use std::time::Duration;
 use ibemail_discovery::{DnssecPolicy, DomainPolicy, PinPolicy};
 use serde::Deserialize;
 
+/// Parses one of the `choices` keywords; the error lists them all.
+fn keyword<T: Copy>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, value)) = choices.iter().find(|(k, _)| *k == text) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(k, _)| *k).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("{text:?}: expected {expected}"))
+}
+
 /// What to do for a remote domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncryptPolicy {
@@ -25,14 +39,14 @@ pub enum EncryptPolicy {
 impl std::str::FromStr for EncryptPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(EncryptPolicy::Never),
-            "opportunistic" => Ok(EncryptPolicy::Opportunistic),
-            "require" => Ok(EncryptPolicy::Require),
-            other => Err(format!(
-                "{other:?}: expected never, opportunistic or require"
-            )),
-        }
+        keyword(
+            s,
+            &[
+                ("never", EncryptPolicy::Never),
+                ("opportunistic", EncryptPolicy::Opportunistic),
+                ("require", EncryptPolicy::Require),
+            ],
+        )
     }
 }
 
@@ -50,11 +64,10 @@ pub enum SignPolicy {
 impl std::str::FromStr for SignPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(SignPolicy::Never),
-            "always" => Ok(SignPolicy::Always),
-            other => Err(format!("{other:?}: expected never or always")),
-        }
+        keyword(
+            s,
+            &[("never", SignPolicy::Never), ("always", SignPolicy::Always)],
+        )
     }
 }
 
@@ -71,11 +84,13 @@ pub enum SignaturePolicy {
 impl std::str::FromStr for SignaturePolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "report" => Ok(SignaturePolicy::Report),
-            "require" => Ok(SignaturePolicy::Require),
-            other => Err(format!("{other:?}: expected report or require")),
-        }
+        keyword(
+            s,
+            &[
+                ("report", SignaturePolicy::Report),
+                ("require", SignaturePolicy::Require),
+            ],
+        )
     }
 }
 
@@ -94,14 +109,14 @@ pub enum FailureAction {
 impl std::str::FromStr for FailureAction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "quarantine" => Ok(FailureAction::Quarantine),
-            "tempfail" => Ok(FailureAction::Tempfail),
-            "reject" => Ok(FailureAction::Reject),
-            other => Err(format!(
-                "{other:?}: expected quarantine, tempfail or reject"
-            )),
-        }
+        keyword(
+            s,
+            &[
+                ("quarantine", FailureAction::Quarantine),
+                ("tempfail", FailureAction::Tempfail),
+                ("reject", FailureAction::Reject),
+            ],
+        )
     }
 }
 
@@ -696,6 +711,20 @@ mod tests {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn keyword_errors_list_the_choices() {
+        let err = Config::parse(&format!("{MINIMAL}[policy]\nencrypt = \"always\"\n")).unwrap_err();
+        assert!(
+            err.contains("\"always\": expected never, opportunistic or require"),
+            "{err}"
+        );
+        assert_eq!(
+            "sometimes".parse::<SignPolicy>().unwrap_err(),
+            "\"sometimes\": expected never or always"
+        );
+        assert_eq!("require".parse(), Ok(SignaturePolicy::Require));
     }
 
     #[test]
