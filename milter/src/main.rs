@@ -24,6 +24,7 @@ use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::{IbeRecipient, Limits, Recipient};
 use ibemail_milter::offline::{Exit, RecordBook, lookup_exit, lookup_report};
+use ibemail_milter::signing::{SigResult, verify_signatures};
 use rand_core::OsRng;
 
 mod daemon;
@@ -39,7 +40,8 @@ mod daemon;
         Offline tools:\n  \
         ibemail-milter lookup example.org\n  \
         ibemail-milter encrypt --resolver 127.0.0.1:53 --rcpt bob@example.org < in.eml > out.eml\n  \
-        ibemail-milter decrypt --kgc-socket /run/ibemail/kgc.sock --rcpt bob@example.org < out.eml"
+        ibemail-milter decrypt --kgc-socket /run/ibemail/kgc.sock --rcpt bob@example.org < out.eml\n  \
+        ibemail-milter verify --resolver 127.0.0.1:53 < signed.eml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -125,6 +127,17 @@ enum Command {
         /// A file of records.
         #[arg(long, group = "source", value_name = "FILE")]
         record_file: Option<PathBuf>,
+        #[command(flatten)]
+        dns: DnsArgs,
+    },
+    /// Check the IBE-Signature fields of one message (stdin) against the
+    /// signer domain's S= parameter in DNS, and that the signer is the
+    /// From address; print the result as in Authentication-Results.
+    ///
+    /// An encrypted message shows its outer signature; decrypt it first to
+    /// check the inner one. Exit status: 0 pass, 1 fail, no signature or
+    /// not checkable, 75 temporary DNS failure.
+    Verify {
         #[command(flatten)]
         dns: DnsArgs,
     },
@@ -275,6 +288,33 @@ fn encrypt(
     write_stdout(&sealed.to_bytes())
 }
 
+fn verify(dns: &DnsArgs) -> Result<(), Failure> {
+    let message = read_stdin()?;
+    let discovery = dns.discovery(None).map_err(|e| Failure(Exit::Usage, e))?;
+    let policy = DomainPolicy {
+        dnssec: dns.dnssec,
+        pin: PinPolicy::Off,
+    };
+    let result = runtime()?.block_on(verify_signatures(
+        &discovery,
+        |_| policy,
+        |_| {},
+        &message,
+        now(),
+    ));
+    let layer = if ibemail_message::is_encrypted(&message) {
+        "outside the encryption"
+    } else {
+        "this message"
+    };
+    write_stdout(format!("{}\n", result.resinfo(layer)).as_bytes())?;
+    match result {
+        SigResult::Pass { .. } => Ok(()),
+        SigResult::TempError(_) => Err(Failure(Exit::TempFail, String::new())),
+        _ => Err(Failure(Exit::Failed, String::new())),
+    }
+}
+
 fn decrypt(
     rcpts: &[String],
     kgc_dir: Option<&PathBuf>,
@@ -342,6 +382,7 @@ fn main() -> ExitCode {
             record_file,
             dns,
         } => encrypt(rcpts, record, record_file.as_ref(), dns),
+        Command::Verify { dns } => verify(dns),
         Command::Decrypt {
             rcpts,
             kgc_dir,

@@ -9,7 +9,7 @@
 //! re-encrypt the message, but cannot re-sign the outside without the
 //! sender's key (the paper's §5 argument).
 
-use ibemail_discovery::Outcome;
+use ibemail_discovery::{Discovery, DomainPolicy, Lookup, Outcome};
 use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::service::SignError;
 use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError, Unsigned};
@@ -183,71 +183,91 @@ impl Engine {
         Ok(unsigned.field_value(&signature))
     }
 
-    /// Verifies the `IBE-Signature` fields of `message`: pass if one by the
-    /// From address verifies; otherwise the most telling failure.
+    /// Verifies the `IBE-Signature` fields of `message` with this
+    /// milter's DNS and per-domain lookup policy.
     pub(crate) async fn verify(&self, message: &[u8], now: u64) -> SigResult {
-        let found = signature::signatures(message);
-        if found.is_empty() {
-            return SigResult::None;
-        }
-        let mut result = SigResult::None;
-        for parsed in found {
-            let outcome = match parsed {
-                Err(e @ SignatureError::Unsupported(_)) => SigResult::PermError(e.to_string()),
-                Err(e) => SigResult::Fail(e.to_string()),
-                Ok(parsed) => {
-                    let domain = parsed.identity.domain().to_string();
-                    let policy = self.config.policy_for(&domain);
-                    let found = self.discovery.lookup(&domain, policy.lookup, now).await;
-                    self.metrics.lookup(&found);
-                    match found.outcome {
-                        Outcome::Parameters { published, .. } => {
-                            match published
-                                .generation(parsed.generation)
-                                .and_then(|r| r.signing)
-                            {
-                                None => SigResult::PermError(
-                                    SignatureError::NoParameters(parsed.generation).to_string(),
-                                ),
-                                Some(params) => {
-                                    let check = parsed.clone();
-                                    let bytes = message.to_vec();
-                                    match tokio::task::spawn_blocking(move || {
-                                        check.verify(&bytes, &params)
-                                    })
-                                    .await
-                                    {
-                                        Ok(Ok(())) => SigResult::Pass {
-                                            identity: parsed.identity.to_string(),
-                                            generation: parsed.generation,
-                                        },
-                                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
-                                        Err(e) => {
-                                            SigResult::TempError(format!("verification task: {e}"))
-                                        }
+        verify_signatures(
+            &self.discovery,
+            |domain| self.config.policy_for(domain).lookup,
+            |found| self.metrics.lookup(found),
+            message,
+            now,
+        )
+        .await
+    }
+}
+
+/// Verifies the `IBE-Signature` fields of `message`: pass if one by the
+/// From address verifies; otherwise the most telling failure. The signer
+/// domain's parameters are looked up with `discovery` under `policy`;
+/// `on_lookup` sees every lookup (metrics).
+pub async fn verify_signatures(
+    discovery: &Discovery,
+    policy: impl Fn(&str) -> DomainPolicy,
+    on_lookup: impl Fn(&Lookup),
+    message: &[u8],
+    now: u64,
+) -> SigResult {
+    let found = signature::signatures(message);
+    if found.is_empty() {
+        return SigResult::None;
+    }
+    let mut result = SigResult::None;
+    for parsed in found {
+        let outcome = match parsed {
+            Err(e @ SignatureError::Unsupported(_)) => SigResult::PermError(e.to_string()),
+            Err(e) => SigResult::Fail(e.to_string()),
+            Ok(parsed) => {
+                let domain = parsed.identity.domain().to_string();
+                let found = discovery.lookup(&domain, policy(&domain), now).await;
+                on_lookup(&found);
+                match found.outcome {
+                    Outcome::Parameters { published, .. } => {
+                        match published
+                            .generation(parsed.generation)
+                            .and_then(|r| r.signing)
+                        {
+                            None => SigResult::PermError(
+                                SignatureError::NoParameters(parsed.generation).to_string(),
+                            ),
+                            Some(params) => {
+                                let check = parsed.clone();
+                                let bytes = message.to_vec();
+                                match tokio::task::spawn_blocking(move || {
+                                    check.verify(&bytes, &params)
+                                })
+                                .await
+                                {
+                                    Ok(Ok(())) => SigResult::Pass {
+                                        identity: parsed.identity.to_string(),
+                                        generation: parsed.generation,
+                                    },
+                                    Ok(Err(e)) => SigResult::Fail(e.to_string()),
+                                    Err(e) => {
+                                        SigResult::TempError(format!("verification task: {e}"))
                                     }
                                 }
                             }
                         }
-                        Outcome::NotIbe(_) => SigResult::PermError(format!(
-                            "{domain} publishes no ibemail parameters"
-                        )),
-                        Outcome::Temporary(reason) => SigResult::TempError(reason),
-                        Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
                     }
+                    Outcome::NotIbe(_) => {
+                        SigResult::PermError(format!("{domain} publishes no ibemail parameters"))
+                    }
+                    Outcome::Temporary(reason) => SigResult::TempError(reason),
+                    Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
                 }
-            };
-            result = match (result, outcome) {
-                (_, pass @ SigResult::Pass { .. }) => return pass,
-                (SigResult::None, other) => other,
-                (SigResult::TempError(e), _) => SigResult::TempError(e),
-                (_, SigResult::TempError(e)) => SigResult::TempError(e),
-                (SigResult::Fail(e), _) => SigResult::Fail(e),
-                (_, other) => other,
-            };
-        }
-        result
+            }
+        };
+        result = match (result, outcome) {
+            (_, pass @ SigResult::Pass { .. }) => return pass,
+            (SigResult::None, other) => other,
+            (SigResult::TempError(e), _) => SigResult::TempError(e),
+            (_, SigResult::TempError(e)) => SigResult::TempError(e),
+            (SigResult::Fail(e), _) => SigResult::Fail(e),
+            (_, other) => other,
+        };
     }
+    result
 }
 
 fn found_summary(domain: &str) -> String {

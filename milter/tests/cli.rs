@@ -422,3 +422,70 @@ fn lookup_of_a_silent_server_is_a_temporary_failure() {
     assert_eq!(code, 75, "{out}");
     assert!(out.contains("temporary failure"), "{out}");
 }
+
+/// Runs verify; returns (exit code, stdout).
+fn verify(dns_args: &[String], input: &[u8]) -> (i32, String) {
+    let out = milter()
+        .arg("verify")
+        .args(dns_args)
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn verify_checks_a_signature_against_the_signers_dns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, b) = kgc(tmp.path(), "b.test");
+    let record = format!("_ibemailkey TXT \"{}\"", record_text(&b));
+    let knot = Knot::start_on(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &[Zone::new("b.test", Signing::Signed, &[&record])],
+    );
+    let args = vec![
+        "--resolver".to_string(),
+        knot.addr.to_string(),
+        "--trust-anchor".to_string(),
+        knot.trust_anchor_file().to_str().unwrap().to_string(),
+    ];
+    let bob = ibemail_ibe::Identity::parse("bob@b.test").unwrap();
+    let message = b"From: Bob <bob@b.test>\r\nTo: alice@a.test\r\nSubject: hi\r\n\r\nHello.\r\n";
+    let unsigned = ibemail_message::signature::Unsigned::new(message, &bob, 1);
+    let signature = b
+        .extract_signing(&bob, 1)
+        .unwrap()
+        .sign(unsigned.digest(), &mut OsRng);
+    let signed = unsigned.prepend(message, &signature);
+
+    let (code, out) = verify(&args, &signed);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ibesig=pass"), "{out}");
+    assert!(out.contains("header.i=bob@b.test"), "{out}");
+
+    let mut tampered = signed.clone();
+    let at = tampered.len() - 4;
+    tampered[at] ^= 0x20;
+    let (code, out) = verify(&args, &tampered);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ibesig=fail (body hash mismatch)"), "{out}");
+
+    let (code, out) = verify(&args, message);
+    assert_eq!((code, out.trim()), (1, "ibesig=none"));
+
+    let silent = Silent::start(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let (code, out) = verify(
+        &[
+            "--resolver".into(),
+            silent.addr.to_string(),
+            "--timeout".into(),
+            "1".into(),
+        ],
+        &signed,
+    );
+    assert_eq!(code, 75, "{out}");
+    assert!(out.starts_with("ibesig=temperror"), "{out}");
+}
