@@ -45,6 +45,9 @@ fn setup_prints_a_parseable_record_and_creates_private_files() {
     );
     let record = Record::parse(txt_of(line)).unwrap();
     assert_eq!(record.generation, 1);
+    // It carries the signature parameter, and it fits one TXT string.
+    assert!(record.signing.is_some(), "{line}");
+    assert!(txt_of(line).len() <= 255, "{line}");
 
     assert_eq!(
         std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
@@ -175,6 +178,9 @@ fn rotation_publishes_both_generations_during_overlap() {
     let older = Record::parse(txt_of(lines[1])).unwrap();
     assert_eq!((newest.generation, older.generation), (2, 1));
     assert!(newest.expires.is_none() && older.expires.is_some());
+    // A new signature parameter comes with the new generation.
+    assert!(newest.signing.is_some() && older.signing.is_some());
+    assert_ne!(newest.signing, older.signing);
     kgc()
         .args(["status", "--dir"])
         .arg(&dir)
