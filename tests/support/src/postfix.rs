@@ -166,20 +166,93 @@ impl Postfix {
         postfix
     }
 
-    /// Starts (again) after [`Postfix::stop`].
+    /// Starts (again) after [`Postfix::stop`], and waits until it answers
+    /// SMTP. An instance that listens but does not greet within 30 s (seen
+    /// twice under heavy load: nothing logged, not even master's "daemon
+    /// started", which points at the logging path) is reported with its
+    /// processes' kernel wait channels, killed and started once more.
     pub fn start_again(&mut self) {
-        let out = postfix_cmd(&self.dir, &["start"]);
-        assert!(
-            out.status.success(),
-            "postfix {} did not start: {}\n{}",
-            self.config.name,
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        self.running = true;
-        self.wait_for_port(25);
+        for attempt in 1..=2 {
+            let out = postfix_cmd(&self.dir, &["start"]);
+            assert!(
+                out.status.success(),
+                "postfix {} did not start: {}\n{}",
+                self.config.name,
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            self.running = true;
+            self.wait_for_port(25);
+            if self.greets(Duration::from_secs(30)) {
+                break;
+            }
+            eprintln!(
+                "postfix {}: listening but silent after 30 s (attempt {attempt}); processes:\n{}\nlog:\n{}",
+                self.config.name,
+                self.process_report(),
+                self.log_tail(20)
+            );
+            assert!(attempt < 2, "postfix {} never greeted", self.config.name);
+            self.kill_processes();
+        }
         if let Some(port) = self.config.reinject_port {
             self.wait_for_port(port);
+        }
+    }
+
+    /// True if port 25 sends a reply line (a greeting, or a 421 if a milter
+    /// is down) within `timeout`.
+    fn greets(&self, timeout: Duration) -> bool {
+        use std::io::{BufRead as _, Write as _};
+        let Ok(stream) = std::net::TcpStream::connect_timeout(&self.smtp(), Duration::from_secs(5))
+        else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let mut reader = std::io::BufReader::new(&stream);
+        let mut line = String::new();
+        let answered = reader.read_line(&mut line).is_ok_and(|n| n > 0);
+        let _ = (&stream).write_all(b"QUIT\r\n");
+        answered
+    }
+
+    /// The PIDs of this instance's processes (found by their working
+    /// directory, the queue).
+    fn pids(&self) -> Vec<String> {
+        let queue = self.dir.join("queue");
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_link(entry.path().join("cwd")).is_ok_and(|c| c.starts_with(&queue))
+            })
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// One line per process: pid, command, state and kernel wait channel.
+    fn process_report(&self) -> String {
+        self.pids()
+            .iter()
+            .map(|pid| {
+                let read = |f: &str| {
+                    std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                };
+                format!("  {pid} {} wchan={}", read("cmdline"), read("wchan"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Kills every process of this instance.
+    fn kill_processes(&self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
     }
 
@@ -388,18 +461,11 @@ impl Postfix {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!(
-            "postfix {}: stop hung; killing its processes",
-            self.config.name
+            "postfix {}: stop hung; killing its processes:\n{}",
+            self.config.name,
+            self.process_report()
         );
-        let queue = self.dir.join("queue");
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cwd = std::fs::read_link(entry.path().join("cwd"));
-            if cwd.is_ok_and(|c| c.starts_with(&queue))
-                && let Some(pid) = entry.file_name().to_str()
-            {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-        }
+        self.kill_processes();
     }
 }
 
