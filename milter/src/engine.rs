@@ -603,6 +603,7 @@ impl Engine {
         let now = now();
         if !ibemail_message::is_encrypted(&raw) {
             let result = self.verify(&raw, now).await;
+            self.metrics.signature(&result);
             let policy = self.signature_policy(&raw, origin);
             if result == SigResult::None && policy == SignaturePolicy::Report {
                 return Verdict::untouched(remove_forged);
@@ -661,6 +662,7 @@ impl Engine {
                 let outer_result = self.verify(&raw, now).await;
                 let inner_result = self.verify(&opened.message, now).await;
                 let signed = combine(outer_result, inner_result);
+                self.metrics.signature(&signed);
                 let policy = self.signature_policy(&opened.message, origin);
                 let (inner, body) = split_message(&opened.message);
                 let mut actions = delete_headers(&message.headers, |_, _, _| true);

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::engine::Kind;
+use crate::signing::SigResult;
 
 /// Upper bounds (seconds) of the processing-time histogram buckets.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -28,9 +29,14 @@ pub struct Metrics {
     latency: Mutex<Histogram>,
     lookups: [AtomicU64; 4],
     cache_hits: AtomicU64,
+    signatures: [AtomicU64; SIGNATURE_RESULTS.len()],
+    signed: AtomicU64,
 }
 
 const LOOKUP_LABELS: [&str; 4] = ["parameters", "not_ibe", "temporary", "refused"];
+
+/// Signature results, as the words of Authentication-Results.
+const SIGNATURE_RESULTS: [&str; 5] = ["pass", "fail", "none", "temperror", "permerror"];
 
 impl Metrics {
     /// Records one processed message.
@@ -60,6 +66,31 @@ impl Metrics {
         if lookup.cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records the signature result of one inbound message.
+    pub fn signature(&self, result: &SigResult) {
+        if let Some(i) = SIGNATURE_RESULTS.iter().position(|w| *w == result.word()) {
+            self.signatures[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one signature made (outbound; two for encrypted mail).
+    pub fn signed(&self) {
+        self.signed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inbound messages whose signature result was `word` (`pass`, …).
+    pub fn signature_results(&self, word: &str) -> u64 {
+        SIGNATURE_RESULTS
+            .iter()
+            .position(|w| *w == word)
+            .map_or(0, |i| self.signatures[i].load(Ordering::Relaxed))
+    }
+
+    /// Signatures made.
+    pub fn signatures_made(&self) -> u64 {
+        self.signed.load(Ordering::Relaxed)
     }
 
     /// Messages processed with outcome `kind`.
@@ -105,6 +136,25 @@ impl Metrics {
              # TYPE ibemail_lookup_cache_hits_total counter\n\
              ibemail_lookup_cache_hits_total {}",
             self.cache_hits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_signature_results_total Inbound messages by IBE-Signature result.\n\
+             # TYPE ibemail_signature_results_total counter"
+        );
+        for (i, word) in SIGNATURE_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ibemail_signature_results_total{{result=\"{word}\"}} {}",
+                self.signatures[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ibemail_signatures_made_total IBE-Signature fields added to outbound mail.\n\
+             # TYPE ibemail_signatures_made_total counter\n\
+             ibemail_signatures_made_total {}",
+            self.signed.load(Ordering::Relaxed)
         );
         let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(

@@ -180,6 +180,7 @@ impl Engine {
                 "KGC signed with generation {signed_generation}, not {generation}"
             )));
         }
+        self.metrics.signed();
         Ok(unsigned.field_value(&signature))
     }
 

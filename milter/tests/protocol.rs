@@ -484,6 +484,9 @@ async fn signed_inside_and_outside_and_every_substitution_fails() {
     assert!(held, "quarantined under signature = require");
     assert_eq!(body, ORIGINAL_BODY, "still decrypted for the hold queue");
     assert_eq!(receiver.metrics.messages(Kind::Unsigned), 1);
+    assert_eq!(receiver.metrics.signature_results("pass"), 1);
+    assert_eq!(receiver.metrics.signature_results("fail"), 1);
+    assert_eq!(sender.metrics.signatures_made(), 2, "inside and outside");
 
     // Dropping the outer signature instead does not help.
     resealed_headers.remove(0);
