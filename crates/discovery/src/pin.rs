@@ -2,14 +2,19 @@
 //! or MTA-STS): remember each generation's parameters the first time they
 //! are seen and report any later change that is not a new generation.
 //!
-//! A pin is `(domain, generation) → SHA-256(X ‖ Y)`. Rotation publishes a
+//! A pin is `(domain, generation) → (SHA-256(X ‖ Y), SHA-256(S))`, the
+//! second for the signature parameter when the record has one (receivers
+//! verify signatures with it, so an `S` swapped under the same `X, Y` must
+//! count as a change too). A pin stored before `S=` existed gets its `S`
+//! pinned on first sight. Rotation publishes a
 //! higher generation, which is pinned when first seen. What is reported:
 //! a pinned generation published with other parameters ([`PinStatus::Changed`])
 //! and a highest published generation below one already seen
 //! ([`PinStatus::Rollback`], an old record replayed).
 //!
 //! The store is kept in memory and, if given a path, in a file of
-//! `domain generation fingerprint` lines rewritten atomically on change.
+//! `domain generation fingerprint [signing-fingerprint]` lines rewritten
+//! atomically on change.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -101,7 +106,14 @@ impl std::fmt::Display for PinStatus {
     }
 }
 
-type Pins = BTreeMap<String, BTreeMap<u32, [u8; 32]>>;
+/// The pinned fingerprints of one generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pin {
+    params: [u8; 32],
+    signing: Option<[u8; 32]>,
+}
+
+type Pins = BTreeMap<String, BTreeMap<u32, Pin>>;
 
 /// The pin store.
 #[derive(Debug)]
@@ -110,8 +122,19 @@ pub struct PinStore {
     pins: Mutex<Pins>,
 }
 
-fn fingerprint(record: &Record) -> [u8; 32] {
-    Sha256::digest(record.params.to_bytes()).into()
+fn fingerprint(record: &Record) -> Pin {
+    Pin {
+        params: Sha256::digest(record.params.to_bytes()).into(),
+        signing: record.signing.map(|s| Sha256::digest(s.to_bytes()).into()),
+    }
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    <[u8; 32]>::try_from(bytes).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -137,21 +160,22 @@ impl PinStore {
                     if fields.is_empty() || fields[0].starts_with('#') {
                         continue;
                     }
-                    let parsed = (fields.len() == 3)
+                    let parsed = (fields.len() == 3 || fields.len() == 4)
                         .then(|| {
                             let generation: u32 = fields[1].parse().ok()?;
-                            let bytes: Vec<u8> = (0..fields[2].len())
-                                .step_by(2)
-                                .map(|i| u8::from_str_radix(fields[2].get(i..i + 2)?, 16).ok())
-                                .collect::<Option<_>>()?;
-                            Some((generation, <[u8; 32]>::try_from(bytes).ok()?))
+                            let params = parse_hex32(fields[2])?;
+                            let signing = match fields.get(3) {
+                                Some(f) => Some(parse_hex32(f)?),
+                                None => None,
+                            };
+                            Some((generation, Pin { params, signing }))
                         })
                         .flatten();
                     let (generation, fp) = parsed.ok_or_else(|| {
                         std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             format!(
-                                "{}:{}: not `domain generation fingerprint`",
+                                "{}:{}: not `domain generation fingerprint [signing-fingerprint]`",
                                 path.display(),
                                 n + 1
                             ),
@@ -173,10 +197,15 @@ impl PinStore {
 
     fn save(&self, pins: &Pins) {
         let Some(path) = &self.path else { return };
-        let mut text = String::from("# ibemail parameter pins: domain generation sha256(X||Y)\n");
+        let mut text =
+            String::from("# ibemail parameter pins: domain generation sha256(X||Y) [sha256(S)]\n");
         for (domain, generations) in pins {
-            for (generation, fp) in generations {
-                text.push_str(&format!("{domain} {generation} {}\n", hex(fp)));
+            for (generation, pin) in generations {
+                text.push_str(&format!("{domain} {generation} {}", hex(&pin.params)));
+                if let Some(s) = &pin.signing {
+                    text.push_str(&format!(" {}", hex(s)));
+                }
+                text.push('\n');
             }
         }
         let temp = path.with_extension("tmp");
@@ -197,9 +226,13 @@ impl PinStore {
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         let known = pins.get(domain).cloned().unwrap_or_default();
         for record in &published.records {
-            if let Some(fp) = known.get(&record.generation)
-                && *fp != fingerprint(record)
-            {
+            let Some(pin) = known.get(&record.generation) else {
+                continue;
+            };
+            let seen = fingerprint(record);
+            // A pin from before S= existed accepts (and then pins) any S.
+            let signing_changed = pin.signing.is_some() && pin.signing != seen.signing;
+            if pin.params != seen.params || signing_changed {
                 return PinStatus::Changed {
                     generation: record.generation,
                 };
@@ -222,9 +255,8 @@ impl PinStore {
         let entry = pins.entry(domain.to_string()).or_default();
         let mut changed = false;
         for record in &published.records {
-            changed |= entry
-                .insert(record.generation, fingerprint(record))
-                .is_none();
+            let seen = fingerprint(record);
+            changed |= entry.insert(record.generation, seen) != Some(seen);
         }
         if changed {
             let snapshot = pins.clone();
@@ -308,5 +340,50 @@ mod tests {
         );
         std::fs::write(&path, "b.test one zz\n").unwrap();
         assert!(PinStore::open(&path).is_err());
+    }
+
+    #[test]
+    fn the_signature_parameter_is_pinned_too() {
+        let master = MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+        let other = MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
+        let plain = Record::new(1, master.public_params());
+        let signed = plain.clone().with_signing(master.signing_params());
+        let swapped = plain.clone().with_signing(other.signing_params());
+        // Same X, Y with another S: a change.
+        let store = PinStore::in_memory();
+        assert_eq!(
+            store.check("b.test", &set(&[&signed]), &signed),
+            PinStatus::FirstUse
+        );
+        assert_eq!(
+            store.check("b.test", &set(&[&swapped]), &swapped),
+            PinStatus::Changed { generation: 1 }
+        );
+        assert_eq!(
+            store.check("b.test", &set(&[&plain]), &plain),
+            PinStatus::Changed { generation: 1 }
+        );
+        // A pin file from before S= (three fields) pins S on first sight,
+        // persistently.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        std::fs::write(
+            &path,
+            format!(
+                "b.test 1 {}\n",
+                hex(&Sha256::digest(master.public_params().to_bytes()))
+            ),
+        )
+        .unwrap();
+        let store = PinStore::open(&path).unwrap();
+        assert_eq!(
+            store.check("b.test", &set(&[&signed]), &signed),
+            PinStatus::Match
+        );
+        let store = PinStore::open(&path).unwrap();
+        assert_eq!(
+            store.check("b.test", &set(&[&swapped]), &swapped),
+            PinStatus::Changed { generation: 1 }
+        );
     }
 }
