@@ -424,33 +424,10 @@ impl Engine {
             // Already end-to-end encrypted by the user: leave it alone.
             return Verdict::untouched(Vec::new());
         }
-        // Sign first (inside): the signature travels in the sealed copy, the
-        // re-injected copy and plaintext mail alike.
+        // Who signs (inside): the sealed copy gets a signature marked for
+        // sealing (e=1), the re-injected copy and plaintext mail one
+        // without, so a sealed copy decrypted on the way fails.
         let signer = self.signer(message, origin, &raw);
-        let (raw, signature_field) = match &signer {
-            None => (raw, None),
-            Some(identity) => match self.sign(identity, &raw).await {
-                Ok(value) => {
-                    let mut signed =
-                        Vec::with_capacity(raw.len() + value.len() + SIGNATURE_FIELD_LEN + 3);
-                    signed.extend_from_slice(SIGNATURE_FIELD.as_bytes());
-                    signed.push(b':');
-                    signed.extend_from_slice(value.as_bytes());
-                    signed.extend_from_slice(b"\r\n");
-                    signed.extend_from_slice(&raw);
-                    (signed, Some(value))
-                }
-                Err(e) => return Verdict::tempfail(format!("signing as {identity} failed: {e}")),
-            },
-        };
-        let sign_action = |value: &String| Action::InsertHeader {
-            index: 0,
-            name: SIGNATURE_FIELD.into(),
-            value: milter_value(value.as_bytes()),
-        };
-        // Shared by the sealing task and the re-injected copy: one copy of
-        // a possibly large message, not two.
-        let raw = Arc::new(raw);
         let now = now();
         let mut sealed_for: Vec<IbeRecipient> = Vec::new();
         let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
@@ -490,16 +467,35 @@ impl Engine {
             }
         }
         if sealed_for.is_empty() {
+            let actions = match &signer {
+                None => Vec::new(),
+                Some(identity) => match self.sign(identity, &raw, false).await {
+                    Ok(value) => vec![Action::InsertHeader {
+                        index: 0,
+                        name: SIGNATURE_FIELD.into(),
+                        value: milter_value(value.as_bytes()),
+                    }],
+                    Err(e) => {
+                        return Verdict::tempfail(format!("signing as {identity} failed: {e}"));
+                    }
+                },
+            };
             return Verdict {
                 reply: Reply::Continue,
-                actions: signature_field.iter().map(sign_action).collect(),
+                actions,
                 kind: Kind::Plaintext,
             };
         }
+        // Unsigned, the sealing task and the re-injected copy share one
+        // copy of a possibly large message.
+        let raw = Arc::new(raw);
 
         // Seal first: a failure here must not leave a re-injected copy.
+        let content = match self.signed_copy(signer.as_ref(), &raw, true).await {
+            Ok(content) => content,
+            Err(verdict) => return verdict,
+        };
         let limits = self.limits;
-        let content = raw.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let dyn_recipients: Vec<&dyn Recipient> =
                 sealed_for.iter().map(|r| r as &dyn Recipient).collect();
@@ -514,7 +510,7 @@ impl Engine {
         // Then sign the outside, so that re-encrypting is detected.
         let outer_signature = match &signer {
             None => None,
-            Some(identity) => match self.sign(identity, &sealed.to_bytes()).await {
+            Some(identity) => match self.sign(identity, &sealed.to_bytes(), false).await {
                 Ok(value) => Some(value),
                 Err(e) => {
                     return Verdict::tempfail(format!("signing the sealed message failed: {e}"));
@@ -535,11 +531,15 @@ impl Engine {
                 sender: message.sender.clone(),
                 recipients: plain.clone(),
             };
+            let copy = match self.signed_copy(signer.as_ref(), &raw, false).await {
+                Ok(copy) => copy,
+                Err(verdict) => return verdict,
+            };
             if let Err(e) = reinject::send(
                 target,
                 &self.config.reinject_helo,
                 &envelope,
-                &raw,
+                &copy,
                 Duration::from_secs(60),
             )
             .await
@@ -602,19 +602,9 @@ impl Engine {
         let raw = Arc::new(message.to_bytes());
         let now = now();
         if !ibemail_message::is_encrypted(&raw) {
-            let result = self.verify(&raw, now).await;
-            self.metrics.signature(&result);
-            let policy = self.signature_policy(&raw, origin);
-            if result == SigResult::None && policy == SignaturePolicy::Report {
-                return Verdict::untouched(remove_forged);
-            }
-            let mut actions = remove_forged;
-            actions.push(Action::InsertHeader {
-                index: 0,
-                name: "Authentication-Results".into(),
-                value: format!(" {}; {}", authserv_id, result.resinfo("unencrypted")).into_bytes(),
-            });
-            return self.apply_signature_policy(message, policy, &result, actions, Kind::Untouched);
+            return self
+                .as_is(message, &raw, origin, remove_forged, false, now)
+                .await;
         }
         if remote_recipients > 0 {
             // Relayed on to other domains as well: opening it here would
@@ -625,7 +615,9 @@ impl Engine {
                 remote_recipients,
                 "encrypted message also for other domains: not opened"
             );
-            return Verdict::untouched(remove_forged);
+            return self
+                .as_is(message, &raw, origin, remove_forged, true, now)
+                .await;
         }
         let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();
         let limits = self.limits;
@@ -659,8 +651,8 @@ impl Engine {
         };
         match opened {
             Ok(opened) => {
-                let outer_result = self.verify(&raw, now).await;
-                let inner_result = self.verify(&opened.message, now).await;
+                let outer_result = self.verify(&raw, true, now).await;
+                let inner_result = self.verify(&opened.message, true, now).await;
                 let signed = combine(outer_result, inner_result);
                 self.metrics.signature(&signed);
                 let policy = self.signature_policy(&opened.message, origin);
@@ -718,7 +710,8 @@ impl Engine {
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
             Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
-                Verdict::untouched(remove_forged)
+                self.as_is(message, &raw, origin, remove_forged, true, now)
+                    .await
             }
             Err(e) => {
                 let reason = format!("ibemail: cannot decrypt: {e}");
@@ -760,6 +753,30 @@ impl Engine {
 }
 
 impl Engine {
+    /// `raw` as it leaves: as it is without a signer, or with the signer's
+    /// `IBE-Signature` on top (`sealed`: made for the sealed copy).
+    async fn signed_copy(
+        &self,
+        signer: Option<&Identity>,
+        raw: &Arc<Vec<u8>>,
+        sealed: bool,
+    ) -> Result<Arc<Vec<u8>>, Verdict> {
+        let Some(identity) = signer else {
+            return Ok(raw.clone());
+        };
+        let value = self
+            .sign(identity, raw, sealed)
+            .await
+            .map_err(|e| Verdict::tempfail(format!("signing as {identity} failed: {e}")))?;
+        let mut signed = Vec::with_capacity(raw.len() + value.len() + SIGNATURE_FIELD_LEN + 3);
+        signed.extend_from_slice(SIGNATURE_FIELD.as_bytes());
+        signed.push(b':');
+        signed.extend_from_slice(value.as_bytes());
+        signed.extend_from_slice(b"\r\n");
+        signed.extend_from_slice(raw);
+        Ok(Arc::new(signed))
+    }
+
     /// The signature policy for a message's sender domain (its From).
     /// Mail of our own users (internal or local origin) is only reported
     /// on: mail that stays inside is never signed, so requiring a
@@ -768,9 +785,54 @@ impl Engine {
         if origin != Origin::External {
             return SignaturePolicy::Report;
         }
-        signature::from_address(message).map_or(self.config.default_policy.signature, |from| {
-            self.config.policy_for(from.domain()).signature
-        })
+        match signature::from_address(message) {
+            Ok(from) => self.config.policy_for(from.domain()).signature,
+            // No single From address to choose a policy by: the strictest
+            // configured one applies, or a mangled From would slip past a
+            // domain's `require`.
+            Err(_) => {
+                let require = std::iter::once(&self.config.default_policy)
+                    .chain(self.config.domains.values())
+                    .any(|p| p.signature == SignaturePolicy::Require);
+                if require {
+                    SignaturePolicy::Require
+                } else {
+                    SignaturePolicy::Report
+                }
+            }
+        }
+    }
+
+    /// A message delivered as it arrived (not encrypted, or encrypted but
+    /// not opened here): its signatures are checked and the policy of its
+    /// sender domain applies.
+    async fn as_is(
+        &self,
+        message: &Message,
+        raw: &[u8],
+        origin: Origin,
+        remove_forged: Vec<Action>,
+        encrypted: bool,
+        now: u64,
+    ) -> Verdict {
+        let result = self.verify(raw, encrypted, now).await;
+        self.metrics.signature(&result);
+        let policy = self.signature_policy(raw, origin);
+        if result == SigResult::None && policy == SignaturePolicy::Report {
+            return Verdict::untouched(remove_forged);
+        }
+        let layer = if encrypted {
+            "outside the encryption, not opened here"
+        } else {
+            "unencrypted"
+        };
+        let mut actions = remove_forged;
+        actions.push(Action::InsertHeader {
+            index: 0,
+            name: "Authentication-Results".into(),
+            value: format!(" {}; {}", self.config.authserv_id, result.resinfo(layer)).into_bytes(),
+        });
+        self.apply_signature_policy(message, policy, &result, actions, Kind::Untouched)
     }
 
     /// Applies `policy` to a signature `result`: with `require`, anything

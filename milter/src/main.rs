@@ -300,6 +300,8 @@ fn verify(dns: &DnsArgs) -> Result<(), Failure> {
         |_| policy,
         |_| {},
         &message,
+        // A decrypted message (from `decrypt`) has its inner signature.
+        true,
         now(),
     ));
     let layer = if ibemail_message::is_encrypted(&message) {

@@ -120,10 +120,12 @@ impl Engine {
         let own = match &message.auth_authen {
             Some(login) => match Identity::parse(login) {
                 Ok(login) => login == from,
-                // A login without a domain: the From local part in a local
-                // domain.
+                // A login without a domain names a user of our one local
+                // domain; with several, `bob` would also sign as
+                // bob@<every other domain>, so a full address is needed.
                 Err(_) => {
                     !login.contains('@')
+                        && self.config.local_domains.len() == 1
                         && Identity::parse(&format!("{login}@{}", from.domain()))
                             .is_ok_and(|l| l == from)
                 }
@@ -142,11 +144,13 @@ impl Engine {
     }
 
     /// Signs `message` as `identity`: the complete `IBE-Signature` field
-    /// value (leading space, CRLF folding).
+    /// value (leading space, CRLF folding). `sealed`: the message is sealed
+    /// right after (`e=1`).
     pub(crate) async fn sign(
         &self,
         identity: &Identity,
         message: &[u8],
+        sealed: bool,
     ) -> Result<String, SignError> {
         let generation = match &self.keys {
             Keys::None => return Err(SignError::Refused("no KGC configured".into())),
@@ -162,7 +166,11 @@ impl Engine {
         .ok_or_else(|| {
             SignError::Refused(format!("the KGC has no key for {}", identity.domain()))
         })?;
-        let unsigned = Unsigned::new(message, identity, generation);
+        let unsigned = if sealed {
+            Unsigned::new_sealed(message, identity, generation)
+        } else {
+            Unsigned::new(message, identity, generation)
+        };
         let digest = *unsigned.digest();
         let (signed_generation, signature) = match &self.keys {
             Keys::None => return Err(SignError::Refused("no KGC configured".into())),
@@ -186,12 +194,13 @@ impl Engine {
 
     /// Verifies the `IBE-Signature` fields of `message` with this
     /// milter's DNS and per-domain lookup policy.
-    pub(crate) async fn verify(&self, message: &[u8], now: u64) -> SigResult {
+    pub(crate) async fn verify(&self, message: &[u8], arrived_sealed: bool, now: u64) -> SigResult {
         verify_signatures(
             &self.discovery,
             |domain| self.config.policy_for(domain).lookup,
             |found| self.metrics.lookup(found),
             message,
+            arrived_sealed,
             now,
         )
         .await
@@ -201,12 +210,19 @@ impl Engine {
 /// Verifies the `IBE-Signature` fields of `message`: pass if one by the
 /// From address verifies; otherwise the most telling failure. The signer
 /// domain's parameters are looked up with `discovery` under `policy`;
-/// `on_lookup` sees every lookup (metrics).
+/// `on_lookup` sees every lookup (metrics). `arrived_sealed`: `message`
+/// came out of an encrypted message (a signature made for sealing, `e=1`,
+/// fails anywhere else: someone decrypted it on the way).
+///
+/// Signatures not by the From address fail before any lookup, so a junk
+/// signature of some other domain can neither cost a DNS query nor turn a
+/// failure into a temporary error.
 pub async fn verify_signatures(
     discovery: &Discovery,
     policy: impl Fn(&str) -> DomainPolicy,
     on_lookup: impl Fn(&Lookup),
     message: &[u8],
+    arrived_sealed: bool,
     now: u64,
 ) -> SigResult {
     let found = signature::signatures(message);
@@ -218,6 +234,15 @@ pub async fn verify_signatures(
         let outcome = match parsed {
             Err(e @ SignatureError::Unsupported(_)) => SigResult::PermError(e.to_string()),
             Err(e) => SigResult::Fail(e.to_string()),
+            Ok(parsed) if parsed.sealed && !arrived_sealed => {
+                SigResult::Fail("signed to travel encrypted, but arrived decrypted".into())
+            }
+            Ok(parsed) if parsed.check_signer(message).is_err() => SigResult::Fail(
+                parsed
+                    .check_signer(message)
+                    .err()
+                    .map_or_else(String::new, |e| e.to_string()),
+            ),
             Ok(parsed) => {
                 let domain = parsed.identity.domain().to_string();
                 let found = discovery.lookup(&domain, policy(&domain), now).await;

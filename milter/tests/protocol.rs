@@ -490,11 +490,44 @@ async fn signed_inside_and_outside_and_every_substitution_fails() {
 
     // Dropping the outer signature instead does not help.
     resealed_headers.remove(0);
-    let (results, held, _, _) = receive(&receiver, resealed_headers, resealed_body).await;
+    let (results, held, _, _) =
+        receive(&receiver, resealed_headers.clone(), resealed_body.clone()).await;
     assert!(
         results.contains("ibesig=fail (signed inside but not outside"),
         "{results}"
     );
+    assert!(held);
+    // Nor does putting a junk signature of a domain whose DNS fails in its
+    // place: it is not by the From address, so it fails without a lookup
+    // instead of turning the result into a temporary error.
+    let mut junk_headers = resealed_headers;
+    junk_headers.insert(
+        0,
+        (
+            "IBE-Signature".to_string(),
+            outer_sig.replace("i=alice@a.test", "i=x@d.test"),
+        ),
+    );
+    let (results, held, _, _) = receive(&receiver, junk_headers, resealed_body).await;
+    assert!(results.contains("ibesig=fail"), "{results}");
+    assert!(held);
+
+    // Delivering the decrypted message in plaintext instead fails too: its
+    // signature was made for the sealed copy (e=1).
+    let (plain_headers, plain_body) = from_message(&inner_message);
+    let (results, held, _, _) = receive(&receiver, plain_headers, plain_body).await;
+    assert!(
+        results.contains("ibesig=fail (signed to travel encrypted, but arrived decrypted)"),
+        "{results}"
+    );
+    assert!(held);
+
+    // A field added on top of the sealed message (over-signed) breaks the
+    // outer signature.
+    let mut injected = sealed_headers.clone();
+    injected.insert(0, ("Reply-To".into(), " attacker@evil.test".into()));
+    let (results, held, _, _) = receive(&receiver, injected, sealed_body.clone()).await;
+    assert!(results.contains("ibesig=fail (outside:"), "{results}");
     assert!(held);
     receiver.stop().await;
 
@@ -523,6 +556,23 @@ async fn only_own_addresses_are_signed_and_a_forged_from_fails() {
     assert_eq!(headers[0].0, "IBE-Signature");
     assert_eq!(&headers[1..], &mail.headers[..]);
 
+    // Mixed: the plaintext copy for carol carries a signature without
+    // e=1; the sealed copy for bob one with it (checked at b.test in the
+    // test above).
+    let mixed = Mail::original(&["<bob@b.test>", "<carol@c.test>"]);
+    let (status, _) = send(sender.addr, &mixed).await;
+    assert_eq!(status, Status::Continue);
+    let copies = world.sink.received();
+    let copy = String::from_utf8_lossy(&copies.last().unwrap().data).into_owned();
+    assert!(copy.starts_with("IBE-Signature:"), "{copy}");
+    assert!(copy.contains("i=alice@a.test"), "{copy}");
+    assert!(!copy.contains("e=1;"), "{copy}");
+    assert_eq!(
+        sender.metrics.signatures_made(),
+        4,
+        "1 + inner, outer, copy"
+    );
+
     // Bob, logged in, sending as Alice: not signed.
     let forged = Mail {
         auth: Some("bob"),
@@ -540,6 +590,22 @@ async fn only_own_addresses_are_signed_and_a_forged_from_fails() {
     let (_, actions) = send(sender.addr, &own).await;
     assert_eq!(actions.actions.len(), 1, "{actions:?}");
     sender.stop().await;
+    // With two local domains a bare login is ambiguous (alice@a.test or
+    // alice@a2.test?): not signed; the full address is.
+    let two_domains = Milter::start(&world.signing_sender_config().replace(
+        "local_domains = [\"a.test\"]",
+        "local_domains = [\"a.test\", \"a2.test\"]",
+    ))
+    .await;
+    let (_, actions) = send(two_domains.addr, &own).await;
+    assert!(actions.actions.is_empty(), "{actions:?}");
+    let full = Mail {
+        auth: Some("alice@a.test"),
+        ..Mail::original(&["<carol@c.test>"])
+    };
+    let (_, actions) = send(two_domains.addr, &full).await;
+    assert_eq!(actions.actions.len(), 1, "{actions:?}");
+    two_domains.stop().await;
 
     // Bob's valid signature on a message From Alice (made with his own key,
     // as a rogue user of a.test could) fails at b.test.
@@ -599,6 +665,16 @@ async fn a_signature_that_cannot_be_checked_now_is_deferred_only_when_required()
         "{status:?}"
     );
     assert!(actions.actions.is_empty());
+    // A From that names no single address does not escape a require
+    // policy: the strictest configured policy applies.
+    let mangled = Mail {
+        headers: vec![("From".into(), " x@d.test, ceo@d.test".into())],
+        body: b"hello\r\n".to_vec(),
+        ..Mail::original(&["<bob@b.test>"]).outside()
+    };
+    let (status, actions) = send(requiring.addr, &mangled).await;
+    assert_eq!(status, Status::Continue);
+    assert!(has(&actions, |a| matches!(a, EomAction::Quarantine { .. })));
     // Unsigned mail from a domain whose signatures are required is held.
     let unsigned_mail = Mail {
         headers: vec![("From".into(), " x@d.test".into())],
@@ -791,6 +867,20 @@ async fn kgc_unreachable_is_a_tempfail_and_bad_ciphertext_is_quarantined() {
     assert_eq!(status, Status::Continue);
     assert!(actions.actions.is_empty());
     receiver.stop().await;
+    // ...unless a.test's signatures are required: unsigned, it is held
+    // even though it is not opened here.
+    let requiring = Milter::start(&format!(
+        "{}[policy.domains.\"a.test\"]\nsignature = \"require\"\n",
+        world.receiver_config("")
+    ))
+    .await;
+    let (status, actions) = send(requiring.addr, &other).await;
+    assert_eq!(status, Status::Continue);
+    assert!(has(
+        &actions,
+        |a| matches!(a, EomAction::Quarantine { reason } if reason.to_str().unwrap().contains("ibesig=none"))
+    ));
+    requiring.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,17 +64,22 @@ fn challenge(u: &G2Affine, identity: &Identity, generation: Generation, message:
 impl MasterKey {
     /// The signing master scalar `t`, derived from the generation's PRF key
     /// under its own HKDF label (independent of every user-key scalar).
+    /// `counter` skips the (probability 2^-255) zero value, so `t` is never
+    /// a weak constant.
     fn signing_scalar(&self) -> Scalar {
-        let mut okm = Zeroizing::new([0u8; 48]);
-        if let Ok(hk) = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()) {
-            let _ = hk.expand(hash::INFO_IBS_MASTER, okm.as_mut());
-        }
-        let t = hash::scalar_from_wide(&okm);
-        // Zero with probability 2^-255; fall back to 1 only to stay total.
-        if bool::from(t.is_zero()) {
-            Scalar::ONE
-        } else {
-            t
+        let mut counter = 0u8;
+        loop {
+            let mut okm = Zeroizing::new([0u8; 48]);
+            // A 32-byte PRK and 48 bytes of output are within HKDF's
+            // limits; neither call can fail.
+            if let Ok(hk) = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()) {
+                let _ = hk.expand_multi_info(&[hash::INFO_IBS_MASTER, &[counter]], okm.as_mut());
+            }
+            let t = hash::scalar_from_wide(&okm);
+            if !bool::from(t.is_zero()) {
+                return t;
+            }
+            counter = counter.wrapping_add(1);
         }
     }
 

@@ -16,7 +16,8 @@
 //! | `c` | canonicalization, always `relaxed/relaxed` |
 //! | `i` | the signer's address (normalised); its domain publishes `S=` |
 //! | `n` | the parameter generation of the signer's domain |
-//! | `h` | signed header fields, DKIM order (bottom-up per name); `from` is listed once more than it occurs so a second From cannot be added |
+//! | `e` | `1` when the message was sealed right after signing: a receiver fails the signature if it arrives outside an encrypted message (absent otherwise) |
+//! | `h` | signed header fields, DKIM order (bottom-up per name); every name of [`SIGNED_FIELDS`] is listed once more than it occurs, so none can be added on top later; folded at colons |
 //! | `bh` | SHA-256 of the relaxed-canonical body |
 //! | `b` | the signature of the digest below |
 //!
@@ -27,7 +28,9 @@
 //!
 //! A signature only *passes* if it verifies and `i=` is the message's one
 //! `From` address: a valid signature by bob@a.test on mail "From:
-//! alice@a.test" fails.
+//! alice@a.test" fails. The From address is read strictly: one mailbox,
+//! one angle-addr, and a display name that shows an address (even in an
+//! encoded word) must show this one.
 //!
 //! Why not `mail-auth`: its 0.13 series (the last that builds with Rust
 //! 1.95) refuses to compile without a DNS resolver and a crypto backend
@@ -47,7 +50,14 @@ use crate::header::HeaderSection;
 pub const SIGNATURE_FIELD: &str = "IBE-Signature";
 /// The `a=` value.
 pub const ALGORITHM: &str = "cc-bls12-381-sha256";
-/// Header fields signed when present (each occurrence), in this order.
+/// Most occurrences of one field name signed (the rest of a message with
+/// more, e.g. hundreds of `To` fields, stays unsigned).
+const MAX_SIGNED_PER_NAME: usize = 64;
+/// Most `h=` entries accepted when verifying (bounds the work per
+/// signature).
+const MAX_H_ENTRIES: usize = SIGNED_FIELDS.len() * (MAX_SIGNED_PER_NAME + 1);
+
+/// Header fields signed (each occurrence, and once more), in this order.
 pub const SIGNED_FIELDS: [&str; 14] = [
     "From",
     "Sender",
@@ -263,44 +273,150 @@ pub fn from_address(message: &[u8]) -> Result<Identity, SignatureError> {
         .ok_or(SignatureError::NoFrom)
 }
 
-/// The addr-spec of a one-mailbox address list: comments removed, the part
-/// in angle brackets if any. `None` for groups or several mailboxes.
+/// The addr-spec of a one-mailbox `From` value, read strictly (RFC 5322
+/// §3.4): comments are dropped, angle brackets and `@` count only outside
+/// quoted strings and comments, there is at most one angle-addr and nothing
+/// but white space after it. A display name that itself looks like an
+/// address (or is an encoded word, which may hide one) must be that same
+/// address, so a client cannot show one address while another is signed.
+/// `None` for groups, lists and anything else.
 fn mailbox_address(value: &str) -> Option<String> {
-    let mut plain = String::new();
+    // Pass 1: split into display part and angle-addr, outside quotes and
+    // comments; collect the display text with quotes kept as text.
+    let mut display = String::new();
+    let mut angle: Option<String> = None;
+    let mut in_angle = false;
+    let mut after_angle = false;
     let mut depth = 0usize;
     let mut quoted = false;
     let mut escaped = false;
     for c in value.chars() {
+        if c == '\r' || c == '\n' {
+            continue;
+        }
         if escaped {
             escaped = false;
             if depth == 0 {
-                plain.push(c);
+                display.push(c);
+            }
+            continue;
+        }
+        if depth > 0 {
+            match c {
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            continue;
+        }
+        if quoted {
+            match c {
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => display.push(c),
             }
             continue;
         }
         match c {
-            '\\' if quoted || depth > 0 => escaped = true,
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                plain.push(c);
+            '(' => depth += 1,
+            '"' if !in_angle && !after_angle => quoted = true,
+            '<' if !in_angle && !after_angle && angle.is_none() => {
+                in_angle = true;
+                angle = Some(String::new());
             }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
-            ',' | ';' if !quoted && depth == 0 => return None,
-            ':' if !quoted && depth == 0 && !plain.contains('<') && !plain.contains('@') => {
-                return None; // a group
+            '>' if in_angle => {
+                in_angle = false;
+                after_angle = true;
             }
-            '\r' | '\n' => {}
-            _ if depth == 0 => plain.push(c),
+            c if in_angle => angle.as_mut()?.push(c),
+            c if after_angle && !c.is_whitespace() => return None,
+            ',' | ';' | ':' | '<' | '>' | '"' => return None,
+            c if !after_angle => display.push(c),
             _ => {}
         }
     }
-    let address = match (plain.rfind('<'), plain.rfind('>')) {
-        (Some(open), Some(close)) if open < close => plain[open + 1..close].trim().to_string(),
-        (None, None) => plain.trim().to_string(),
-        _ => return None,
+    if in_angle || quoted || depth > 0 {
+        return None;
+    }
+    let address = match angle {
+        Some(a) => a.trim().to_string(),
+        None => std::mem::take(&mut display).trim().to_string(),
     };
-    (!address.is_empty() && !address.contains(char::is_whitespace)).then_some(address)
+    if address.is_empty() || address.contains(char::is_whitespace) || !address.contains('@') {
+        return None;
+    }
+    let shown = decode_encoded_words(display.trim());
+    if shown.contains('@') {
+        let shown = shown.trim_matches(|c: char| c == '\'' || c.is_whitespace());
+        if !shown.eq_ignore_ascii_case(&address) {
+            return None;
+        }
+    }
+    Some(address)
+}
+
+/// The text of RFC 2047 encoded words (`=?charset?Q|B?text?=`) decoded to
+/// bytes and read as UTF-8 (lossily): enough to see an `@` hidden in a
+/// display name. Anything that is not a well-formed encoded word is kept.
+fn decode_encoded_words(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("=?") {
+        out.push_str(&rest[..start]);
+        let word = &rest[start + 2..];
+        // charset ? encoding ? payload ?=
+        let mut fields = word.splitn(3, '?');
+        let (Some(_charset), Some(encoding), Some(tail)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            out.push_str("=?");
+            rest = word;
+            continue;
+        };
+        let Some(end) = tail.find("?=") else {
+            out.push_str("=?");
+            rest = word;
+            continue;
+        };
+        let payload = &tail[..end];
+        let bytes = if encoding.eq_ignore_ascii_case("b") {
+            STANDARD.decode(payload).unwrap_or_default()
+        } else {
+            decode_q(payload.as_bytes())
+        };
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        rest = &tail[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// RFC 2047 "Q" decoding: `_` is a space, `=XX` a byte.
+fn decode_q(raw: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], hex) {
+            (b'=', Some(b)) => {
+                bytes.push(b);
+                i += 3;
+            }
+            (b'_', _) => {
+                bytes.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    bytes
 }
 
 // ---------------------------------------------------------------------------
@@ -311,6 +427,7 @@ fn mailbox_address(value: &str) -> Option<String> {
 pub struct Unsigned {
     identity: Identity,
     generation: Generation,
+    sealed: bool,
     signed_fields: Vec<String>,
     body_hash: [u8; 32],
     digest: [u8; 32],
@@ -319,34 +436,69 @@ pub struct Unsigned {
 fn tags_without_b(
     identity: &Identity,
     generation: Generation,
+    sealed: bool,
     h: &[String],
     bh: &[u8; 32],
 ) -> String {
+    // Fold h= at colons so no line exceeds about 76 characters.
+    let mut h_text = String::new();
+    let mut line = 3usize;
+    for (i, name) in h.iter().enumerate() {
+        if i > 0 {
+            h_text.push(':');
+            line += 1;
+            if line + name.len() > 72 {
+                h_text.push_str("\r\n\t ");
+                line = 2;
+            }
+        }
+        h_text.push_str(name);
+        line += name.len();
+    }
+    let sealed = if sealed { " e=1;" } else { "" };
     format!(
-        " v=1; a={ALGORITHM}; c=relaxed/relaxed; i={identity}; n={generation};\r\n\th={};\r\n\tbh={};\r\n\tb=",
-        h.join(":"),
+        " v=1; a={ALGORITHM}; c=relaxed/relaxed; i={identity}; n={generation};{sealed}\r\n\th={h_text};\r\n\tbh={};\r\n\tb=",
         STANDARD.encode(bh)
     )
 }
 
 impl Unsigned {
     /// Prepares a signature of `message` by `identity` (normally its From
-    /// address) at `generation`.
+    /// address) at `generation`, for a message that travels as it is.
     pub fn new(message: &[u8], identity: &Identity, generation: Generation) -> Unsigned {
+        Self::build(message, identity, generation, false)
+    }
+
+    /// The same for a message that is sealed right after signing: the
+    /// signature carries `e=1`, and a receiver fails it if it arrives
+    /// outside an encrypted message (someone decrypted it on the way).
+    pub fn new_sealed(message: &[u8], identity: &Identity, generation: Generation) -> Unsigned {
+        Self::build(message, identity, generation, true)
+    }
+
+    fn build(
+        message: &[u8],
+        identity: &Identity,
+        generation: Generation,
+        sealed: bool,
+    ) -> Unsigned {
         let section = HeaderSection::parse(message);
         let mut h = Vec::new();
         for name in SIGNED_FIELDS {
+            // Each field once more than it occurs (DKIM "over-signing"):
+            // a field of these names added later, on top, breaks the
+            // signature instead of being shown under it.
             let count = section.fields.iter().filter(|f| f.is(name)).count();
-            // One more `from` than present: adding a From breaks it.
-            let count = if name == "From" { count + 1 } else { count };
+            let count = count.min(MAX_SIGNED_PER_NAME) + 1;
             h.extend(std::iter::repeat_n(name.to_ascii_lowercase(), count));
         }
         let body_hash = body_hash(&message[section.body_offset..]);
-        let value = tags_without_b(identity, generation, &h, &body_hash);
+        let value = tags_without_b(identity, generation, sealed, &h, &body_hash);
         let digest = digest(&section, &h, value.as_bytes());
         Unsigned {
             identity: identity.clone(),
             generation,
+            sealed,
             signed_fields: h,
             body_hash,
             digest,
@@ -374,6 +526,7 @@ impl Unsigned {
         let mut value = tags_without_b(
             &self.identity,
             self.generation,
+            self.sealed,
             &self.signed_fields,
             &self.body_hash,
         );
@@ -410,19 +563,27 @@ pub struct Parsed {
     pub identity: Identity,
     /// `n=`.
     pub generation: Generation,
+    /// `e=1`: signed to travel sealed (see [`Unsigned::new_sealed`]).
+    pub sealed: bool,
     signed_fields: Vec<String>,
     body_hash: Vec<u8>,
     signature: Signature,
     value_without_b: Vec<u8>,
 }
 
-/// Every `IBE-Signature` field of `message`, top first, parsed.
+/// Most `IBE-Signature` fields of one message looked at (the first ones,
+/// from the top): each costs a lookup and a pairing check.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// The `IBE-Signature` fields of `message`, top first (at most
+/// [`MAX_SIGNATURES`]), parsed.
 pub fn signatures(message: &[u8]) -> Vec<Result<Parsed, SignatureError>> {
     let section = HeaderSection::parse(message);
     section
         .fields
         .iter()
         .filter(|f| f.is(SIGNATURE_FIELD))
+        .take(MAX_SIGNATURES)
         .map(|f| Parsed::parse(f.value()))
         .collect()
 }
@@ -485,6 +646,17 @@ impl Parsed {
         if !signed_fields.iter().any(|n| n == "from") {
             return Err(SignatureError::Syntax("h= does not include from".into()));
         }
+        if signed_fields.len() > MAX_H_ENTRIES {
+            return Err(SignatureError::Syntax(format!(
+                "h= lists {} fields (at most {MAX_H_ENTRIES})",
+                signed_fields.len()
+            )));
+        }
+        let sealed = match tags.iter().find(|(n, _)| n == "e") {
+            None => false,
+            Some((_, v)) if v == "1" => true,
+            Some((_, v)) => return Err(SignatureError::Syntax(format!("e={v}"))),
+        };
         let body_hash = STANDARD
             .decode(compact(get("bh")?))
             .map_err(|_| SignatureError::Syntax("bh= is not base64".into()))?;
@@ -496,6 +668,7 @@ impl Parsed {
         Ok(Parsed {
             identity,
             generation,
+            sealed,
             signed_fields,
             body_hash,
             signature,
@@ -507,6 +680,7 @@ impl Parsed {
     /// the signer domain's `params` for `n=`, and that the signer is the
     /// From address.
     pub fn verify(&self, message: &[u8], params: &SigningParams) -> Result<(), SignatureError> {
+        self.check_signer(message)?;
         let section = HeaderSection::parse(message);
         if body_hash(&message[section.body_offset..]).as_slice() != self.body_hash {
             return Err(SignatureError::BodyHash);
@@ -519,7 +693,12 @@ impl Parsed {
             &digest,
             &self.signature,
         )
-        .map_err(|_| SignatureError::BadSignature)?;
+        .map_err(|_| SignatureError::BadSignature)
+    }
+
+    /// Checks, cheaply and before any lookup, that the signer is the
+    /// message's one From address.
+    pub fn check_signer(&self, message: &[u8]) -> Result<(), SignatureError> {
         let from = from_address(message)?;
         if from != self.identity {
             return Err(SignatureError::FromMismatch {
@@ -628,9 +807,20 @@ Subject: hello  there\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob,\r\
                 );
             }
         }
-        // A second From (over-signed) breaks it.
-        let two_froms = format!("From: mallory@a.test\r\n{text}");
-        assert!(verify(&master, two_froms.as_bytes()).is_err());
+        // Any signed field added on top (over-signed) breaks it.
+        for added in [
+            "From: mallory@a.test",
+            "Reply-To: attacker@evil.test",
+            "Subject: URGENT new bank details",
+            "To: other@b.test",
+            "Sender: attacker@evil.test",
+        ] {
+            let changed = format!("{added}\r\n{text}");
+            assert!(
+                verify(&master, changed.as_bytes()).is_err(),
+                "{added} on top still verifies"
+            );
+        }
     }
 
     #[test]
@@ -687,6 +877,23 @@ Subject: hello  there\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob,\r\
             ("undisclosed:;", None),
             ("", None),
             ("Alice <alice@a.test", None),
+            // A display name showing another address than the one signed.
+            ("<ceo@bank.test> <mallory@a.test>", None),
+            ("<ceo@bank.test> \"<mallory@a.test>\"", None),
+            ("ceo@bank.test \"<mallory@a.test>\"", None),
+            ("=?utf-8?q?ceo@bank.test?= <mallory@a.test>", None),
+            ("=?utf-8?b?Y2VvQGJhbmsudGVzdA==?= <mallory@a.test>", None),
+            ("\"ceo@bank.test\" <mallory@a.test>", None),
+            ("<mallory@a.test> trailing", None),
+            // ...but a display name that is the address itself is fine,
+            // and so are encoded names without one.
+            ("\"alice@a.test\" <alice@a.test>", Some("alice@a.test")),
+            (
+                "=?utf-8?q?J=C3=B6rg_M=C3=BCller?= <joerg@a.test>",
+                Some("joerg@a.test"),
+            ),
+            ("\"M\\\"uller, Hans\" <hans@a.test>", Some("hans@a.test")),
+            ("no-at-sign", None),
         ] {
             assert_eq!(mailbox_address(value).as_deref(), expected, "{value}");
         }
@@ -713,6 +920,47 @@ Subject: hello  there\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob,\r\
         ] {
             assert!(Parsed::parse(value).is_err(), "{value:?}");
         }
+    }
+
+    #[test]
+    fn many_fields_fold_and_the_sealed_flag_round_trips() {
+        let master = master();
+        let alice = Identity::parse("alice@a.test").unwrap();
+        let mut message = String::from("From: alice@a.test\r\n");
+        for i in 0..300 {
+            message.push_str(&format!("To: user{i}@b.test\r\n"));
+        }
+        message.push_str("\r\nbody\r\n");
+        let unsigned = Unsigned::new_sealed(message.as_bytes(), &alice, 1);
+        let signature = master
+            .extract_signing(&alice, 1)
+            .sign(unsigned.digest(), &mut ChaCha20Rng::seed_from_u64(3));
+        let value = unsigned.field_value(&signature);
+        assert!(
+            value.split("\r\n").all(|line| line.len() < 80),
+            "unfolded line in {value}"
+        );
+        let signed = unsigned.prepend(message.as_bytes(), &signature);
+        let parsed = verify(&master, &signed).unwrap();
+        assert!(parsed.sealed);
+        assert!(
+            !Parsed::parse(
+                Unsigned::new(b"From: a@b\r\n\r\n", &alice, 1)
+                    .field_value(&signature)
+                    .as_bytes()
+            )
+            .unwrap()
+            .sealed
+        );
+        // An h= far longer than any signer writes is refused unread.
+        let long = format!(
+            " v=1; a={ALGORITHM}; i=a@a.test; n=1; h=from{}; bh=AA==; b=AA==",
+            ":to".repeat(MAX_H_ENTRIES)
+        );
+        assert!(matches!(
+            Parsed::parse(long.as_bytes()),
+            Err(SignatureError::Syntax(e)) if e.contains("h= lists")
+        ));
     }
 
     #[test]

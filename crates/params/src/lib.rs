@@ -24,7 +24,7 @@
 //! | `c` | curve, `bls12-381` | yes |
 //! | `n` | parameter generation, 1 ..= 2^32-1 | yes |
 //! | `X`, `Y` | compressed G1 points, base64 | yes |
-//! | `S` | identity-based signature parameter (Cha–Cheon), a compressed G1 point, base64 | no (a domain without it does not sign) |
+//! | `S` | identity-based signature parameter (Cha–Cheon), a compressed G1 point, base64 | no (a domain without it does not sign; a malformed one is ignored, so it never costs the domain its encryption) |
 //! | `e` | expiry, seconds since the Unix epoch; senders skip the generation from then on | no |
 //!
 //! With `S=` the record is about 236 bytes plus the digits of `n` and `e`;
@@ -310,15 +310,13 @@ impl Record {
         let expires = values[slot(Tag::Expires)]
             .map(|v| parse_decimal(v, Tag::Expires))
             .transpose()?;
-        let signing = values[slot(Tag::Signing)]
-            .map(|v| {
-                let bytes = decode_base64(v, Tag::Signing)?;
-                SigningParams::from_bytes(&bytes).map_err(|source| ParseError::InvalidPoint {
-                    tag: Tag::Signing,
-                    source,
-                })
-            })
-            .transpose()?;
+        // A broken S= costs the domain its signatures, not its encryption:
+        // the record stays usable and S is treated as absent (receivers
+        // report permerror, `ibemail-kgc check` a mismatch).
+        let signing = values[slot(Tag::Signing)].and_then(|v| {
+            let bytes = decode_base64(v, Tag::Signing).ok()?;
+            SigningParams::from_bytes(&bytes).ok()
+        });
         Ok(Record {
             generation,
             params,
@@ -513,15 +511,12 @@ mod tests {
         let mut typical = record.clone();
         typical.expires = Some(1_900_000_000);
         assert!(typical.to_text().contains("; e=1900000000"));
-        // A bad S= is an error naming the tag; without S= the record is fine.
+        // A bad S= leaves the record usable for encryption, without S;
+        // without S= the record is fine too.
         let bad = t.replace(";S=", ";S=AAAA");
-        assert!(matches!(
-            Record::parse(&bad),
-            Err(ParseError::InvalidPoint {
-                tag: Tag::Signing,
-                ..
-            })
-        ));
+        let parsed = Record::parse(&bad).unwrap();
+        assert_eq!(parsed.signing, None);
+        assert_eq!(parsed.params, big.params);
         assert_eq!(
             Record::parse(&Record::new(7, master.public_params()).to_text())
                 .unwrap()
