@@ -301,19 +301,27 @@ fn knot_with_every_case(b: &Store, two_old: &Store, two_new: &Store) -> Knot {
     )
 }
 
-/// Runs lookup; returns (exit code, stdout).
-fn lookup(knot_args: &[String], domain: &str, extra: &[&str]) -> (i32, String) {
+/// Runs `command` with `args` and `input` on stdin; returns (exit code,
+/// stdout).
+fn run(command: &str, args: &[&str], input: &[u8]) -> (i32, String) {
     let out = milter()
-        .arg("lookup")
-        .arg(domain)
-        .args(knot_args)
-        .args(extra)
+        .arg(command)
+        .args(args)
+        .write_stdin(input)
         .output()
         .unwrap();
     (
         out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),
     )
+}
+
+/// Runs lookup; returns (exit code, stdout).
+fn lookup(knot_args: &[String], domain: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![domain];
+    args.extend(knot_args.iter().map(String::as_str));
+    args.extend(extra);
+    run("lookup", &args, b"")
 }
 
 #[test]
@@ -425,16 +433,8 @@ fn lookup_of_a_silent_server_is_a_temporary_failure() {
 
 /// Runs verify; returns (exit code, stdout).
 fn verify(dns_args: &[String], input: &[u8]) -> (i32, String) {
-    let out = milter()
-        .arg("verify")
-        .args(dns_args)
-        .write_stdin(input)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-    )
+    let args: Vec<&str> = dns_args.iter().map(String::as_str).collect();
+    run("verify", &args, input)
 }
 
 #[test]
