@@ -22,7 +22,8 @@ use crate::seal::{CEK_BYTES, NONCE_BYTES, TAG_BYTES};
 /// GCM's limit on the plaintext of one message: 2^39 − 256 bits.
 const MAX_BYTES: u64 = (1 << 36) - 32;
 
-/// Bytes processed per step when decrypting in place (a multiple of 16).
+/// Bytes processed per step when decrypting in place (partial blocks are
+/// carried over, so any size works; 16 KiB stays in cache).
 const DECRYPT_CHUNK: usize = 16 * 1024;
 
 /// One GCM message in progress (encryption or decryption).
@@ -115,6 +116,9 @@ impl Gcm {
 
     /// Encrypts the next piece of the message, `input` into `output` (same length).
     pub(crate) fn encrypt_b2b(&mut self, input: &[u8], output: &mut [u8]) -> Result<(), TooLong> {
+        if input.len() != output.len() {
+            return Err(TooLong);
+        }
         self.count(input.len())?;
         self.ctr
             .try_apply_keystream_b2b(input, output)
@@ -189,7 +193,9 @@ pub(crate) fn decrypt_to_front(
         buf.truncate(end - start);
         true
     } else {
-        buf.iter_mut().for_each(|b| *b = 0);
+        // Volatile wipe: an ordinary one may be elided when the caller
+        // frees the buffer right after.
+        zeroize::Zeroize::zeroize(buf.as_mut_slice());
         false
     }
 }

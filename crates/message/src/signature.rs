@@ -343,7 +343,7 @@ fn mailbox_address(value: &str) -> Option<String> {
         Some(a) => a.trim().to_string(),
         None => std::mem::take(&mut display).trim().to_string(),
     };
-    if address.is_empty() || address.contains(char::is_whitespace) || !address.contains('@') {
+    if !is_dot_atom_address(&address) {
         return None;
     }
     let shown = decode_encoded_words(display.trim());
@@ -354,6 +354,26 @@ fn mailbox_address(value: &str) -> Option<String> {
         }
     }
     Some(address)
+}
+
+/// True for `local@domain` with a dot-atom local part (RFC 5322 `atext`
+/// and dots) and a host-name domain: the addresses that can stand in `i=`
+/// as they are. Quoted local parts (which may contain `;`, the tag-list
+/// separator) are not signed or accepted.
+fn is_dot_atom_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    !local.is_empty()
+        && local.chars().all(|c| atext(c) || c == '.')
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
 }
 
 /// The text of RFC 2047 encoded words (`=?charset?Q|B?text?=`) decoded to
@@ -894,6 +914,11 @@ Subject: hello  there\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob,\r\
             ),
             ("\"M\\\"uller, Hans\" <hans@a.test>", Some("hans@a.test")),
             ("no-at-sign", None),
+            // Not a dot-atom: could not stand in i= (`;` splits tags).
+            ("`Bof <;ob@b.test>", None),
+            ("\"a;b\"@a.test", None),
+            ("a..b@a.test", None),
+            ("o'brien+tag@a.test", Some("o'brien+tag@a.test")),
         ] {
             assert_eq!(mailbox_address(value).as_deref(), expected, "{value}");
         }
