@@ -76,6 +76,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// Runs key work (pairings, scalar multiplications) off the async threads.
+async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|_| Response::Error(Status::Internal, "worker failed".into()))
+}
+
 async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
     stream.write_all(&protocol::frame(&response.encode())).await
 }
@@ -143,15 +150,7 @@ async fn handle_connection(
                 capsule,
             }) => {
                 let service = service.clone();
-                // Pairing work off the async threads.
-                match tokio::task::spawn_blocking(move || {
-                    service.open(&identity, generation, &capsule, peer)
-                })
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Response::Error(Status::Internal, "worker failed".into()),
-                }
+                off_thread(move || service.open(&identity, generation, &capsule, peer)).await
             }
             Ok(Request::Sign {
                 generation,
@@ -159,14 +158,7 @@ async fn handle_connection(
                 message,
             }) => {
                 let service = service.clone();
-                match tokio::task::spawn_blocking(move || {
-                    service.sign(&identity, generation, &message, peer)
-                })
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Response::Error(Status::Internal, "worker failed".into()),
-                }
+                off_thread(move || service.sign(&identity, generation, &message, peer)).await
             }
             Err(e) => {
                 let status = match e {

@@ -612,19 +612,31 @@ impl Store {
         entry.params.as_ref().ok_or(StoreError::Retired(generation))
     }
 
-    /// Derives the user key of `identity` for `generation`.
-    pub fn extract(
+    /// The master key that derives `identity`'s keys at `generation`:
+    /// only for identities of this store's domain.
+    fn master_key_for(
         &self,
         identity: &Identity,
         generation: Generation,
-    ) -> Result<UserKey, StoreError> {
+    ) -> Result<&MasterKey, StoreError> {
         if identity.domain() != self.domain {
             return Err(StoreError::WrongDomain {
                 identity: identity.to_string(),
                 domain: self.domain.clone(),
             });
         }
-        Ok(self.master_key(generation)?.extract(identity, generation))
+        self.master_key(generation)
+    }
+
+    /// Derives the user key of `identity` for `generation`.
+    pub fn extract(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Result<UserKey, StoreError> {
+        Ok(self
+            .master_key_for(identity, generation)?
+            .extract(identity, generation))
     }
 
     /// Derives the signing key of `identity` for `generation`.
@@ -633,14 +645,8 @@ impl Store {
         identity: &Identity,
         generation: Generation,
     ) -> Result<SigningKey, StoreError> {
-        if identity.domain() != self.domain {
-            return Err(StoreError::WrongDomain {
-                identity: identity.to_string(),
-                domain: self.domain.clone(),
-            });
-        }
         Ok(self
-            .master_key(generation)?
+            .master_key_for(identity, generation)?
             .extract_signing(identity, generation))
     }
 
