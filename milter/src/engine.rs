@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::config::{Config, EncryptPolicy, FailureAction, KeySource, SignaturePolicy};
 use crate::metrics::Metrics;
 use crate::reinject;
-use crate::signing::{SigResult, combine, is_signature_field};
+use crate::signing::{SigResult, Signer, combine, is_signature_field};
 
 /// Where a message came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,7 +427,16 @@ impl Engine {
         // Who signs (inside): the sealed copy gets a signature marked for
         // sealing (e=1), the re-injected copy and plaintext mail one
         // without, so a sealed copy decrypted on the way fails.
-        let signer = self.signer(message, origin, &raw);
+        let signer = match self.signer(message, origin, &raw) {
+            None => None,
+            Some(identity) => match self.signing_generation(&identity).await {
+                Ok(generation) => Some(Signer {
+                    identity,
+                    generation,
+                }),
+                Err(e) => return Verdict::tempfail(format!("signing as {identity} failed: {e}")),
+            },
+        };
         let now = now();
         let mut sealed_for: Vec<IbeRecipient> = Vec::new();
         let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
@@ -469,14 +478,17 @@ impl Engine {
         if sealed_for.is_empty() {
             let actions = match &signer {
                 None => Vec::new(),
-                Some(identity) => match self.sign(identity, &raw, false).await {
+                Some(signer) => match self.sign(signer, &raw, false).await {
                     Ok(value) => vec![Action::InsertHeader {
                         index: 0,
                         name: SIGNATURE_FIELD.into(),
                         value: milter_value(value.as_bytes()),
                     }],
                     Err(e) => {
-                        return Verdict::tempfail(format!("signing as {identity} failed: {e}"));
+                        return Verdict::tempfail(format!(
+                            "signing as {} failed: {e}",
+                            signer.identity
+                        ));
                     }
                 },
             };
@@ -510,7 +522,7 @@ impl Engine {
         // Then sign the outside, so that re-encrypting is detected.
         let outer_signature = match &signer {
             None => None,
-            Some(identity) => match self.sign(identity, &sealed.to_bytes(), false).await {
+            Some(signer) => match self.sign(signer, &sealed.to_bytes(), false).await {
                 Ok(value) => Some(value),
                 Err(e) => {
                     return Verdict::tempfail(format!("signing the sealed message failed: {e}"));
@@ -757,17 +769,16 @@ impl Engine {
     /// `IBE-Signature` on top (`sealed`: made for the sealed copy).
     async fn signed_copy(
         &self,
-        signer: Option<&Identity>,
+        signer: Option<&Signer>,
         raw: &Arc<Vec<u8>>,
         sealed: bool,
     ) -> Result<Arc<Vec<u8>>, Verdict> {
-        let Some(identity) = signer else {
+        let Some(signer) = signer else {
             return Ok(raw.clone());
         };
-        let value = self
-            .sign(identity, raw, sealed)
-            .await
-            .map_err(|e| Verdict::tempfail(format!("signing as {identity} failed: {e}")))?;
+        let value = self.sign(signer, raw, sealed).await.map_err(|e| {
+            Verdict::tempfail(format!("signing as {} failed: {e}", signer.identity))
+        })?;
         let mut signed = Vec::with_capacity(raw.len() + value.len() + SIGNATURE_FIELD_LEN + 3);
         signed.extend_from_slice(SIGNATURE_FIELD.as_bytes());
         signed.push(b':');

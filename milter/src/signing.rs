@@ -18,6 +18,15 @@ use tracing::info;
 use crate::config::SignPolicy;
 use crate::engine::{Engine, Keys, Message, Origin, envelope_address};
 
+/// Who signs one outbound message, and with which generation.
+#[derive(Clone, Debug)]
+pub(crate) struct Signer {
+    /// The sender's address (its From).
+    pub(crate) identity: Identity,
+    /// The active generation of its domain when the message was taken.
+    pub(crate) generation: Generation,
+}
+
 /// The result of verifying a message's signatures (RFC 8601 result words).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SigResult {
@@ -143,16 +152,13 @@ impl Engine {
         Some(from)
     }
 
-    /// Signs `message` as `identity`: the complete `IBE-Signature` field
-    /// value (leading space, CRLF folding). `sealed`: the message is sealed
-    /// right after (`e=1`).
-    pub(crate) async fn sign(
+    /// The generation `identity` signs with: its domain's active one, asked
+    /// of the KGC once per message (the daemon: one HELLO).
+    pub(crate) async fn signing_generation(
         &self,
         identity: &Identity,
-        message: &[u8],
-        sealed: bool,
-    ) -> Result<String, SignError> {
-        let generation = match &self.keys {
+    ) -> Result<Generation, SignError> {
+        match &self.keys {
             Keys::None => return Err(SignError::Refused("no KGC configured".into())),
             Keys::InProcess(service) => service.active_generation(identity),
             Keys::Daemon(client) => client
@@ -163,9 +169,23 @@ impl Engine {
                 .find(|(domain, _)| domain == identity.domain())
                 .map(|(_, n)| n),
         }
-        .ok_or_else(|| {
-            SignError::Refused(format!("the KGC has no key for {}", identity.domain()))
-        })?;
+        .ok_or_else(|| SignError::Refused(format!("the KGC has no key for {}", identity.domain())))
+    }
+
+    /// Signs `message` as the signer: the complete `IBE-Signature` field
+    /// value (leading space, CRLF folding). `sealed`: the message is sealed
+    /// right after (`e=1`).
+    pub(crate) async fn sign(
+        &self,
+        signer: &Signer,
+        message: &[u8],
+        sealed: bool,
+    ) -> Result<String, SignError> {
+        let Signer {
+            identity,
+            generation,
+        } = signer;
+        let generation = *generation;
         let unsigned = if sealed {
             Unsigned::new_sealed(message, identity, generation)
         } else {
@@ -237,52 +257,49 @@ pub async fn verify_signatures(
             Ok(parsed) if parsed.sealed && !arrived_sealed => {
                 SigResult::Fail("signed to travel encrypted, but arrived decrypted".into())
             }
-            Ok(parsed) if parsed.check_signer(message).is_err() => SigResult::Fail(
-                parsed
-                    .check_signer(message)
-                    .err()
-                    .map_or_else(String::new, |e| e.to_string()),
-            ),
-            Ok(parsed) => {
-                let domain = parsed.identity.domain().to_string();
-                let found = discovery.lookup(&domain, policy(&domain), now).await;
-                on_lookup(&found);
-                match found.outcome {
-                    Outcome::Parameters { published, .. } => {
-                        match published
-                            .generation(parsed.generation)
-                            .and_then(|r| r.signing)
-                        {
-                            None => SigResult::PermError(
-                                SignatureError::NoParameters(parsed.generation).to_string(),
-                            ),
-                            Some(params) => {
-                                let check = parsed.clone();
-                                let bytes = message.to_vec();
-                                match tokio::task::spawn_blocking(move || {
-                                    check.verify(&bytes, &params)
-                                })
-                                .await
-                                {
-                                    Ok(Ok(())) => SigResult::Pass {
-                                        identity: parsed.identity.to_string(),
-                                        generation: parsed.generation,
-                                    },
-                                    Ok(Err(e)) => SigResult::Fail(e.to_string()),
-                                    Err(e) => {
-                                        SigResult::TempError(format!("verification task: {e}"))
+            Ok(parsed) => match parsed.check_signer(message) {
+                Err(e) => SigResult::Fail(e.to_string()),
+                Ok(()) => {
+                    let domain = parsed.identity.domain().to_string();
+                    let found = discovery.lookup(&domain, policy(&domain), now).await;
+                    on_lookup(&found);
+                    match found.outcome {
+                        Outcome::Parameters { published, .. } => {
+                            match published
+                                .generation(parsed.generation)
+                                .and_then(|r| r.signing)
+                            {
+                                None => SigResult::PermError(
+                                    SignatureError::NoParameters(parsed.generation).to_string(),
+                                ),
+                                Some(params) => {
+                                    let check = parsed.clone();
+                                    let bytes = message.to_vec();
+                                    match tokio::task::spawn_blocking(move || {
+                                        check.verify(&bytes, &params)
+                                    })
+                                    .await
+                                    {
+                                        Ok(Ok(())) => SigResult::Pass {
+                                            identity: parsed.identity.to_string(),
+                                            generation: parsed.generation,
+                                        },
+                                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
+                                        Err(e) => {
+                                            SigResult::TempError(format!("verification task: {e}"))
+                                        }
                                     }
                                 }
                             }
                         }
+                        Outcome::NotIbe(_) => SigResult::PermError(format!(
+                            "{domain} publishes no ibemail parameters"
+                        )),
+                        Outcome::Temporary(reason) => SigResult::TempError(reason),
+                        Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
                     }
-                    Outcome::NotIbe(_) => {
-                        SigResult::PermError(format!("{domain} publishes no ibemail parameters"))
-                    }
-                    Outcome::Temporary(reason) => SigResult::TempError(reason),
-                    Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
                 }
-            }
+            },
         };
         result = match (result, outcome) {
             (_, pass @ SigResult::Pass { .. }) => return pass,
