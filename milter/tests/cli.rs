@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -452,14 +454,8 @@ fn verify_checks_a_signature_against_the_signers_dns() {
         "--trust-anchor".to_string(),
         knot.trust_anchor_file().to_str().unwrap().to_string(),
     ];
-    let bob = ibemail_ibe::Identity::parse("bob@b.test").unwrap();
     let message = b"From: Bob <bob@b.test>\r\nTo: alice@a.test\r\nSubject: hi\r\n\r\nHello.\r\n";
-    let unsigned = ibemail_message::signature::Unsigned::new(message, &bob, 1);
-    let signature = b
-        .extract_signing(&bob, 1)
-        .unwrap()
-        .sign(unsigned.digest(), &mut OsRng);
-    let signed = unsigned.prepend(message, &signature);
+    let signed = common::signed_by(&b, "bob@b.test", message);
 
     let (code, out) = verify(&args, &signed);
     assert_eq!(code, 0, "{out}");

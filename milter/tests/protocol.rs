@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::signed_by;
 use ibemail_kgc::store::Store;
 use ibemail_milter::config::Config;
 use ibemail_milter::engine::{Engine, Kind};
@@ -610,14 +613,8 @@ async fn only_own_addresses_are_signed_and_a_forged_from_fails() {
     // Bob's valid signature on a message From Alice (made with his own key,
     // as a rogue user of a.test could) fails at b.test.
     let a_store = Store::open(&world.a_dir).unwrap();
-    let bob = ibemail_ibe::Identity::parse("bob@a.test").unwrap();
     let plain = to_message(&mail.headers, &mail.body);
-    let unsigned = ibemail_message::signature::Unsigned::new(&plain, &bob, 1);
-    let signature = a_store
-        .extract_signing(&bob, 1)
-        .unwrap()
-        .sign(unsigned.digest(), &mut OsRng);
-    let (headers, body) = from_message(&unsigned.prepend(&plain, &signature));
+    let (headers, body) = from_message(&signed_by(&a_store, "bob@a.test", &plain));
     let receiver = Milter::start(&world.receiver_config("")).await;
     let (results, held, _, _) = receive(&receiver, headers, body).await;
     assert!(
@@ -634,14 +631,8 @@ async fn a_signature_that_cannot_be_checked_now_is_deferred_only_when_required()
     // x@d.test signs with a valid key, but d.test's DNS is broken (SERVFAIL).
     let tmp = tempfile::tempdir().unwrap();
     let d = Store::setup(&tmp.path().join("d"), "d.test", now(), &mut OsRng).unwrap();
-    let x = ibemail_ibe::Identity::parse("x@d.test").unwrap();
     let plain = b"From: x@d.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nhello\r\n";
-    let unsigned = ibemail_message::signature::Unsigned::new(plain, &x, 1);
-    let signature = d
-        .extract_signing(&x, 1)
-        .unwrap()
-        .sign(unsigned.digest(), &mut OsRng);
-    let (headers, body) = from_message(&unsigned.prepend(plain, &signature));
+    let (headers, body) = from_message(&signed_by(&d, "x@d.test", plain));
 
     let reporting = Milter::start(&world.receiver_config("")).await;
     let (results, held, _, _) = receive(&reporting, headers.clone(), body.clone()).await;
