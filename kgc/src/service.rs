@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature, SigningKey, UserKey};
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature, SigningKey};
 use lru::LruCache;
 use rand_core::OsRng;
 use tracing::{info, warn};
@@ -27,7 +27,6 @@ pub struct Peer {
 pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
-    cache: Mutex<KeyCache<UserKey>>,
     signing_cache: Mutex<KeyCache<SigningKey>>,
 }
 
@@ -54,15 +53,14 @@ impl std::fmt::Debug for KeyService {
 }
 
 impl KeyService {
-    /// Loads the stores in `dirs`; `cache_size` user keys are kept derived.
+    /// Loads the stores in `dirs`; `cache_size` signing keys are kept
+    /// derived. (Opening needs no derived key: the master key opens a
+    /// capsule directly, for less than extracting the user key would cost.)
     pub fn load(dirs: &[PathBuf], cache_size: usize) -> Result<Self, StoreError> {
         let stores = Self::open_all(dirs)?;
         Ok(KeyService {
             dirs: dirs.to_vec(),
             stores: RwLock::new(stores),
-            cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
-            )),
             signing_cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -78,7 +76,6 @@ impl KeyService {
     pub fn reload(&self) -> Result<(), StoreError> {
         let stores = Self::open_all(&self.dirs)?;
         *self.stores.write().unwrap_or_else(|e| e.into_inner()) = stores;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.signing_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -200,53 +197,44 @@ impl KeyService {
         capsule: &[u8],
         peer: Peer,
     ) -> Response {
-        let response = self.open_inner(identity, generation, capsule);
+        let response = match Capsule::from_bytes(capsule) {
+            Ok(capsule) => self.open_inner(identity, generation, &capsule),
+            Err(_) => Response::Error(Status::Rejected, "invalid capsule".into()),
+        };
         audit("open", identity, generation, &response, peer);
         response
     }
 
-    fn open_inner(&self, identity: &str, generation: Generation, capsule: &[u8]) -> Response {
+    fn open_inner(&self, identity: &str, generation: Generation, capsule: &Capsule) -> Response {
         let (identity, store) = match self.resolve(identity) {
             Ok(found) => found,
             Err((status, reason)) => return Response::Error(status, reason),
         };
-        let capsule = match Capsule::from_bytes(capsule) {
-            Ok(c) => c,
-            Err(_) => return Response::Error(Status::Rejected, "invalid capsule".into()),
-        };
-        let key = match Self::cached(&self.cache, &identity, generation, || {
-            store.extract(&identity, generation)
-        }) {
-            Ok(key) => key,
-            Err(e) => return store_error(e),
-        };
-        let params = match store.params(generation) {
-            Ok(p) => p,
-            Err(e) => return Response::Error(Status::Internal, e.to_string()),
-        };
-        match key.decapsulate(params, &capsule) {
-            Ok(secret) => Response::Opened(*secret.as_bytes()),
-            Err(_) => Response::Error(Status::Rejected, "capsule rejected".into()),
+        match store.decapsulate(&identity, generation, capsule) {
+            Ok(Ok(secret)) => Response::Opened(*secret.as_bytes()),
+            Ok(Err(_)) => Response::Error(Status::Rejected, "capsule rejected".into()),
+            Err(e) => store_error(e),
         }
     }
 
-    /// In-process convenience: the same as [`KeyService::open`], as the
-    /// message crate's opener expects.
+    /// In-process convenience: the same as [`KeyService::open`] (audit log
+    /// included) for an already decoded capsule, as the message crate's
+    /// opener passes it.
     pub fn open_capsule(
         &self,
         identity: &Identity,
         generation: Generation,
         capsule: &Capsule,
     ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
-        response_to_secret(
-            self.open(
-                identity.as_str(),
-                generation,
-                &capsule.to_bytes(),
-                Peer::default(),
-            ),
+        let response = self.open_inner(identity.as_str(), generation, capsule);
+        audit(
+            "open",
+            identity.as_str(),
             generation,
-        )
+            &response,
+            Peer::default(),
+        );
+        response_to_secret(response, generation)
     }
 }
 

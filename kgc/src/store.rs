@@ -657,8 +657,8 @@ impl Store {
         generation: Generation,
         capsule: &Capsule,
     ) -> Result<Result<SharedSecret, DecapsulationError>, StoreError> {
-        let key = self.extract(identity, generation)?;
-        Ok(key.decapsulate(self.params(generation)?, capsule))
+        let master = self.master_key_for(identity, generation)?;
+        Ok(master.decapsulate(self.params(generation)?, identity, generation, capsule))
     }
 
     /// Rotates: the active generation becomes retiring for `overlap_secs`,

@@ -11,12 +11,14 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use blstrs::{G1Projective, G2Projective, pairing};
-use group::{Curve, Group};
+use blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared, G2Projective, Scalar, pairing};
+use ff::Field;
+use group::{Curve, Group, prime::PrimeCurveAffine};
 use ibe::Derive;
 use ibe::kem::IBKEM;
 use ibe::kem::cgw_kv::CGWKV;
 use ibemail_ibe::{Identity, MasterKey, encapsulate};
+use pairing::{MillerLoopResult, MultiMillerLoop};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -72,6 +74,45 @@ fn main() {
     let t_pairing = measure("BLS12-381 pairing (blstrs)", budget, || {
         black_box(pairing(black_box(&p), black_box(&q)));
     });
+
+    // Building blocks of the pairing and of the KEM, to see where time goes.
+    let g2 = G2Prepared::from(G2Affine::generator());
+    let t_miller = measure("  Miller loop", budget, || {
+        black_box(Bls12::multi_miller_loop(&[(
+            black_box(&p),
+            &G2Prepared::from(q),
+        )]));
+    });
+    let t_miller_fixed = measure("  Miller loop, g2 lines precomputed", budget, || {
+        black_box(Bls12::multi_miller_loop(&[(black_box(&p), &g2)]));
+    });
+    let ml = Bls12::multi_miller_loop(&[(&p, &g2)]);
+    let t_final = measure("  final exponentiation", budget, || {
+        black_box(black_box(&ml).final_exponentiation());
+    });
+    let compressed = p.to_compressed();
+    let t_decompress = measure("  G1 decompress + subgroup check", budget, || {
+        black_box(G1Affine::from_compressed(black_box(&compressed)).unwrap());
+    });
+    let t_decompress_unchecked = measure("  G1 decompress (on curve only)", budget, || {
+        black_box(G1Affine::from_compressed_unchecked(black_box(&compressed)).unwrap());
+    });
+    let k = Scalar::random(&mut rng);
+    let t_g1_mul = measure("  G1 variable-base multiplication", budget, || {
+        black_box(G1Projective::from(black_box(p)) * black_box(k));
+    });
+    let t_gt_exp = measure("  v^s, fixed-base table (+ encoding)", budget, || {
+        black_box(ibemail_ibe::hazmat::pairing_value(black_box(&k)));
+    });
+    let _ = (
+        t_miller,
+        t_miller_fixed,
+        t_final,
+        t_decompress,
+        t_decompress_unchecked,
+        t_g1_mul,
+        t_gt_exp,
+    );
 
     let master = MasterKey::generate(&mut rng);
     let params = master.public_params();

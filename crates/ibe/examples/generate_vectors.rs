@@ -181,9 +181,19 @@ fn main() {
         &dir,
         "capsule_c1_wrong_subgroup",
         "capsule",
-        "not_in_subgroup",
-        "C1 is on the curve but not in G1 (small cofactor component)",
+        "rejected",
+        "C1 is on the curve but not in G1 (small cofactor component): decoding defers C1's \
+         subgroup check, the FO re-encryption check must reject",
         &with_c1(&g1_outside_subgroup()),
+        &format!("{context}{params_hex}"),
+    );
+    fail(
+        &dir,
+        "capsule_c2_wrong_subgroup",
+        "capsule",
+        "not_in_subgroup",
+        "C2 is on the curve but not in G1 (small cofactor component)",
+        &with_c2(&g1_outside_subgroup()),
         "",
     );
     fail(

@@ -38,6 +38,12 @@ fn round_trip_for_many_random_identities() {
             let (capsule, secret) = encapsulate(&params, &identity, generation, &mut rng).unwrap();
             let key = master.extract(&identity, generation);
             assert_eq!(key.decapsulate(&params, &capsule).unwrap(), secret);
+            assert_eq!(
+                master
+                    .decapsulate(&params, &identity, generation, &capsule)
+                    .unwrap(),
+                secret
+            );
         }
     }
 }
@@ -105,7 +111,14 @@ fn wrong_identity_generation_domain_or_params_are_rejected() {
             Err(DecapsulationError::Rejected),
             "{key:?}"
         );
+        // The KGC's master-key path rejects the same (identity, generation).
+        assert_eq!(
+            master.decapsulate(&params, key.identity(), key.generation(), &capsule),
+            Err(DecapsulationError::Rejected),
+            "{key:?}"
+        );
     }
+    assert!(master.decapsulate(&params, &alice, 7, &capsule).is_ok());
 
     // The right key with another domain's parameters.
     let other = MasterKey::generate(&mut rng);
@@ -117,6 +130,14 @@ fn wrong_identity_generation_domain_or_params_are_rejected() {
     // Another KGC's key for the same identity.
     assert_eq!(
         other.extract(&alice, 7).decapsulate(&params, &capsule),
+        Err(DecapsulationError::Rejected)
+    );
+    assert_eq!(
+        other.decapsulate(&other.public_params(), &alice, 7, &capsule),
+        Err(DecapsulationError::Rejected)
+    );
+    assert_eq!(
+        master.decapsulate(&other.public_params(), &alice, 7, &capsule),
         Err(DecapsulationError::Rejected)
     );
 }
@@ -150,6 +171,11 @@ fn every_single_bit_flip_of_a_capsule_is_rejected() {
                         "bit {bit} flipped was accepted"
                     );
                 }
+                assert_eq!(
+                    master.decapsulate(&params, &alice, 1, &modified),
+                    Err(DecapsulationError::Rejected),
+                    "bit {bit} flipped was accepted by the master-key path"
+                );
             }
         }
     }
@@ -157,6 +183,78 @@ fn every_single_bit_flip_of_a_capsule_is_rejected() {
     // Sanity: the 256 bits of c3 always decode, so FO caught those.
     assert!(decode_failures <= 2 * 48 * 8);
     assert_eq!(key.decapsulate(&params, &capsule).unwrap(), secret);
+    assert_eq!(
+        master.decapsulate(&params, &alice, 1, &capsule).unwrap(),
+        secret
+    );
+}
+
+/// A compressed G1 encoding of a curve point outside G1.
+fn g1_outside_subgroup() -> [u8; 48] {
+    (1u64..)
+        .find_map(|x| {
+            let mut bytes = [0u8; 48];
+            bytes[40..].copy_from_slice(&x.to_be_bytes());
+            bytes[0] |= 0x80;
+            let p = Option::<blstrs::G1Affine>::from(blstrs::G1Affine::from_compressed_unchecked(
+                &bytes,
+            ))?;
+            (!bool::from(p.is_torsion_free())).then_some(bytes)
+        })
+        .unwrap()
+}
+
+#[test]
+fn small_order_components_are_refused_by_decoding_or_decapsulation() {
+    let mut rng = rng(16);
+    let master = MasterKey::generate(&mut rng);
+    let params = master.public_params();
+    let alice = id("alice@b.test");
+    let key = master.extract(&alice, 1);
+    let (capsule, _) = encapsulate(&params, &alice, 1, &mut rng).unwrap();
+    let bytes = capsule.to_bytes();
+    let outside = g1_outside_subgroup();
+
+    // C2 meets a secret scalar in both paths, so decoding refuses it.
+    let mut with_c2 = bytes;
+    with_c2[48..96].copy_from_slice(&outside);
+    assert!(matches!(
+        Capsule::from_bytes(&with_c2),
+        Err(DecodeError::NotInSubgroup { .. })
+    ));
+
+    // C1 decodes (its check is deferred) and every decapsulation rejects it.
+    let mut with_c1 = bytes;
+    with_c1[..48].copy_from_slice(&outside);
+    let modified = Capsule::from_bytes(&with_c1).unwrap();
+    assert_eq!(
+        key.decapsulate(&params, &modified),
+        Err(DecapsulationError::Rejected)
+    );
+    assert_eq!(
+        master.decapsulate(&params, &alice, 1, &modified),
+        Err(DecapsulationError::Rejected)
+    );
+    // So does the honest C1 plus a small-order point: T = q·P for a curve
+    // point P outside G1 (q the group order, as (q - 1)·P + P).
+    let p =
+        blstrs::G1Projective::from(blstrs::G1Affine::from_compressed_unchecked(&outside).unwrap());
+    let torsion = p * -blstrs::Scalar::from(1u64) + p;
+    assert!(!bool::from(group::Group::is_identity(&torsion)), "sanity");
+    let honest = blstrs::G1Affine::from_compressed(&bytes[..48].try_into().unwrap()).unwrap();
+    let shifted = group::Curve::to_affine(&(blstrs::G1Projective::from(honest) + torsion));
+    let mut with_torsion = bytes;
+    with_torsion[..48].copy_from_slice(&shifted.to_compressed());
+    let modified = Capsule::from_bytes(&with_torsion).unwrap();
+    assert_eq!(
+        key.decapsulate(&params, &modified),
+        Err(DecapsulationError::Rejected)
+    );
+    assert_eq!(
+        master.decapsulate(&params, &alice, 1, &modified),
+        Err(DecapsulationError::Rejected)
+    );
+    assert!(master.decapsulate(&params, &alice, 1, &capsule).is_ok());
 }
 
 #[test]

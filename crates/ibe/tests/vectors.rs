@@ -133,6 +133,13 @@ fn run_kat(v: &Vector) -> Result<(), Failed> {
         "decapsulated secret",
         &v.bytes("shared_secret")?,
         key.decapsulate(&params, &capsule)?.as_bytes(),
+    )?;
+    check(
+        "secret decapsulated with the master key",
+        &v.bytes("shared_secret")?,
+        master
+            .decapsulate(&params, key.identity(), generation, &capsule)?
+            .as_bytes(),
     )
 }
 
@@ -158,8 +165,18 @@ fn run_fail(v: &Vector) -> Result<(), Failed> {
             Ok(capsule) => {
                 let master = MasterKey::from_bytes(&v.bytes("master_key")?)?;
                 let params = PublicParams::from_components(&v.bytes("X")?, &v.bytes("Y")?)?;
-                let key = master.extract(&v.identity()?, v.generation()?);
-                match key.decapsulate(&params, &capsule) {
+                let (identity, generation) = (v.identity()?, v.generation()?);
+                let key = master.extract(&identity, generation);
+                let by_user_key = key.decapsulate(&params, &capsule);
+                // The KGC's master-key path must agree on every capsule.
+                let by_master = master.decapsulate(&params, &identity, generation, &capsule);
+                if by_user_key != by_master {
+                    return Err(format!(
+                        "user-key path {by_user_key:?} but master-key path {by_master:?}"
+                    )
+                    .into());
+                }
+                match by_user_key {
                     Err(DecapsulationError::Rejected) => Err("rejected".into()),
                     Err(other) => Err(format!("{other:?}")),
                     Ok(_) => Ok(()),
