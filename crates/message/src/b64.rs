@@ -9,7 +9,7 @@ pub(crate) const LINE_BYTES: usize = 57;
 const LINE_CHARS: usize = 76;
 /// A line with its CRLF.
 const LINE_OUT: usize = LINE_CHARS + 2;
-/// Lines encoded per step into the staging block (about 5 KB, in L1).
+/// Lines encoded per SIMD run into the staging buffer (about 5 KB, in L1).
 const BLOCK_LINES: usize = 64;
 
 /// Length of the wrapped base64 text of `len` bytes.
@@ -23,82 +23,105 @@ pub(crate) fn wrapped_len(len: usize) -> usize {
         }
 }
 
-/// Encodes a byte stream, written in pieces of any size, as base64 lines.
-/// The output is the same as encoding the concatenation of the pieces at once.
+/// Encodes a byte stream, written in pieces of any size, as base64 lines
+/// into slices the caller provides. The text is the same as encoding the
+/// concatenation of the pieces at once.
+///
+/// The caller owns the output buffer and says where each piece goes, which
+/// lets sealing encode ciphertext that lies further on in the very buffer
+/// being written (see `seal::seal_body`). Whole lines are written as soon as
+/// their 57 input bytes are in; the start of a shorter line waits here.
 pub(crate) struct LineEncoder {
-    out: Vec<u8>,
     /// The start of a line still short of 57 bytes.
     pending: [u8; LINE_BYTES],
     pending_len: usize,
-    /// Whole lines with their CRLFs, encoded here then appended to `out` at once.
-    block: Vec<u8>,
     /// The characters of up to `BLOCK_LINES` lines, before wrapping.
     staging: Vec<u8>,
 }
 
 impl LineEncoder {
-    /// An encoder whose output will be `expected_len` bytes (of input);
-    /// the output is allocated once at its exact size.
-    pub(crate) fn new(expected_len: usize) -> Self {
-        let mut block = vec![0u8; BLOCK_LINES * LINE_OUT];
-        for line in block.chunks_exact_mut(LINE_OUT) {
-            line[LINE_CHARS..].copy_from_slice(b"\r\n");
-        }
+    pub(crate) fn new() -> Self {
         LineEncoder {
-            out: Vec::with_capacity(wrapped_len(expected_len)),
             pending: [0; LINE_BYTES],
             pending_len: 0,
-            block,
             staging: vec![0u8; BLOCK_LINES * LINE_CHARS],
         }
     }
 
-    pub(crate) fn write(&mut self, mut data: &[u8]) {
+    /// The most input [`LineEncoder::write`] can take without writing more
+    /// than `room` bytes.
+    pub(crate) fn input_fitting(&self, room: usize) -> usize {
+        (room / LINE_OUT * LINE_BYTES).saturating_sub(self.pending_len)
+    }
+
+    /// Encodes `data` into the start of `dst` and returns how many bytes it
+    /// wrote: one full line (78 bytes) per 57 bytes completed, so at most
+    /// `(pending + data.len()) / 57 * 78`. Panics if `dst` is shorter; see
+    /// [`LineEncoder::input_fitting`].
+    pub(crate) fn write(&mut self, dst: &mut [u8], mut data: &[u8]) -> usize {
+        let mut written = 0;
         if self.pending_len > 0 {
             let take = (LINE_BYTES - self.pending_len).min(data.len());
             self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
             self.pending_len += take;
             data = &data[take..];
             if self.pending_len < LINE_BYTES {
-                return;
+                return 0;
             }
             let line = self.pending;
-            self.whole_lines(&line);
+            written = self.whole_lines(dst, &line);
             self.pending_len = 0;
         }
         let whole = data.len() / LINE_BYTES * LINE_BYTES;
-        self.whole_lines(&data[..whole]);
+        written += self.whole_lines(&mut dst[written..], &data[..whole]);
         let rest = &data[whole..];
         self.pending[..rest.len()].copy_from_slice(rest);
         self.pending_len = rest.len();
+        written
     }
 
-    /// Encodes `data`, a multiple of 57 bytes, as full lines.
-    fn whole_lines(&mut self, data: &[u8]) {
+    /// Encodes `data`, a multiple of 57 bytes, as full lines into `dst`.
+    fn whole_lines(&mut self, dst: &mut [u8], data: &[u8]) -> usize {
+        let mut written = 0;
         for group in data.chunks(LINE_BYTES * BLOCK_LINES) {
-            let lines = group.len() / LINE_BYTES;
             // One SIMD run over the whole group (per line, the short tail of
             // each 57 bytes went through the scalar code), then each line's
             // 76 characters into place before its CRLF.
             let text = STANDARD.encode(group, self.staging.as_mut_slice().as_out());
-            for (line, out) in text
-                .chunks_exact(LINE_CHARS)
-                .zip(self.block.chunks_exact_mut(LINE_OUT))
-            {
+            for line in text.chunks_exact(LINE_CHARS) {
+                let out = &mut dst[written..written + LINE_OUT];
                 out[..LINE_CHARS].copy_from_slice(line);
+                out[LINE_CHARS..].copy_from_slice(b"\r\n");
+                written += LINE_OUT;
             }
-            self.out.extend_from_slice(&self.block[..lines * LINE_OUT]);
         }
+        written
     }
 
-    /// The text: the last, shorter line (padded) ends in CRLF too.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        if self.pending_len > 0 {
-            STANDARD.encode_append(&self.pending[..self.pending_len], &mut self.out);
-            self.out.extend_from_slice(b"\r\n");
+    /// Writes the last, shorter line (padded, ending in CRLF too) into
+    /// `dst` and returns its length (at most 78).
+    pub(crate) fn finish(self, dst: &mut [u8]) -> usize {
+        if self.pending_len == 0 {
+            return 0;
         }
-        self.out
+        let n = STANDARD
+            .encode(&self.pending[..self.pending_len], dst.as_out())
+            .len();
+        dst[n..n + 2].copy_from_slice(b"\r\n");
+        n + 2
     }
+}
+
+/// Base64 of `data` in 76-character lines ending in CRLF (RFC 2045 §6.8),
+/// allocated once at its exact size.
+#[cfg(test)]
+pub(crate) fn encode_wrapped(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; wrapped_len(data.len())];
+    let mut encoder = LineEncoder::new();
+    let n = encoder.write(&mut out, data);
+    let n = n + encoder.finish(&mut out[n..]);
+    debug_assert_eq!(n, out.len());
+    out
 }
 
 /// Decodes base64 laid out as the encoder writes it — lines of 76
@@ -175,14 +198,21 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 300) as u8).collect();
             let expected = reference(&data);
             assert_eq!(wrapped_len(len), expected.len(), "len {len}");
+            assert!(encode_wrapped(&data) == expected, "len {len}");
             for piece in [1usize, 2, 56, 57, 58, 1000, 3648, 5000, len.max(1)] {
-                let mut enc = LineEncoder::new(len);
+                let mut enc = LineEncoder::new();
+                let mut out = vec![0u8; expected.len()];
+                let mut at = 0;
                 for p in data.chunks(piece) {
-                    enc.write(p);
+                    // Never more than the documented bound.
+                    let bound = (enc.pending_len + p.len()) / LINE_BYTES * LINE_OUT;
+                    let n = enc.write(&mut out[at..], p);
+                    assert!(n <= bound, "len {len}, piece {piece}");
+                    at += n;
                 }
-                let out = enc.finish();
+                at += enc.finish(&mut out[at..]);
+                assert_eq!(at, expected.len(), "len {len}, piece {piece}");
                 assert!(out == expected, "len {len}, piece {piece}");
-                assert_eq!(out.capacity(), expected.len(), "allocated once");
             }
         }
     }

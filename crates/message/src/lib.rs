@@ -59,7 +59,6 @@ mod b64;
 pub mod cms;
 mod error;
 mod frame;
-mod gcm;
 pub mod header;
 mod open;
 mod seal;

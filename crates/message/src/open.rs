@@ -8,8 +8,7 @@
 //! [`Envelope::unwrap_key`] and [`Envelope::decrypt`] finish. [`open`] does
 //! all of it with a closure.
 
-use aes_gcm::aead::KeyInit;
-use aes_kw::KwAes256;
+use aes_kw::{KeyInit, KwAes256};
 use cms::content_info::CmsVersion;
 use cms::enveloped_data::RecipientIdentifier;
 use der::Decode;
@@ -478,12 +477,56 @@ impl Envelope {
         } = self;
         // Decrypted straight to the front of the buffer (no final memmove);
         // on failure the buffer is wiped: never hand back unauthenticated bytes.
-        if !crate::gcm::decrypt_to_front(&cek.0, &nonce, &mut der, (start, end), &mac) {
+        if !decrypt_to_front(&cek.0, &nonce, &mut der, (start, end), &mac) {
             return Err(OpenError::AuthenticationFailed(
                 "content does not authenticate",
             ));
         }
         Ok(der)
+    }
+}
+
+/// Decrypts `buf[start..end]` and moves the plaintext to the front, so that
+/// `buf` becomes exactly the plaintext. Returns false — with `buf` zeroed,
+/// never unauthenticated plaintext — if the tag does not verify.
+///
+/// This is `ring`'s AES-256-GCM (stitched AES-NI/CLMUL assembly, about twice
+/// the speed of [`Gcm`]), which can open in one call because the whole
+/// ciphertext is in memory already. `ring` wants the tag right after the
+/// ciphertext; the DER that follows the ciphertext has been parsed already,
+/// so the tag is copied over it.
+pub(crate) fn decrypt_to_front(
+    key: &[u8; CEK_BYTES],
+    nonce: &[u8; NONCE_BYTES],
+    buf: &mut Vec<u8>,
+    (start, end): (usize, usize),
+    tag: &[u8; TAG_BYTES],
+) -> bool {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+    let mut open = || {
+        let tag_end = end.checked_add(TAG_BYTES).filter(|_| start <= end)?;
+        if buf.len() < tag_end {
+            buf.resize(tag_end, 0);
+        }
+        buf[end..tag_end].copy_from_slice(tag);
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
+        let nonce = Nonce::assume_unique_for_key(*nonce);
+        key.open_within(nonce, Aad::empty(), &mut buf[..tag_end], start..)
+            .ok()
+            .map(|plain| plain.len())
+    };
+    match open() {
+        Some(len) => {
+            buf.truncate(len);
+            true
+        }
+        None => {
+            // Volatile wipe: an ordinary one may be elided when the caller
+            // frees the buffer right after.
+            zeroize::Zeroize::zeroize(buf.as_mut_slice());
+            false
+        }
     }
 }
 
@@ -572,12 +615,53 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ring` opens what an independent implementation (`aes-gcm`) sealed,
+    /// wherever the ciphertext sits in the buffer, and on any forgery
+    /// leaves a zeroed buffer, never plaintext.
+    #[test]
+    fn decrypt_to_front_recovers_plaintext_and_rejects_forgeries() {
+        use aes_gcm::aead::AeadInOut;
+        use aes_gcm::{Aes256Gcm, Nonce};
+
+        let key = [7u8; 32];
+        let nonce = [9u8; 12];
+        let mut sizes = vec![0usize, 1, 15, 16, 17, 31, 32, 33, 57, 4096, 65_537];
+        sizes.push((3 << 20) + 13);
+        for len in sizes {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 31 + i / 251) as u8).collect();
+            let mut ct = plain.clone();
+            let tag: [u8; 16] = Aes256Gcm::new(&key.into())
+                .encrypt_inout_detached(&Nonce::from(nonce), b"", (&mut ct[..]).into())
+                .unwrap()
+                .into();
+            for start in [0usize, 1, 300, 20_000] {
+                let mut buf = vec![0xeeu8; start];
+                buf.extend_from_slice(&ct);
+                buf.extend_from_slice(&[0x04, 0x10, 1, 2, 3]);
+                let range = (start, start + len);
+                assert!(decrypt_to_front(&key, &nonce, &mut buf, range, &tag));
+                assert!(buf == plain, "len {len}, start {start}");
+            }
+            let mut bad = tag;
+            bad[len % 16] ^= 1;
+            let mut buf = ct.clone();
+            assert!(!decrypt_to_front(&key, &nonce, &mut buf, (0, len), &bad));
+            assert!(buf.iter().all(|&b| b == 0));
+            if len > 0 {
+                let mut buf = ct.clone();
+                buf[len / 2] ^= 0x80;
+                assert!(!decrypt_to_front(&key, &nonce, &mut buf, (0, len), &tag));
+                assert!(buf.iter().all(|&b| b == 0));
+            }
+        }
+    }
     use der::Encode;
 
     #[test]
     fn base64_decoder_accepts_wrapped_lines_and_rejects_junk() {
         let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-        let wrapped = crate::seal::base64_wrapped(&data);
+        let wrapped = crate::b64::encode_wrapped(&data);
         assert_eq!(decode_base64(&wrapped).unwrap(), data);
         let mut bad = wrapped.clone();
         bad[10] = b'*';

@@ -1,8 +1,7 @@
 //! Sealing: the original message becomes the AES-256-GCM-encrypted content of
 //! an AuthEnvelopedData, with one KEMRecipientInfo per recipient.
 
-use aes_gcm::aead::KeyInit;
-use aes_kw::KwAes256;
+use aes_kw::{KeyInit, KwAes256};
 use cms::content_info::CmsVersion;
 use cms::enveloped_data::{OtherRecipientInfo, RecipientIdentifier, RecipientInfo};
 use der::Encode;
@@ -15,7 +14,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use zeroize::Zeroizing;
 
-use crate::b64::LineEncoder;
+use crate::b64::{LineEncoder, wrapped_len};
 use crate::cms::{
     CmsOriForKemOtherInfo, GcmParameters, ID_AES256_GCM, ID_AES256_WRAP, ID_ALG_HKDF_WITH_SHA256,
     ID_CT_AUTH_ENVELOPED_DATA, ID_DATA, ID_ORI_KEM, KemAlgorithmIdentifier, KemRecipientInfo,
@@ -23,7 +22,6 @@ use crate::cms::{
 };
 use crate::error::{LimitExceeded, SealError};
 use crate::frame::{header_len, push_header, push_tlv, tag};
-use crate::gcm::Gcm;
 use crate::header::{HeaderSection, push_crlf_normalised};
 use crate::{Limits, OUTER_FIELDS};
 
@@ -246,9 +244,9 @@ pub fn seal(
     })
 }
 
-/// Input bytes encrypted and encoded per step when sealing: a multiple of
-/// 57 (one base64 line) and of 16 (one AES block), about 28 KiB, so the
-/// chunk, its ciphertext and its base64 stay in the L1/L2 caches.
+/// Most ciphertext bytes base64-encoded per step when sealing: a multiple of
+/// 57 (one base64 line), about 28 KiB, so that the piece and its text stay
+/// in the L1/L2 caches.
 pub(crate) const SEAL_CHUNK: usize = 57 * 16 * 32;
 
 /// The DER of the ContentInfo up to the encrypted content octets (their
@@ -306,27 +304,82 @@ fn der_prefix(
     Ok((out, nonce, total))
 }
 
-/// The base64 body: the DER of the ContentInfo, written in one pass. The
-/// DER prefix, then the message encrypted in [`SEAL_CHUNK`]s, each chunk
-/// base64-encoded straight into the output while it is in cache, then the
-/// GCM tag. No buffer the size of the message besides the output.
+/// The base64 body: the DER of the ContentInfo, built inside the output
+/// buffer itself, so that no other buffer the size of the message exists.
+///
+/// The output is allocated at its exact final size. The message is copied
+/// to its end and encrypted there in place, in one call to `ring`'s
+/// AES-256-GCM (stitched AES-NI/CLMUL assembly, twice the speed of a
+/// streaming GCM). The base64 text is then written from the start: the DER
+/// prefix, the ciphertext, the tag. Base64 grows the data by 78/57, so the
+/// text being written starts well behind the ciphertext still to be read
+/// and gains on it by 0.37 bytes per byte; it reaches the end of the buffer
+/// exactly when the tag is written. Each step encodes only what fits in
+/// the room left before the unread ciphertext; when the room gets small
+/// (the last few KiB), the rest of the ciphertext is copied aside first.
 fn seal_body(message: &[u8], infos: &[Vec<u8>], cek: &ContentKey) -> Result<Vec<u8>, SealError> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
     let (prefix, nonce, total) = der_prefix(message.len(), infos)?;
-    let mut text = LineEncoder::new(total);
-    text.write(&prefix);
-    let mut gcm = Gcm::new(&cek.0, &nonce);
-    let mut chunk = vec![0u8; SEAL_CHUNK.min(message.len())];
-    for piece in message.chunks(SEAL_CHUNK) {
-        let ciphertext = &mut chunk[..piece.len()];
-        gcm.encrypt_b2b(piece, ciphertext)
-            .map_err(|_| SealError::Encoding("AES-GCM encryption failed".into()))?;
-        text.write(ciphertext);
-    }
+    let text_len = wrapped_len(total);
+    // Base64 is longer than the DER, which contains the message. Only the
+    // part before the message is zero-filled (memset of the whole buffer
+    // was 15% of sealing).
+    let mut read = text_len - message.len();
+    let mut out = Vec::with_capacity(text_len);
+    out.resize(read, 0);
+    out.extend_from_slice(message);
+
+    let failed = |_| SealError::Encoding("AES-GCM encryption failed".into());
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &cek.0[..]).map_err(failed)?);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::empty(),
+            &mut out[read..],
+        )
+        .map_err(failed)?;
     let mut mac = Vec::with_capacity(2 + TAG_BYTES);
-    push_tlv(&mut mac, tag::OCTET_STRING, &gcm.tag());
-    text.write(&mac);
-    Ok(text.finish())
+    push_tlv(&mut mac, tag::OCTET_STRING, tag.as_ref());
+
+    let mut text = LineEncoder::new();
+    let mut written = 0;
+    let mut aside = Vec::new();
+    if text.input_fitting(read) >= prefix.len() {
+        written = text.write(&mut out[..read], &prefix);
+    } else {
+        // A large prefix (many recipients) before a small message.
+        aside.extend_from_slice(&out[read..]);
+        read = text_len;
+        written += text.write(&mut out, &prefix);
+    }
+    while read < text_len {
+        let left = text_len - read;
+        let step = text.input_fitting(read - written).min(SEAL_CHUNK).min(left);
+        if step < SEAL_STEP_MIN && step < left {
+            aside.extend_from_slice(&out[read..]);
+            break;
+        }
+        let (front, ciphertext) = out.split_at_mut(read);
+        written += text.write(&mut front[written..], &ciphertext[..step]);
+        read += step;
+    }
+    written += text.write(&mut out[written..], &aside);
+    written += text.write(&mut out[written..], &mac);
+    written += text.finish(&mut out[written..]);
+    if written != text_len {
+        return Err(SealError::Encoding(format!(
+            "base64 body is {written} bytes, expected {text_len}"
+        )));
+    }
+    Ok(out)
 }
+
+/// Below this many bytes of room, sealing copies the rest of the ciphertext
+/// aside rather than encoding it in ever smaller steps (see [`seal_body`]).
+/// With the room growing by 0.37 bytes per byte left, that is the last
+/// ~15 KiB of a large message.
+const SEAL_STEP_MIN: usize = 4096;
 
 /// The GCM nonce: the first 12 bytes of
 /// `SHA-256("IBEMAIL-V1-NONCE" ‖ DER(recipientInfos))` (see [`crate::cms`]).
@@ -357,14 +410,6 @@ fn outer_header(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Base64 in 76-character lines ending in CRLF (RFC 2045 §6.8).
-#[cfg(test)]
-pub(crate) fn base64_wrapped(data: &[u8]) -> Vec<u8> {
-    let mut text = LineEncoder::new(data.len());
-    text.write(data);
-    text.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_body_equals_der_then_base64() {
+    fn in_place_body_equals_der_then_base64() {
         let cek = ContentKey(Zeroizing::new([0x5au8; CEK_BYTES]));
         let mut sizes = vec![0usize, 1, 2, 3, 15, 16, 17, 56, 57, 58, 127, 128, 4096];
         for k in [1, 2, 3] {
@@ -404,7 +449,9 @@ mod tests {
             let message: Vec<u8> = (0..len).map(|i| (i * 3 + i / 97) as u8).collect();
             // Recipient infos of assorted lengths put the content at every
             // alignment to the 57-byte base64 lines (and across length forms).
-            for info_len in [1usize, 2, 30, 56, 100, 200, 300, 1000] {
+            // 60000: a prefix (many recipients) longer than the room the
+            // base64 of a small message leaves before its ciphertext.
+            for info_len in [1usize, 2, 30, 56, 100, 200, 300, 1000, 60_000] {
                 if len > SEAL_CHUNK && info_len % 3 != 0 {
                     continue; // keep the test quick: a few alignments suffice
                 }
