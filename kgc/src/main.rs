@@ -242,7 +242,7 @@ enum Command {
         /// Permissions of the socket file (octal).
         #[arg(long, default_value = "660")]
         socket_mode: String,
-        /// Derived user keys kept in memory.
+        /// Derived signing keys kept in memory (opening needs none).
         #[arg(long, default_value_t = 10_000)]
         cache_size: usize,
         /// Rotate automatically when the active generation is this old (e.g. 90d).
