@@ -3,7 +3,8 @@
 //! The key generation center of one or more mail domains (DESIGN.md §6):
 //!
 //! - [`store`]: the master-key store on disk, generations and rotation;
-//! - [`service`]: opening capsules with keys derived on demand (cached);
+//! - [`service`]: opening capsules with the master key and signing with
+//!   keys derived on demand (cached);
 //! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
 //!   Unix socket and its client, so the milter never holds a key;
 //! - [`check`]: comparing the published `_ibemailkey` records with the store;

@@ -2,6 +2,7 @@
 //! holds. The daemon serves it over a Unix socket; the milter can also embed
 //! it (`kgc.dir`), so both paths run the same code.
 
+use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -197,20 +198,30 @@ impl KeyService {
         capsule: &[u8],
         peer: Peer,
     ) -> Response {
-        let response = match Capsule::from_bytes(capsule) {
-            Ok(capsule) => self.open_inner(identity, generation, &capsule),
-            Err(_) => Response::Error(Status::Rejected, "invalid capsule".into()),
-        };
+        let response = self.open_inner(identity, generation, || {
+            Capsule::from_bytes(capsule).ok().map(Cow::Owned)
+        });
         audit("open", identity, generation, &response, peer);
         response
     }
 
-    fn open_inner(&self, identity: &str, generation: Generation, capsule: &Capsule) -> Response {
+    /// Resolves the identity, then decodes the capsule (so a request for a
+    /// domain this KGC does not serve says so, whatever the capsule), then
+    /// opens it with the master key.
+    fn open_inner<'c>(
+        &self,
+        identity: &str,
+        generation: Generation,
+        capsule: impl FnOnce() -> Option<Cow<'c, Capsule>>,
+    ) -> Response {
         let (identity, store) = match self.resolve(identity) {
             Ok(found) => found,
             Err((status, reason)) => return Response::Error(status, reason),
         };
-        match store.decapsulate(&identity, generation, capsule) {
+        let Some(capsule) = capsule() else {
+            return Response::Error(Status::Rejected, "invalid capsule".into());
+        };
+        match store.decapsulate(&identity, generation, &capsule) {
             Ok(Ok(secret)) => Response::Opened(*secret.as_bytes()),
             Ok(Err(_)) => Response::Error(Status::Rejected, "capsule rejected".into()),
             Err(e) => store_error(e),
@@ -226,7 +237,9 @@ impl KeyService {
         generation: Generation,
         capsule: &Capsule,
     ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
-        let response = self.open_inner(identity.as_str(), generation, capsule);
+        let response = self.open_inner(identity.as_str(), generation, || {
+            Some(Cow::Borrowed(capsule))
+        });
         audit(
             "open",
             identity.as_str(),

@@ -101,21 +101,14 @@ fn fp_from_limbs(limbs: &[u64]) -> Fp {
     Fp::from_raw_unchecked(l)
 }
 
+/// blst represents the affine identity as `(0, 0)`, so every limb array
+/// read from a table (or all zeros) is a valid affine point, and negating
+/// `y` (0 stays 0) negates any of them.
 fn g1_to_limbs(point: &G1Affine) -> [u64; G1_LIMBS] {
     let mut out = [0u64; G1_LIMBS];
     out[..6].copy_from_slice(&fp_limbs(point.x()));
     out[6..].copy_from_slice(&fp_limbs(point.y()));
     out
-}
-
-/// blst represents the affine identity as `(0, 0)`, so every limb array
-/// read from a table (or all zeros) is a valid affine point.
-fn g1_from_limbs(limbs: &[u64; G1_LIMBS]) -> G1Affine {
-    G1Affine::from_raw_unchecked(
-        fp_from_limbs(&limbs[..6]),
-        fp_from_limbs(&limbs[6..]),
-        false,
-    )
 }
 
 fn gt_to_limbs(value: &Fp12) -> [u64; GT_LIMBS] {
@@ -186,9 +179,12 @@ impl G1Table {
         let identity = [0u64; G1_LIMBS];
         let mut acc = G1Projective::identity();
         for (window, (magnitude, negative)) in self.windows.iter().zip(digits.iter()) {
-            let selected = g1_from_limbs(&select(window, &identity, *magnitude));
-            let negated = -selected;
-            acc += G1Affine::conditional_select(&selected, &negated, *negative);
+            let limbs = select(window, &identity, *magnitude);
+            // Negate through the field, not `-G1Affine`: blstrs' point
+            // negation branches on the identity, i.e. on a zero digit.
+            let y = fp_from_limbs(&limbs[6..]);
+            let y = Fp::conditional_select(&y, &-y, *negative);
+            acc += G1Affine::from_raw_unchecked(fp_from_limbs(&limbs[..6]), y, false);
         }
         acc
     }

@@ -11,7 +11,10 @@
 //!   capsule `C1 = s·(h·g1 + X)`, `C2 = s·Y`, `c3 = σ ⊕ H_mask(v^s)` with
 //!   `v = e(g1, g2)`; shared secret `H_K(σ, capsule, X, Y, address, generation)`;
 //! - decapsulation: `W = e(C1 + r·C2, K) = v^s`, `σ = c3 ⊕ H_mask(W)`, re-derive
-//!   `s` and recompute `C1`, `C2`; any difference rejects the capsule.
+//!   `s` and recompute `C1`, `C2`; any difference rejects the capsule;
+//! - the KGC decapsulates with the master key instead
+//!   ([`MasterKey::decapsulate`]): `W = e(y⁻¹·C2, g2)`, the same function of
+//!   the capsule at a third of a pairing less.
 
 use core::fmt;
 use std::sync::{Arc, OnceLock};
@@ -198,6 +201,9 @@ pub struct MasterKey {
     x: [u8; SCALAR_BYTES],
     y: [u8; SCALAR_BYTES],
     prf_key: [u8; PRF_KEY_BYTES],
+    /// `X ‖ Y`, computed on first use by [`MasterKey::decapsulate`] (public).
+    #[zeroize(skip)]
+    params_bytes: OnceLock<[u8; PUBLIC_PARAMS_BYTES]>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -227,6 +233,7 @@ impl MasterKey {
             x: x.to_bytes_be(),
             y: y.to_bytes_be(),
             prf_key,
+            params_bytes: OnceLock::new(),
         }
     }
 
@@ -237,6 +244,7 @@ impl MasterKey {
             x: [0; 32],
             y: [0; 32],
             prf_key: [0; 32],
+            params_bytes: OnceLock::new(),
         };
         key.x.copy_from_slice(&bytes[..32]);
         key.y.copy_from_slice(&bytes[32..64]);
@@ -311,7 +319,7 @@ impl MasterKey {
 
 impl MasterKey {
     /// Opens `capsule` for `identity` at `generation` with the master key;
-    /// `params` must be this key's public parameters.
+    /// `params` must be this key's public parameters (others are rejected).
     ///
     /// For every capsule the result is the same as
     /// `self.extract(identity, generation).decapsulate(params, capsule)`
@@ -330,6 +338,19 @@ impl MasterKey {
         capsule: &Capsule,
     ) -> Result<SharedSecret, DecapsulationError> {
         let (x, y) = self.scalars();
+        // The equivalence with the user-key path holds for this key's own
+        // parameters only; anything else is refused (cheaply: the encoding
+        // of X ‖ Y is computed once per key).
+        let own = self.params_bytes.get_or_init(|| {
+            let table = g1_table();
+            let mut bytes = [0u8; PUBLIC_PARAMS_BYTES];
+            bytes[..G1_BYTES].copy_from_slice(&table.mul(&x).to_affine().to_compressed());
+            bytes[G1_BYTES..].copy_from_slice(&table.mul(&y).to_affine().to_compressed());
+            bytes
+        });
+        if params.to_bytes() != *own {
+            return Err(DecapsulationError::Rejected);
+        }
         // y ≠ 0 (checked at construction), so the inverse exists.
         let y_inverse = Option::<Scalar>::from(y.invert()).unwrap_or(Scalar::ZERO);
         // C2 is in G1 (Capsule::from_bytes checked it), so no small-order
@@ -651,7 +672,11 @@ impl SharedSecret {
 
 /// `σ = c3 ⊕ H_mask(W)`.
 fn unmask_seed(w: &Gt, c3: &[u8; SEED_BYTES]) -> Zeroizing<[u8; SEED_BYTES]> {
-    let mask = expand_message_xmd::<SEED_BYTES>(&[gt_to_bytes(w).as_ref()], hash::DST_MASK);
+    // σ ⊕ c3: as secret as σ.
+    let mask = Zeroizing::new(expand_message_xmd::<SEED_BYTES>(
+        &[gt_to_bytes(w).as_ref()],
+        hash::DST_MASK,
+    ));
     let mut seed = Zeroizing::new([0u8; SEED_BYTES]);
     for (out, (c, m)) in seed.iter_mut().zip(c3.iter().zip(mask.iter())) {
         *out = c ^ m;

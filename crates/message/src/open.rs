@@ -491,7 +491,7 @@ impl Envelope {
 /// never unauthenticated plaintext — if the tag does not verify.
 ///
 /// This is `ring`'s AES-256-GCM (stitched AES-NI/CLMUL assembly, about twice
-/// the speed of [`Gcm`]), which can open in one call because the whole
+/// the speed of RustCrypto's `aes-gcm` here), which can open in one call because the whole
 /// ciphertext is in memory already. `ring` wants the tag right after the
 /// ciphertext; the DER that follows the ciphertext has been parsed already,
 /// so the tag is copied over it.

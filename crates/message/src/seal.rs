@@ -330,15 +330,18 @@ fn seal_body(message: &[u8], infos: &[Vec<u8>], cek: &ContentKey) -> Result<Vec<
     out.resize(read, 0);
     out.extend_from_slice(message);
 
-    let failed = |_| SealError::Encoding("AES-GCM encryption failed".into());
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &cek.0[..]).map_err(failed)?);
-    let tag = key
-        .seal_in_place_separate_tag(
+    let sealed = UnboundKey::new(&AES_256_GCM, &cek.0[..]).and_then(|key| {
+        LessSafeKey::new(key).seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::empty(),
             &mut out[read..],
         )
-        .map_err(failed)?;
+    });
+    let Ok(tag) = sealed else {
+        // The buffer holds the plaintext: wipe it (volatile) before it goes.
+        zeroize::Zeroize::zeroize(out.as_mut_slice());
+        return Err(SealError::Encoding("AES-GCM encryption failed".into()));
+    };
     let mut mac = Vec::with_capacity(2 + TAG_BYTES);
     push_tlv(&mut mac, tag::OCTET_STRING, tag.as_ref());
 
