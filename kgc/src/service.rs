@@ -2,7 +2,6 @@
 //! holds. The daemon serves it over a Unix socket; the milter can also embed
 //! it (`kgc.dir`), so both paths run the same code.
 
-use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -198,9 +197,41 @@ impl KeyService {
         capsule: &[u8],
         peer: Peer,
     ) -> Response {
-        let response = self.open_inner(identity, generation, || {
-            Capsule::from_bytes(capsule).ok().map(Cow::Owned)
-        });
+        self.open_logged(
+            identity,
+            generation,
+            || Capsule::from_bytes(capsule).ok(),
+            peer,
+        )
+    }
+
+    /// In-process convenience: the same as [`KeyService::open`] (audit log
+    /// included) for an already decoded capsule, as the message crate's
+    /// opener passes it.
+    pub fn open_capsule(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        capsule: &Capsule,
+    ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
+        let response = self.open_logged(
+            identity.as_str(),
+            generation,
+            || Some(capsule.clone()),
+            Peer::default(),
+        );
+        response_to_secret(response, generation)
+    }
+
+    /// [`KeyService::open_inner`] and its audit line.
+    fn open_logged(
+        &self,
+        identity: &str,
+        generation: Generation,
+        capsule: impl FnOnce() -> Option<Capsule>,
+        peer: Peer,
+    ) -> Response {
+        let response = self.open_inner(identity, generation, capsule);
         audit("open", identity, generation, &response, peer);
         response
     }
@@ -208,11 +239,11 @@ impl KeyService {
     /// Resolves the identity, then decodes the capsule (so a request for a
     /// domain this KGC does not serve says so, whatever the capsule), then
     /// opens it with the master key.
-    fn open_inner<'c>(
+    fn open_inner(
         &self,
         identity: &str,
         generation: Generation,
-        capsule: impl FnOnce() -> Option<Cow<'c, Capsule>>,
+        capsule: impl FnOnce() -> Option<Capsule>,
     ) -> Response {
         let (identity, store) = match self.resolve(identity) {
             Ok(found) => found,
@@ -226,28 +257,6 @@ impl KeyService {
             Ok(Err(_)) => Response::Error(Status::Rejected, "capsule rejected".into()),
             Err(e) => store_error(e),
         }
-    }
-
-    /// In-process convenience: the same as [`KeyService::open`] (audit log
-    /// included) for an already decoded capsule, as the message crate's
-    /// opener passes it.
-    pub fn open_capsule(
-        &self,
-        identity: &Identity,
-        generation: Generation,
-        capsule: &Capsule,
-    ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
-        let response = self.open_inner(identity.as_str(), generation, || {
-            Some(Cow::Borrowed(capsule))
-        });
-        audit(
-            "open",
-            identity.as_str(),
-            generation,
-            &response,
-            Peer::default(),
-        );
-        response_to_secret(response, generation)
     }
 }
 

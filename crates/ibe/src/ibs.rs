@@ -39,7 +39,7 @@ use zeroize::Zeroizing;
 use crate::error::{DecodeError, VerifyError};
 use crate::hash::{self, hash_to_scalar};
 use crate::identity::Identity;
-use crate::kem::{G1_BYTES, G2_BYTES, Generation, MasterKey, decode_g1, decode_g2};
+use crate::kem::{G1_BYTES, G2_BYTES, Generation, MasterKey, decode_g1, decode_g2, hex_short};
 
 /// Bytes of an encoded signature: `U ‖ V`, two compressed G2 points.
 pub const SIGNATURE_BYTES: usize = 2 * G2_BYTES;
@@ -114,9 +114,7 @@ pub struct SigningParams {
 
 impl fmt::Debug for SigningParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.s.to_compressed();
-        let short: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        write!(f, "SigningParams({short}…)")
+        write!(f, "SigningParams({})", hex_short(&self.s.to_compressed()))
     }
 }
 
@@ -227,9 +225,7 @@ pub struct Signature {
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.u.to_compressed();
-        let short: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        write!(f, "Signature({short}…)")
+        write!(f, "Signature({})", hex_short(&self.u.to_compressed()))
     }
 }
 

@@ -277,9 +277,15 @@ impl MasterKey {
 
     /// The public parameters `X = x·g1`, `Y = y·g1`.
     pub fn public_params(&self) -> PublicParams {
+        let (x, y) = self.public_points();
+        PublicParams::from_points(x, y)
+    }
+
+    /// `X = x·g1`, `Y = y·g1`, without the tables.
+    fn public_points(&self) -> (G1Affine, G1Affine) {
         let (x, y) = self.scalars();
         let table = g1_table();
-        PublicParams::from_points(table.mul(&x).to_affine(), table.mul(&y).to_affine())
+        (table.mul(&x).to_affine(), table.mul(&y).to_affine())
     }
 
     /// The user-key scalar `r`: a PRF of the identity under `k_prf`, so every
@@ -342,11 +348,8 @@ impl MasterKey {
         // parameters only; anything else is refused (cheaply: the encoding
         // of X ‖ Y is computed once per key).
         let own = self.params_bytes.get_or_init(|| {
-            let table = g1_table();
-            let mut bytes = [0u8; PUBLIC_PARAMS_BYTES];
-            bytes[..G1_BYTES].copy_from_slice(&table.mul(&x).to_affine().to_compressed());
-            bytes[G1_BYTES..].copy_from_slice(&table.mul(&y).to_affine().to_compressed());
-            bytes
+            let (x, y) = self.public_points();
+            encode_params(&x, &y)
         });
         if params.to_bytes() != *own {
             return Err(DecapsulationError::Rejected);
@@ -381,14 +384,16 @@ impl MasterKey {
 pub struct PublicParams {
     x: G1Affine,
     y: G1Affine,
+    /// `X ‖ Y` compressed: hashed into every capsule's scalar and secret.
+    encoded: [u8; PUBLIC_PARAMS_BYTES],
     tables: Arc<(G1Table, G1Table)>,
 }
 
 impl fmt::Debug for PublicParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublicParams")
-            .field("X", &hex_short(&self.x.to_compressed()))
-            .field("Y", &hex_short(&self.y.to_compressed()))
+            .field("X", &hex_short(&self.x_bytes()))
+            .field("Y", &hex_short(&self.y_bytes()))
             .finish()
     }
 }
@@ -400,7 +405,8 @@ impl PartialEq for PublicParams {
 }
 impl Eq for PublicParams {}
 
-fn hex_short(bytes: &[u8]) -> String {
+/// The first eight bytes in hex, for `Debug` output.
+pub(crate) fn hex_short(bytes: &[u8]) -> String {
     bytes
         .iter()
         .take(8)
@@ -409,10 +415,23 @@ fn hex_short(bytes: &[u8]) -> String {
         + "…"
 }
 
+/// `X ‖ Y`, both compressed.
+fn encode_params(x: &G1Affine, y: &G1Affine) -> [u8; PUBLIC_PARAMS_BYTES] {
+    let mut out = [0u8; PUBLIC_PARAMS_BYTES];
+    out[..G1_BYTES].copy_from_slice(&x.to_compressed());
+    out[G1_BYTES..].copy_from_slice(&y.to_compressed());
+    out
+}
+
 impl PublicParams {
     fn from_points(x: G1Affine, y: G1Affine) -> Self {
         let tables = Arc::new((G1Table::new(&x.into()), G1Table::new(&y.into())));
-        PublicParams { x, y, tables }
+        PublicParams {
+            x,
+            y,
+            encoded: encode_params(&x, &y),
+            tables,
+        }
     }
 
     /// Decodes `X ‖ Y` (two compressed G1 points).
@@ -431,20 +450,21 @@ impl PublicParams {
 
     /// Encodes the parameters as `X ‖ Y`.
     pub fn to_bytes(&self) -> [u8; PUBLIC_PARAMS_BYTES] {
-        let mut out = [0u8; PUBLIC_PARAMS_BYTES];
-        out[..G1_BYTES].copy_from_slice(&self.x.to_compressed());
-        out[G1_BYTES..].copy_from_slice(&self.y.to_compressed());
-        out
+        self.encoded
     }
 
     /// The compressed `X` component.
     pub fn x_bytes(&self) -> [u8; G1_BYTES] {
-        self.x.to_compressed()
+        let mut out = [0u8; G1_BYTES];
+        out.copy_from_slice(&self.encoded[..G1_BYTES]);
+        out
     }
 
     /// The compressed `Y` component.
     pub fn y_bytes(&self) -> [u8; G1_BYTES] {
-        self.y.to_compressed()
+        let mut out = [0u8; G1_BYTES];
+        out.copy_from_slice(&self.encoded[G1_BYTES..]);
+        out
     }
 
     /// `C1 = s·(h·g1 + X) = (s·h)·g1 + s·X` and `C2 = s·Y`, all fixed-base.

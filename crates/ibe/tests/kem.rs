@@ -27,6 +27,27 @@ fn random_address(rng: &mut ChaCha20Rng, domain: &str) -> String {
     format!("{local}@{domain}")
 }
 
+/// Both decapsulations reject `capsule`: with `key`, and with the master
+/// key for `key`'s identity and generation (the KGC's path).
+fn assert_both_reject(
+    master: &MasterKey,
+    key: &UserKey,
+    params: &PublicParams,
+    capsule: &Capsule,
+    what: &str,
+) {
+    assert_eq!(
+        key.decapsulate(params, capsule),
+        Err(DecapsulationError::Rejected),
+        "user key: {what}"
+    );
+    assert_eq!(
+        master.decapsulate(params, key.identity(), key.generation(), capsule),
+        Err(DecapsulationError::Rejected),
+        "master key: {what}"
+    );
+}
+
 #[test]
 fn round_trip_for_many_random_identities() {
     let mut rng = rng(1);
@@ -106,17 +127,7 @@ fn wrong_identity_generation_domain_or_params_are_rejected() {
         master.extract(&id("alice@a.test"), 7),
     ];
     for key in &wrong_keys {
-        assert_eq!(
-            key.decapsulate(&params, &capsule),
-            Err(DecapsulationError::Rejected),
-            "{key:?}"
-        );
-        // The KGC's master-key path rejects the same (identity, generation).
-        assert_eq!(
-            master.decapsulate(&params, key.identity(), key.generation(), &capsule),
-            Err(DecapsulationError::Rejected),
-            "{key:?}"
-        );
+        assert_both_reject(&master, key, &params, &capsule, &format!("{key:?}"));
     }
     assert!(master.decapsulate(&params, &alice, 7, &capsule).is_ok());
 
@@ -227,14 +238,7 @@ fn small_order_components_are_refused_by_decoding_or_decapsulation() {
     let mut with_c1 = bytes;
     with_c1[..48].copy_from_slice(&outside);
     let modified = Capsule::from_bytes(&with_c1).unwrap();
-    assert_eq!(
-        key.decapsulate(&params, &modified),
-        Err(DecapsulationError::Rejected)
-    );
-    assert_eq!(
-        master.decapsulate(&params, &alice, 1, &modified),
-        Err(DecapsulationError::Rejected)
-    );
+    assert_both_reject(&master, &key, &params, &modified, "C1 outside G1");
     // So does the honest C1 plus a small-order point: T = q·P for a curve
     // point P outside G1 (q the group order, as (q - 1)·P + P).
     let p =
@@ -246,14 +250,7 @@ fn small_order_components_are_refused_by_decoding_or_decapsulation() {
     let mut with_torsion = bytes;
     with_torsion[..48].copy_from_slice(&shifted.to_compressed());
     let modified = Capsule::from_bytes(&with_torsion).unwrap();
-    assert_eq!(
-        key.decapsulate(&params, &modified),
-        Err(DecapsulationError::Rejected)
-    );
-    assert_eq!(
-        master.decapsulate(&params, &alice, 1, &modified),
-        Err(DecapsulationError::Rejected)
-    );
+    assert_both_reject(&master, &key, &params, &modified, "C1 plus torsion");
     assert!(master.decapsulate(&params, &alice, 1, &capsule).is_ok());
 }
 

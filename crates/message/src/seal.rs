@@ -346,16 +346,13 @@ fn seal_body(message: &[u8], infos: &[Vec<u8>], cek: &ContentKey) -> Result<Vec<
     push_tlv(&mut mac, tag::OCTET_STRING, tag.as_ref());
 
     let mut text = LineEncoder::new();
-    let mut written = 0;
     let mut aside = Vec::new();
-    if text.input_fitting(read) >= prefix.len() {
-        written = text.write(&mut out[..read], &prefix);
-    } else {
+    if text.input_fitting(read) < prefix.len() {
         // A large prefix (many recipients) before a small message.
         aside.extend_from_slice(&out[read..]);
         read = text_len;
-        written += text.write(&mut out, &prefix);
     }
+    let mut written = text.write(&mut out[..read], &prefix);
     while read < text_len {
         let left = text_len - read;
         let step = text.input_fitting(read - written).min(SEAL_CHUNK).min(left);
