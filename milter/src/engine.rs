@@ -507,11 +507,16 @@ impl Engine {
             Ok(content) => content,
             Err(verdict) => return verdict,
         };
+        // Keep the plaintext only for a re-injected copy. Otherwise the
+        // sealing task holds the only reference and encrypts the message
+        // where it lies, without copying it.
+        let reinject_source = (!plain.is_empty()).then_some(raw);
         let limits = self.limits;
         let sealed = tokio::task::spawn_blocking(move || {
             let dyn_recipients: Vec<&dyn Recipient> =
                 sealed_for.iter().map(|r| r as &dyn Recipient).collect();
-            ibemail_message::seal(&content, &dyn_recipients, &mut OsRng, &limits)
+            let content = Arc::unwrap_or_clone(content);
+            ibemail_message::seal_owned(content, &dyn_recipients, &mut OsRng, &limits)
         })
         .await;
         let sealed = match sealed {
@@ -531,9 +536,7 @@ impl Engine {
         };
 
         let mut actions = Vec::new();
-        let kind = if plain.is_empty() {
-            Kind::Encrypted
-        } else {
+        let kind = if let Some(raw) = reinject_source {
             let Some(target) = self.config.reinject else {
                 return Verdict::tempfail(
                     "mixed recipients need a plaintext copy, but reinject.address is not set",
@@ -565,6 +568,8 @@ impl Engine {
             );
             actions.extend(plain.into_iter().map(Action::DeleteRecipient));
             Kind::Split
+        } else {
+            Kind::Encrypted
         };
         actions.extend(delete_headers(&message.headers, |_, _, _| true));
         actions.extend(outer_signature.map(|value| Action::AddHeader {

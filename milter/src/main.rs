@@ -283,8 +283,9 @@ fn encrypt(
     }
     let dyn_recipients: Vec<&dyn Recipient> =
         recipients.iter().map(|r| r as &dyn Recipient).collect();
-    let sealed = ibemail_message::seal(&message, &dyn_recipients, &mut OsRng, &Limits::default())
-        .map_err(|e| Failure(Exit::Failed, e.to_string()))?;
+    let sealed =
+        ibemail_message::seal_owned(message, &dyn_recipients, &mut OsRng, &Limits::default())
+            .map_err(|e| Failure(Exit::Failed, e.to_string()))?;
     write_stdout(&sealed.to_bytes())
 }
 

@@ -24,13 +24,9 @@ pub(crate) fn wrapped_len(len: usize) -> usize {
 }
 
 /// Encodes a byte stream, written in pieces of any size, as base64 lines
-/// into slices the caller provides. The text is the same as encoding the
-/// concatenation of the pieces at once.
-///
-/// The caller owns the output buffer and says where each piece goes, which
-/// lets sealing encode ciphertext that lies further on in the very buffer
-/// being written (see `seal::seal_body`). Whole lines are written as soon as
-/// their 57 input bytes are in; the start of a shorter line waits here.
+/// appended to a `Vec`. The text is the same as encoding the concatenation
+/// of the pieces at once. Whole lines are appended as soon as their 57 input
+/// bytes are in; the start of a shorter line waits here.
 pub(crate) struct LineEncoder {
     /// The start of a line still short of 57 bytes.
     pending: [u8; LINE_BYTES],
@@ -48,70 +44,55 @@ impl LineEncoder {
         }
     }
 
-    /// The most input [`LineEncoder::write`] can take without writing more
-    /// than `room` bytes.
-    pub(crate) fn input_fitting(&self, room: usize) -> usize {
-        (room / LINE_OUT * LINE_BYTES).saturating_sub(self.pending_len)
-    }
-
-    /// Encodes `data` into the start of `dst` and returns how many bytes it
-    /// wrote: one full line (78 bytes) per 57 bytes completed, so at most
-    /// `(pending + data.len()) / 57 * 78`. Panics if `dst` is shorter; see
-    /// [`LineEncoder::input_fitting`].
-    pub(crate) fn write(&mut self, dst: &mut [u8], mut data: &[u8]) -> usize {
-        let mut written = 0;
+    /// Encodes `data` and appends the full lines (76 characters and CRLF)
+    /// it completes to `out`.
+    pub(crate) fn write(&mut self, out: &mut Vec<u8>, mut data: &[u8]) {
         if self.pending_len > 0 {
             let take = (LINE_BYTES - self.pending_len).min(data.len());
             self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
             self.pending_len += take;
             data = &data[take..];
             if self.pending_len < LINE_BYTES {
-                return 0;
+                return;
             }
             let line = self.pending;
-            written = self.whole_lines(dst, &line);
+            self.whole_lines(out, &line);
             self.pending_len = 0;
         }
         let whole = data.len() / LINE_BYTES * LINE_BYTES;
-        written += self.whole_lines(&mut dst[written..], &data[..whole]);
+        self.whole_lines(out, &data[..whole]);
         let rest = &data[whole..];
         self.pending[..rest.len()].copy_from_slice(rest);
         self.pending_len = rest.len();
-        written
     }
 
-    /// Encodes `data`, a multiple of 57 bytes, as full lines into `dst`.
-    fn whole_lines(&mut self, dst: &mut [u8], data: &[u8]) -> usize {
-        let mut written = 0;
+    /// Encodes `data`, a multiple of 57 bytes, as full lines onto `out`.
+    fn whole_lines(&mut self, out: &mut Vec<u8>, data: &[u8]) {
         for group in data.chunks(LINE_BYTES * BLOCK_LINES) {
-            // One SIMD run over the whole group (per line, the short tail of
-            // each 57 bytes went through the scalar code), then each line's
-            // 76 characters into place before its CRLF.
+            // One SIMD run over the whole group (in L1), then each line's 76
+            // characters and its CRLF onto the output. Appending, rather
+            // than writing into a zeroed buffer, saves a pass over memory.
             let text = encode_into(group, &mut self.staging);
             for line in text.chunks_exact(LINE_CHARS) {
-                let out = &mut dst[written..written + LINE_OUT];
-                out[..LINE_CHARS].copy_from_slice(line);
-                out[LINE_CHARS..].copy_from_slice(b"\r\n");
-                written += LINE_OUT;
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
             }
         }
-        written
     }
 
-    /// Writes the last, shorter line (padded, ending in CRLF too) into
-    /// `dst` and returns its length (at most 78).
-    pub(crate) fn finish(self, dst: &mut [u8]) -> usize {
+    /// Appends the last, shorter line (padded, ending in CRLF too).
+    pub(crate) fn finish(self, out: &mut Vec<u8>) {
         if self.pending_len == 0 {
-            return 0;
+            return;
         }
-        let n = encode_into(&self.pending[..self.pending_len], dst).len();
-        dst[n..n + 2].copy_from_slice(b"\r\n");
-        n + 2
+        let mut line = [0u8; LINE_CHARS];
+        out.extend_from_slice(encode_into(&self.pending[..self.pending_len], &mut line));
+        out.extend_from_slice(b"\r\n");
     }
 }
 
 /// Encodes `data` (padded) into the start of `dst` and returns the text.
-/// Panics if `dst` is too short, like the slice indexing of the callers.
+/// Panics if `dst` is too short.
 fn encode_into<'a>(data: &[u8], dst: &'a mut [u8]) -> &'a [u8] {
     let dst = &mut dst[..STANDARD.encoded_len(data.len())];
     // `dst` has exactly the room the text needs: encoding cannot fail.
@@ -119,13 +100,13 @@ fn encode_into<'a>(data: &[u8], dst: &'a mut [u8]) -> &'a [u8] {
     &dst[..n]
 }
 
-/// Decodes `text` strictly (canonical padding, at the end only) and appends
-/// the bytes to `out`; `None` if `text` is not valid base64.
-fn decode_append(text: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-    let start = out.len();
-    out.resize(start + STANDARD.decoded_len_estimate(text.len()), 0);
-    let n = STANDARD.decode_slice(text, &mut out[start..]).ok()?;
-    out.truncate(start + n);
+/// Decodes `text` strictly (canonical padding, at the end only) into
+/// `scratch` (at least `decoded_len_estimate` long, small enough to stay in
+/// L1), then appends the bytes to `out`, so that `out` is written once
+/// rather than zero-filled first; `None` if `text` is not valid base64.
+fn decode_append(text: &[u8], scratch: &mut [u8], out: &mut Vec<u8>) -> Option<usize> {
+    let n = STANDARD.decode_slice(text, scratch).ok()?;
+    out.extend_from_slice(&scratch[..n]);
     Some(n)
 }
 
@@ -133,11 +114,10 @@ fn decode_append(text: &[u8], out: &mut Vec<u8>) -> Option<usize> {
 /// allocated once at its exact size.
 #[cfg(test)]
 pub(crate) fn encode_wrapped(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; wrapped_len(data.len())];
+    let mut out = Vec::with_capacity(wrapped_len(data.len()));
     let mut encoder = LineEncoder::new();
-    let n = encoder.write(&mut out, data);
-    let n = n + encoder.finish(&mut out[n..]);
-    debug_assert_eq!(n, out.len());
+    encoder.write(&mut out, data);
+    encoder.finish(&mut out);
     out
 }
 
@@ -162,6 +142,7 @@ pub(crate) fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
     };
     let mut out = Vec::with_capacity(rest.len() / (LINE_CHARS + sep.max(1)) * LINE_BYTES + 60);
     let mut group = vec![0u8; GROUP_LINES * LINE_CHARS];
+    let mut decoded = vec![0u8; GROUP_LINES * LINE_BYTES];
     let mut filled = 0;
     while rest.len() > LINE_CHARS {
         let (line, tail) = rest.split_first_chunk::<LINE_CHARS>()?;
@@ -178,7 +159,7 @@ pub(crate) fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
         rest = next;
         if filled == group.len() {
             // Not the end: the group must decode in full, without padding.
-            if decode_append(&group, &mut out)? != group.len() / 4 * 3 {
+            if decode_append(&group, &mut decoded, &mut out)? != group.len() / 4 * 3 {
                 return None;
             }
             filled = 0;
@@ -186,7 +167,7 @@ pub(crate) fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
     }
     let (last, _) = group.split_at_mut_checked(filled + rest.len())?;
     last[filled..].copy_from_slice(rest);
-    decode_append(last, &mut out)?;
+    decode_append(last, &mut decoded, &mut out)?;
     (!out.is_empty()).then_some(out)
 }
 
@@ -216,17 +197,20 @@ mod tests {
             assert!(encode_wrapped(&data) == expected, "len {len}");
             for piece in [1usize, 2, 56, 57, 58, 1000, 3648, 5000, len.max(1)] {
                 let mut enc = LineEncoder::new();
-                let mut out = vec![0u8; expected.len()];
-                let mut at = 0;
+                let mut out = Vec::new();
+                let mut consumed = 0;
                 for p in data.chunks(piece) {
-                    // Never more than the documented bound.
-                    let bound = (enc.pending_len + p.len()) / LINE_BYTES * LINE_OUT;
-                    let n = enc.write(&mut out[at..], p);
-                    assert!(n <= bound, "len {len}, piece {piece}");
-                    at += n;
+                    enc.write(&mut out, p);
+                    consumed += p.len();
+                    // Only whole lines, each as soon as its 57 bytes are in.
+                    assert_eq!(out.len() % LINE_OUT, 0);
+                    assert_eq!(
+                        out.len() / LINE_OUT * LINE_BYTES + enc.pending_len,
+                        consumed
+                    );
+                    assert!(enc.pending_len < LINE_BYTES);
                 }
-                at += enc.finish(&mut out[at..]);
-                assert_eq!(at, expected.len(), "len {len}, piece {piece}");
+                enc.finish(&mut out);
                 assert!(out == expected, "len {len}, piece {piece}");
             }
         }

@@ -66,7 +66,9 @@ pub mod signature;
 
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
 pub use open::{Candidate, Envelope, Opened, inspect, is_encrypted, open};
-pub use seal::{ContentKey, IbeRecipient, OBSCURED_SUBJECT, Recipient, SMIME_FIELDS, Sealed, seal};
+pub use seal::{
+    ContentKey, IbeRecipient, OBSCURED_SUBJECT, Recipient, SMIME_FIELDS, Sealed, seal, seal_owned,
+};
 
 /// Header fields copied from the original to the outside of a sealed
 /// message (case-insensitive): trace fields, which MTAs need for loop

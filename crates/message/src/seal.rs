@@ -202,29 +202,35 @@ pub const OBSCURED_SUBJECT: &str = "[...]";
 /// The encrypted content is `message` byte for byte. The outer header keeps
 /// the trace and addressing fields named in [`OUTER_FIELDS`], replaces the
 /// Subject with `[...]` and adds the S/MIME MIME fields.
+///
+/// This copies the message first; a caller that owns it and has no further
+/// use for it should call [`seal_owned`], which encrypts it where it lies
+/// (one pass over memory less, and no second copy at peak).
 pub fn seal(
     message: &[u8],
     recipients: &[&dyn Recipient],
     rng: &mut dyn CryptoRngCore,
     limits: &Limits,
 ) -> Result<Sealed, SealError> {
-    if recipients.is_empty() {
-        return Err(SealError::NoRecipients);
-    }
-    if recipients.len() > limits.max_recipients {
-        return Err(LimitExceeded::Recipients {
-            limit: limits.max_recipients,
-            actual: recipients.len(),
-        }
-        .into());
-    }
-    if message.len() > limits.max_message_bytes {
-        return Err(LimitExceeded::MessageSize {
-            limit: limits.max_message_bytes,
-            actual: message.len(),
-        }
-        .into());
-    }
+    // Refuse before copying anything.
+    check_limits(message.len(), recipients, limits)?;
+    seal_owned(message.to_vec(), recipients, rng, limits)
+}
+
+/// [`seal`], taking the message by value: it is encrypted in place, in its
+/// own buffer, which is dropped once the base64 body is written. Peak
+/// memory is the message plus the sealed body (2.4 × the message).
+///
+/// The message is consumed whether or not sealing succeeds.
+pub fn seal_owned(
+    mut message: Vec<u8>,
+    recipients: &[&dyn Recipient],
+    rng: &mut dyn CryptoRngCore,
+    limits: &Limits,
+) -> Result<Sealed, SealError> {
+    check_limits(message.len(), recipients, limits)?;
+    // The outer header is read from the plaintext, before it is encrypted.
+    let header = outer_header(&message);
 
     let mut cek = ContentKey(Zeroizing::new([0u8; CEK_BYTES]));
     rng.fill_bytes(cek.0.as_mut());
@@ -236,18 +242,34 @@ pub fn seal(
         .collect::<Result<Vec<_>, _>>()?;
     infos.sort();
 
-    let body = seal_body(message, &infos, &cek)?;
-    drop(cek);
-    Ok(Sealed {
-        header: outer_header(message),
-        body,
-    })
+    let body = seal_body(&mut message, &infos, &cek)?;
+    Ok(Sealed { header, body })
 }
 
-/// Most ciphertext bytes base64-encoded per step when sealing: a multiple of
-/// 57 (one base64 line), about 28 KiB, so that the piece and its text stay
-/// in the L1/L2 caches.
-pub(crate) const SEAL_CHUNK: usize = 57 * 16 * 32;
+fn check_limits(
+    message_len: usize,
+    recipients: &[&dyn Recipient],
+    limits: &Limits,
+) -> Result<(), SealError> {
+    if recipients.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    if recipients.len() > limits.max_recipients {
+        return Err(LimitExceeded::Recipients {
+            limit: limits.max_recipients,
+            actual: recipients.len(),
+        }
+        .into());
+    }
+    if message_len > limits.max_message_bytes {
+        return Err(LimitExceeded::MessageSize {
+            limit: limits.max_message_bytes,
+            actual: message_len,
+        }
+        .into());
+    }
+    Ok(())
+}
 
 /// The DER of the ContentInfo up to the encrypted content octets (their
 /// `[0]` header included), the GCM nonce, and the length of the whole DER
@@ -304,82 +326,53 @@ fn der_prefix(
     Ok((out, nonce, total))
 }
 
-/// The base64 body: the DER of the ContentInfo, built inside the output
-/// buffer itself, so that no other buffer the size of the message exists.
+/// The base64 body: the DER of the ContentInfo, with `message` encrypted
+/// in place as its content.
 ///
-/// The output is allocated at its exact final size. The message is copied
-/// to its end and encrypted there in place, in one call to `ring`'s
-/// AES-256-GCM (stitched AES-NI/CLMUL assembly, twice the speed of a
-/// streaming GCM). The base64 text is then written from the start: the DER
-/// prefix, the ciphertext, the tag. Base64 grows the data by 78/57, so the
-/// text being written starts well behind the ciphertext still to be read
-/// and gains on it by 0.37 bytes per byte; it reaches the end of the buffer
-/// exactly when the tag is written. Each step encodes only what fits in
-/// the room left before the unread ciphertext; when the room gets small
-/// (the last few KiB), the rest of the ciphertext is copied aside first.
-fn seal_body(message: &[u8], infos: &[Vec<u8>], cek: &ContentKey) -> Result<Vec<u8>, SealError> {
+/// `message` is encrypted in one call to `ring`'s AES-256-GCM (stitched
+/// AES-NI/CLMUL assembly, twice the speed of a streaming GCM); then the DER
+/// prefix, the ciphertext and the tag are base64-encoded in one pass onto
+/// an output allocated at its exact size. No other buffer the size of the
+/// message exists, and no output byte is written twice.
+fn seal_body(
+    message: &mut [u8],
+    infos: &[Vec<u8>],
+    cek: &ContentKey,
+) -> Result<Vec<u8>, SealError> {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
     let (prefix, nonce, total) = der_prefix(message.len(), infos)?;
-    let text_len = wrapped_len(total);
-    // Base64 is longer than the DER, which contains the message. Only the
-    // part before the message is zero-filled (memset of the whole buffer
-    // was 15% of sealing).
-    let mut read = text_len - message.len();
-    let mut out = Vec::with_capacity(text_len);
-    out.resize(read, 0);
-    out.extend_from_slice(message);
-
     let sealed = UnboundKey::new(&AES_256_GCM, &cek.0[..]).and_then(|key| {
         LessSafeKey::new(key).seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::empty(),
-            &mut out[read..],
+            message,
         )
     });
     let Ok(tag) = sealed else {
-        // The buffer holds the plaintext: wipe it (volatile) before it goes.
-        zeroize::Zeroize::zeroize(out.as_mut_slice());
+        // Nothing says how far ring got: wipe (volatile) whatever plaintext
+        // is left rather than hand it back to the allocator.
+        zeroize::Zeroize::zeroize(message);
         return Err(SealError::Encoding("AES-GCM encryption failed".into()));
     };
     let mut mac = Vec::with_capacity(2 + TAG_BYTES);
     push_tlv(&mut mac, tag::OCTET_STRING, tag.as_ref());
 
+    let text_len = wrapped_len(total);
+    let mut out = Vec::with_capacity(text_len);
     let mut text = LineEncoder::new();
-    let mut aside = Vec::new();
-    if text.input_fitting(read) < prefix.len() {
-        // A large prefix (many recipients) before a small message.
-        aside.extend_from_slice(&out[read..]);
-        read = text_len;
-    }
-    let mut written = text.write(&mut out[..read], &prefix);
-    while read < text_len {
-        let left = text_len - read;
-        let step = text.input_fitting(read - written).min(SEAL_CHUNK).min(left);
-        if step < SEAL_STEP_MIN && step < left {
-            aside.extend_from_slice(&out[read..]);
-            break;
-        }
-        let (front, ciphertext) = out.split_at_mut(read);
-        written += text.write(&mut front[written..], &ciphertext[..step]);
-        read += step;
-    }
-    written += text.write(&mut out[written..], &aside);
-    written += text.write(&mut out[written..], &mac);
-    written += text.finish(&mut out[written..]);
-    if written != text_len {
+    text.write(&mut out, &prefix);
+    text.write(&mut out, message);
+    text.write(&mut out, &mac);
+    text.finish(&mut out);
+    if out.len() != text_len {
         return Err(SealError::Encoding(format!(
-            "base64 body is {written} bytes, expected {text_len}"
+            "base64 body is {} bytes, expected {text_len}",
+            out.len()
         )));
     }
     Ok(out)
 }
-
-/// Below this many bytes of room, sealing copies the rest of the ciphertext
-/// aside rather than encoding it in ever smaller steps (see [`seal_body`]).
-/// With the room growing by 0.37 bytes per byte left, that is the last
-/// ~15 KiB of a large message.
-const SEAL_STEP_MIN: usize = 4096;
 
 /// The GCM nonce: the first 12 bytes of
 /// `SHA-256("IBEMAIL-V1-NONCE" ‖ DER(recipientInfos))` (see [`crate::cms`]).
@@ -416,8 +409,8 @@ mod tests {
     use aes_gcm::aead::AeadInOut;
     use aes_gcm::{Aes256Gcm, Nonce};
 
-    /// The sealed body as it was built before the one-pass writer: the whole
-    /// DER with the content encrypted in place by `aes-gcm`, then base64 of it.
+    /// The sealed body built independently: the whole DER with the content
+    /// encrypted by `aes-gcm` (not ring), then base64 of it by `base64`.
     fn reference_body(message: &[u8], infos: &[Vec<u8>], cek: &ContentKey) -> Vec<u8> {
         use base64::Engine as _;
         let (mut der, nonce, total) = der_prefix(message.len(), infos).unwrap();
@@ -438,29 +431,32 @@ mod tests {
     }
 
     #[test]
-    fn in_place_body_equals_der_then_base64() {
+    fn body_equals_der_then_base64() {
         let cek = ContentKey(Zeroizing::new([0x5au8; CEK_BYTES]));
+        // Around the base64 encoder's groups of 64 lines.
+        const GROUP: usize = 57 * 64;
         let mut sizes = vec![0usize, 1, 2, 3, 15, 16, 17, 56, 57, 58, 127, 128, 4096];
         for k in [1, 2, 3] {
-            sizes.extend([k * SEAL_CHUNK - 1, k * SEAL_CHUNK, k * SEAL_CHUNK + 1]);
+            sizes.extend([k * GROUP - 1, k * GROUP, k * GROUP + 1]);
         }
         sizes.push((2 << 20) + 5);
         for len in sizes {
             let message: Vec<u8> = (0..len).map(|i| (i * 3 + i / 97) as u8).collect();
             // Recipient infos of assorted lengths put the content at every
             // alignment to the 57-byte base64 lines (and across length forms).
-            // 60000: a prefix (many recipients) longer than the room the
-            // base64 of a small message leaves before its ciphertext.
             for info_len in [1usize, 2, 30, 56, 100, 200, 300, 1000, 60_000] {
-                if len > SEAL_CHUNK && info_len % 3 != 0 {
+                if len > GROUP && info_len % 3 != 0 {
                     continue; // keep the test quick: a few alignments suffice
                 }
                 let infos = vec![vec![0x30u8; info_len], vec![0xa4u8; info_len / 2 + 1]];
+                let mut buffer = message.clone();
+                let body = seal_body(&mut buffer, &infos, &cek).unwrap();
                 assert!(
-                    seal_body(&message, &infos, &cek).unwrap()
-                        == reference_body(&message, &infos, &cek),
+                    body == reference_body(&message, &infos, &cek),
                     "message {len} bytes, infos {info_len}"
                 );
+                // The buffer now holds the ciphertext, not the message.
+                assert!(len < 16 || buffer != message);
             }
         }
     }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{Kgc, as_dyn, corpus, rng};
 use ibemail_message::header::HeaderSection;
-use ibemail_message::{Limits, OUTER_FIELDS, seal};
+use ibemail_message::{Limits, OUTER_FIELDS, seal, seal_owned};
 
 #[test]
 fn every_corpus_message_round_trips_for_one_recipient() {
@@ -22,6 +22,16 @@ fn every_corpus_message_round_trips_for_one_recipient() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .to_bytes();
+        // Sealing the caller's own buffer in place is the same function.
+        let owned = seal_owned(
+            original.clone(),
+            &as_dyn(&bob),
+            &mut rng(i as u64),
+            &Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .to_bytes();
+        assert!(owned == sealed, "{name}: seal_owned differs from seal");
         let opened = b
             .open(&sealed, &["bob@b.test"])
             .unwrap_or_else(|e| panic!("{name}: {e}"));
