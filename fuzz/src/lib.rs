@@ -13,7 +13,7 @@ use cms::authenveloped_data::AuthEnvelopedData;
 use cms::content_info::ContentInfo;
 use cms::enveloped_data::RecipientInfo;
 use der::{Decode, Encode};
-use ibemail_ibe::{Generation, Identity, MasterKey, PublicParams, UserKey};
+use ibemail_ibe::{Capsule, Generation, Identity, MasterKey, PublicParams, UserKey};
 use ibemail_message::cms::{KemRecipientInfo, LargeOid};
 use ibemail_message::header::HeaderSection;
 use ibemail_message::{CapsuleError, Limits, OpenError};
@@ -261,21 +261,25 @@ pub fn open(data: &[u8]) {
     let kgc = kgc();
     let message = as_message(data);
     let limits = limits();
-    let result = ibemail_message::open(
-        &message,
-        std::slice::from_ref(&kgc.bob),
-        &limits,
-        |identity, generation, capsule| {
-            if generation != GENERATION {
-                return Err(CapsuleError::UnknownGeneration(generation));
-            }
-            if *identity != kgc.bob {
-                return Err(CapsuleError::Refused("not a local identity".into()));
-            }
-            kgc.bob_key
-                .decapsulate(&kgc.params, capsule)
-                .map_err(|_| CapsuleError::Rejected)
-        },
+    let open_capsule = |identity: &Identity, generation, capsule: &Capsule| {
+        if generation != GENERATION {
+            return Err(CapsuleError::UnknownGeneration(generation));
+        }
+        if *identity != kgc.bob {
+            return Err(CapsuleError::Refused("not a local identity".into()));
+        }
+        kgc.bob_key
+            .decapsulate(&kgc.params, capsule)
+            .map_err(|_| CapsuleError::Rejected)
+    };
+    let locals = std::slice::from_ref(&kgc.bob);
+    let result = ibemail_message::open(&message, locals, &limits, open_capsule);
+    // Opening in the caller's buffer (decoded and decrypted in place) is
+    // the same function.
+    let owned = ibemail_message::open_owned(message.to_vec(), locals, &limits, open_capsule);
+    assert_eq!(
+        result.as_ref().map(|o| (&o.message, o.layers)),
+        owned.as_ref().map(|o| (&o.message, o.layers)),
     );
     match result {
         Ok(opened) => {

@@ -616,7 +616,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let raw = Arc::new(message.to_bytes());
+        let raw = message.to_bytes();
         let now = now();
         if !ibemail_message::is_encrypted(&raw) {
             return self
@@ -636,28 +636,42 @@ impl Engine {
                 .as_is(message, &raw, origin, remove_forged, true, now)
                 .await;
         }
+        const NO_KGC: &str = "no KGC configured to open inbound mail";
+        if matches!(self.keys, Keys::None) {
+            return Verdict::tempfail(NO_KGC);
+        }
+        // The signature outside is checked first, because opening consumes
+        // the sealed copy: it is decoded and decrypted where it lies.
+        let outer_result = self.verify(&raw, true, now).await;
+        let outer_policy = self.signature_policy(&raw, origin);
         let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();
         let limits = self.limits;
         let opened = match &self.keys {
-            Keys::None => return Verdict::tempfail("no KGC configured to open inbound mail"),
+            Keys::None => return Verdict::tempfail(NO_KGC),
             Keys::InProcess(service) => {
                 let service = service.clone();
-                let raw = raw.clone();
                 tokio::task::spawn_blocking(move || {
-                    ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
-                        service.open_capsule(id, generation, capsule)
-                    })
+                    ibemail_message::open_owned(
+                        raw,
+                        &identities,
+                        &limits,
+                        |id, generation, capsule| service.open_capsule(id, generation, capsule),
+                    )
                 })
                 .await
             }
             Keys::Daemon(client) => {
                 let client = client.clone();
                 let handle = tokio::runtime::Handle::current();
-                let raw = raw.clone();
                 tokio::task::spawn_blocking(move || {
-                    ibemail_message::open(&raw, &identities, &limits, |id, generation, capsule| {
-                        handle.block_on(client.open(id, generation, capsule))
-                    })
+                    ibemail_message::open_owned(
+                        raw,
+                        &identities,
+                        &limits,
+                        |id, generation, capsule| {
+                            handle.block_on(client.open(id, generation, capsule))
+                        },
+                    )
                 })
                 .await
             }
@@ -668,7 +682,6 @@ impl Engine {
         };
         match opened {
             Ok(opened) => {
-                let outer_result = self.verify(&raw, true, now).await;
                 let inner_result = self.verify(&opened.message, true, now).await;
                 let signed = combine(outer_result, inner_result);
                 self.metrics.signature(&signed);
@@ -727,8 +740,7 @@ impl Engine {
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
             Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
-                self.as_is(message, &raw, origin, remove_forged, true, now)
-                    .await
+                self.report_as_is(message, outer_result, outer_policy, remove_forged, true)
             }
             Err(e) => {
                 let reason = format!("ibemail: cannot decrypt: {e}");
@@ -832,8 +844,20 @@ impl Engine {
         now: u64,
     ) -> Verdict {
         let result = self.verify(raw, encrypted, now).await;
-        self.metrics.signature(&result);
         let policy = self.signature_policy(raw, origin);
+        self.report_as_is(message, result, policy, remove_forged, encrypted)
+    }
+
+    /// [`Engine::as_is`] with the signature verified already.
+    fn report_as_is(
+        &self,
+        message: &Message,
+        result: SigResult,
+        policy: SignaturePolicy,
+        remove_forged: Vec<Action>,
+        encrypted: bool,
+    ) -> Verdict {
+        self.metrics.signature(&result);
         if result == SigResult::None && policy == SignaturePolicy::Report {
             return Verdict::untouched(remove_forged);
         }

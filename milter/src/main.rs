@@ -332,13 +332,13 @@ fn decrypt(
     let opened = if let Some(dir) = kgc_dir {
         let service = KeyService::load(std::slice::from_ref(dir), 16)
             .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", dir.display())))?;
-        ibemail_message::open(&message, &identities, &limits, |id, generation, capsule| {
+        ibemail_message::open_owned(message, &identities, &limits, |id, generation, capsule| {
             service.open_capsule(id, generation, capsule)
         })
     } else if let Some(socket) = kgc_socket {
         let client = KgcClient::new(socket, Duration::from_secs(10));
         let rt = runtime()?;
-        ibemail_message::open(&message, &identities, &limits, |id, generation, capsule| {
+        ibemail_message::open_owned(message, &identities, &limits, |id, generation, capsule| {
             rt.block_on(client.open(id, generation, capsule))
         })
     } else {

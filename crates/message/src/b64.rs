@@ -100,16 +100,6 @@ fn encode_into<'a>(data: &[u8], dst: &'a mut [u8]) -> &'a [u8] {
     &dst[..n]
 }
 
-/// Decodes `text` strictly (canonical padding, at the end only) into
-/// `scratch` (at least `decoded_len_estimate` long, small enough to stay in
-/// L1), then appends the bytes to `out`, so that `out` is written once
-/// rather than zero-filled first; `None` if `text` is not valid base64.
-fn decode_append(text: &[u8], scratch: &mut [u8], out: &mut Vec<u8>) -> Option<usize> {
-    let n = STANDARD.decode_slice(text, scratch).ok()?;
-    out.extend_from_slice(&scratch[..n]);
-    Some(n)
-}
-
 /// Base64 of `data` in 76-character lines ending in CRLF (RFC 2045 §6.8),
 /// allocated once at its exact size.
 #[cfg(test)]
@@ -121,54 +111,102 @@ pub(crate) fn encode_wrapped(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes base64 laid out as the encoder writes it — lines of 76
-/// characters separated by CRLF or LF, the last one 76 or fewer, whitespace
-/// before and after the text — straight into the output. `None` for
-/// anything else, invalid input included: the caller then runs the general
-/// decoder, which tolerates any whitespace and says what is wrong.
+/// How far [`decode_lines_in_place`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Decoded {
+    /// Bytes decoded into the front of the buffer.
+    pub(crate) len: usize,
+    /// `None` if that is the whole body; otherwise where the input that is
+    /// still to decode starts. It is untouched, and the decoded front ends
+    /// before it.
+    pub(crate) rest: Option<usize>,
+}
+
+/// Decodes the base64 body at `buf[start..]`, laid out as the encoder
+/// writes it — lines of 76 characters separated by CRLF or LF, the last one
+/// 76 or fewer, whitespace before and after the text — into the front of
+/// `buf` itself: no second buffer the size of the message.
 ///
-/// When this returns `Some`, the result is what the general decoder returns:
-/// the lines contain no whitespace (the strict decoder refuses it inside a
-/// line), so stripping whitespace leaves exactly their concatenation, and
-/// that is decoded strictly, padding only at the very end.
-pub(crate) fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
+/// Lines are gathered into a small buffer, decoded there and only then
+/// written back, at a position that never passes the first unread input
+/// byte (each group of 52 lines, 3952 characters and at least 52
+/// separators, decodes to 2964 bytes). So when the layout turns out to be
+/// irregular, or a character invalid, decoding stops at the start of the
+/// group in question and says where: `buf[..len]` holds the bytes decoded
+/// so far and the input from `rest` on is intact, for the general decoder.
+///
+/// The bytes decoded here are what the general decoder gives for the same
+/// text: the lines contain no whitespace (the strict decoder refuses it
+/// inside a line), so stripping whitespace leaves exactly their
+/// concatenation; each group is whole 4-character quanta decoded strictly,
+/// padding only in the last one. A body this stops on part-way is the
+/// decoded groups followed by what the general decoder makes of the rest.
+pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
     const GROUP_LINES: usize = 52; // 3952 characters, a multiple of 4
-    let mut rest = body.trim_ascii();
-    let sep = match rest.get(LINE_CHARS..LINE_CHARS + 2) {
-        None => 0, // one line at most
+    let body = &buf[start..];
+    let mut r = start + (body.len() - body.trim_ascii_start().len());
+    let end = r + body.trim_ascii().len();
+    let sep = match buf.get(r + LINE_CHARS..(r + LINE_CHARS + 2).min(end)) {
+        None | Some([]) => 0, // one line at most
         Some(b"\r\n") => 2,
-        Some([b'\n', _]) => 1,
-        Some(_) => return None,
+        Some([b'\n', ..]) => 1,
+        Some(_) => {
+            return Decoded {
+                len: 0,
+                rest: Some(start),
+            };
+        }
     };
-    let mut out = Vec::with_capacity(rest.len() / (LINE_CHARS + sep.max(1)) * LINE_BYTES + 60);
     let mut group = vec![0u8; GROUP_LINES * LINE_CHARS];
     let mut decoded = vec![0u8; GROUP_LINES * LINE_BYTES];
     let mut filled = 0;
-    while rest.len() > LINE_CHARS {
-        let (line, tail) = rest.split_first_chunk::<LINE_CHARS>()?;
-        let next = match (sep, tail) {
-            (2, [b'\r', b'\n', next @ ..]) | (1, [b'\n', next @ ..]) => next,
-            _ => return None,
+    let mut group_start = r;
+    let mut w = 0;
+    let stop = |w, at| Decoded {
+        len: w,
+        rest: Some(at),
+    };
+    while end - r > LINE_CHARS {
+        let next = r + LINE_CHARS + sep;
+        let separated = match sep {
+            2 => buf.get(r + LINE_CHARS..next) == Some(b"\r\n"),
+            1 => buf.get(r + LINE_CHARS) == Some(&b'\n'),
+            _ => false,
         };
         // An empty last line would mean trailing whitespace, trimmed above.
-        if next.is_empty() {
-            return None;
+        if !separated || next >= end {
+            return stop(w, group_start);
         }
-        group[filled..filled + LINE_CHARS].copy_from_slice(line);
+        group[filled..filled + LINE_CHARS].copy_from_slice(&buf[r..r + LINE_CHARS]);
         filled += LINE_CHARS;
-        rest = next;
+        r = next;
         if filled == group.len() {
             // Not the end: the group must decode in full, without padding.
-            if decode_append(&group, &mut decoded, &mut out)? != group.len() / 4 * 3 {
-                return None;
+            match STANDARD.decode_slice(&group, &mut decoded) {
+                Ok(n) if n == decoded.len() => {}
+                _ => return stop(w, group_start),
             }
+            buf[w..w + decoded.len()].copy_from_slice(&decoded);
+            w += decoded.len();
             filled = 0;
+            group_start = r;
         }
     }
-    let (last, _) = group.split_at_mut_checked(filled + rest.len())?;
-    last[filled..].copy_from_slice(rest);
-    decode_append(last, &mut decoded, &mut out)?;
-    (!out.is_empty()).then_some(out)
+    let last = filled + (end - r);
+    if last > group.len() {
+        return stop(w, group_start);
+    }
+    group[filled..last].copy_from_slice(&buf[r..end]);
+    let Ok(n) = STANDARD.decode_slice(&group[..last], &mut decoded) else {
+        return stop(w, group_start);
+    };
+    buf[w..w + n].copy_from_slice(&decoded[..n]);
+    w += n;
+    if w == 0 {
+        // Nothing at all: the general decoder says what is wrong.
+        return stop(0, start);
+    }
+    Decoded { len: w, rest: None }
 }
 
 #[cfg(test)]
@@ -212,6 +250,24 @@ mod tests {
                 }
                 enc.finish(&mut out);
                 assert!(out == expected, "len {len}, piece {piece}");
+            }
+        }
+    }
+
+    /// The line decoder alone, on `body` behind a header (as in a message):
+    /// `Some` only if it decoded the whole body.
+    fn decode_lines(body: &[u8]) -> Option<Vec<u8>> {
+        const HEADER: &[u8] = b"Content-Transfer-Encoding: base64\r\n\r\n";
+        let mut buf = HEADER.to_vec();
+        buf.extend_from_slice(body);
+        let done = decode_lines_in_place(&mut buf, HEADER.len());
+        match done.rest {
+            None => Some(buf[..done.len].to_vec()),
+            Some(rest) => {
+                // Stopped: the rest of the input is as it was.
+                assert!(done.len <= rest);
+                assert_eq!(buf[rest..], [HEADER, body].concat()[rest..]);
+                None
             }
         }
     }

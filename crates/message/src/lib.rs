@@ -65,7 +65,9 @@ mod seal;
 pub mod signature;
 
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
-pub use open::{Candidate, Envelope, Opened, inspect, is_encrypted, open};
+pub use open::{
+    Candidate, Envelope, Opened, inspect, inspect_owned, is_encrypted, open, open_owned,
+};
 pub use seal::{
     ContentKey, IbeRecipient, OBSCURED_SUBJECT, Recipient, SMIME_FIELDS, Sealed, seal, seal_owned,
 };

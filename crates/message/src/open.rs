@@ -123,7 +123,26 @@ fn is_pkcs7_mime(ct: &ContentType) -> bool {
 
 /// Parses a sealed message. Fails with [`OpenError::NotEncrypted`] for
 /// ordinary mail and [`OpenError::NotOurs`] for other S/MIME encryption.
+///
+/// The body is copied, then decoded; [`inspect_owned`] decodes it where it
+/// lies.
 pub fn inspect(sealed: &[u8], limits: &Limits) -> Result<Envelope, OpenError> {
+    let body = smime_body(sealed, limits)?;
+    parse_content_info(decode_base64_in_place(sealed[body..].to_vec(), 0)?, limits)
+}
+
+/// [`inspect`], taking the sealed message by value: its base64 body is
+/// decoded into the front of the same buffer, which then holds the DER (and,
+/// once decrypted, the message). The sealed message is consumed whether or
+/// not it parses.
+pub fn inspect_owned(sealed: Vec<u8>, limits: &Limits) -> Result<Envelope, OpenError> {
+    let body = smime_body(&sealed, limits)?;
+    parse_content_info(decode_base64_in_place(sealed, body)?, limits)
+}
+
+/// Checks the header section of a sealed message and returns where its
+/// base64 body starts.
+fn smime_body(sealed: &[u8], limits: &Limits) -> Result<usize, OpenError> {
     let section = HeaderSection::parse(sealed);
     let ct = section
         .get("Content-Type")
@@ -150,8 +169,7 @@ pub fn inspect(sealed: &[u8], limits: &Limits) -> Result<Envelope, OpenError> {
     if !base64 {
         return Err(Malformed::Base64.into());
     }
-    let der = decode_base64(&sealed[section.body_offset..])?;
-    parse_content_info(der, limits)
+    Ok(section.body_offset)
 }
 
 fn parse_content_info(der: Vec<u8>, limits: &Limits) -> Result<Envelope, OpenError> {
@@ -343,14 +361,35 @@ fn validate_kemri(kemri: KemRecipientInfo) -> Result<KemRecipient, Malformed> {
     })
 }
 
-/// Decodes a base64 MIME body, skipping whitespace. The usual layout (what
-/// [`crate::seal()`] writes: 76-character lines) is decoded line by line
-/// with SIMD; anything else goes to [`decode_base64_general`].
-fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
-    match crate::b64::decode_lines(body) {
-        Some(der) => Ok(der),
-        None => decode_base64_general(body),
+/// Decodes the base64 MIME body at `buf[start..]`, skipping whitespace,
+/// into `buf` itself, which becomes the decoded bytes. The usual layout
+/// (what [`crate::seal()`] writes: 76-character lines) is decoded in place,
+/// by lines, with SIMD; wherever that stops, [`decode_base64_general`]
+/// decodes the rest.
+fn decode_base64_in_place(mut buf: Vec<u8>, start: usize) -> Result<Vec<u8>, Malformed> {
+    let done = crate::b64::decode_lines_in_place(&mut buf, start);
+    let mut len = done.len;
+    if let Some(rest) = done.rest {
+        // Whole groups of 4 characters, without padding, were decoded
+        // before `rest`: decoding the rest alone and appending it is
+        // decoding the whole (with nothing more, the whole was valid).
+        let tail = &buf[rest..];
+        if len == 0 || !tail.trim_ascii().is_empty() {
+            let tail = decode_base64_general(tail)?;
+            // The decoded front ends at or before `rest`, and the tail
+            // decodes to fewer bytes than its text.
+            buf[len..len + tail.len()].copy_from_slice(&tail);
+            len += tail.len();
+        }
     }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`decode_base64_in_place`] of a borrowed body.
+#[cfg(test)]
+fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
+    decode_base64_in_place(body.to_vec(), 0)
 }
 
 /// Decodes a base64 MIME body with whitespace anywhere, in bounded chunks
@@ -535,8 +574,39 @@ pub(crate) fn decrypt_to_front(
 ///
 /// Nested ibemail layers (a sealed message inside a sealed message) are
 /// removed up to `limits.max_nesting`.
+///
+/// This copies the body of `sealed` first; a caller that owns the sealed
+/// message and has no further use for it should call [`open_owned`].
 pub fn open<F>(
     sealed: &[u8],
+    locals: &[Identity],
+    limits: &Limits,
+    open_capsule: F,
+) -> Result<Opened, OpenError>
+where
+    F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
+{
+    open_layers(inspect(sealed, limits)?, locals, limits, open_capsule)
+}
+
+/// [`open`], taking the sealed message by value: it is decoded and
+/// decrypted in its own buffer, which becomes the opened message. Peak
+/// memory is the sealed message alone (1.4 × the opened one). The sealed
+/// message is consumed whether or not it opens.
+pub fn open_owned<F>(
+    sealed: Vec<u8>,
+    locals: &[Identity],
+    limits: &Limits,
+    open_capsule: F,
+) -> Result<Opened, OpenError>
+where
+    F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
+{
+    open_layers(inspect_owned(sealed, limits)?, locals, limits, open_capsule)
+}
+
+fn open_layers<F>(
+    envelope: Envelope,
     locals: &[Identity],
     limits: &Limits,
     mut open_capsule: F,
@@ -544,9 +614,12 @@ pub fn open<F>(
 where
     F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
 {
-    let mut opened = open_layer(sealed, locals, limits, &mut open_capsule)?;
+    let mut opened = open_envelope(envelope, locals, &mut open_capsule)?;
     while is_encrypted(&opened.message) {
-        match open_layer(&opened.message, locals, limits, &mut open_capsule) {
+        // Borrowed: if the inner layer is not ours, `opened` is delivered.
+        let inner = inspect(&opened.message, limits)
+            .and_then(|envelope| open_envelope(envelope, locals, &mut open_capsule));
+        match inner {
             Ok(inner) => {
                 if opened.layers >= limits.max_nesting {
                     return Err(LimitExceeded::Nesting {
@@ -569,16 +642,14 @@ where
     Ok(opened)
 }
 
-fn open_layer<F>(
-    sealed: &[u8],
+fn open_envelope<F>(
+    envelope: Envelope,
     locals: &[Identity],
-    limits: &Limits,
     open_capsule: &mut F,
 ) -> Result<Opened, OpenError>
 where
     F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
 {
-    let envelope = inspect(sealed, limits)?;
     let candidates = envelope.candidates(locals);
     let mut first_error: Option<OpenError> = None;
     for candidate in &candidates {
@@ -684,12 +755,34 @@ mod tests {
         assert_eq!(decode_base64(&odd).unwrap(), data);
     }
 
+    #[test]
+    fn line_decoding_that_stops_part_way_is_finished_by_the_general_decoder() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let wrapped = crate::b64::encode_wrapped(&data);
+        // Line 120 (in the third group) ends in " \n" instead of CRLF, and
+        // line 200 is split in two: valid base64 for the general decoder,
+        // irregular for the line decoder.
+        let mut odd = wrapped.clone();
+        odd[120 * 78 + 76] = b' ';
+        odd[120 * 78 + 77] = b'\n';
+        odd.splice(200 * 78 + 30..200 * 78 + 30, *b"\r\n");
+        let mut message = b"Content-Type: x\r\n\r\n".to_vec();
+        let start = message.len();
+        message.extend_from_slice(&odd);
+        assert_eq!(decode_base64_in_place(message, start).unwrap(), data);
+        // And a bad character there is refused, not skipped.
+        let mut bad = wrapped;
+        bad[120 * 78 + 10] = b'*';
+        assert_eq!(decode_base64_in_place(bad, 0), Err(Malformed::Base64));
+    }
+
     proptest::proptest! {
         /// The line-by-line SIMD path gives exactly what the general decoder
         /// gives (the same bytes or an error), whatever the layout and junk.
         #[test]
         fn fast_and_general_base64_decoding_agree(
-            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4000),
+            // Up to three groups of the line decoder (2964 bytes each).
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10_000),
             line in proptest::sample::select(vec![76usize, 72, 4, 7, 76]),
             sep in proptest::sample::select(vec![&b"\r\n"[..], b"\n", b" ", b"\r\n"]),
             edits in proptest::collection::vec(
@@ -713,9 +806,12 @@ mod tests {
             }
             let general = decode_base64_general(&body);
             proptest::prop_assert_eq!(decode_base64(&body), general.clone());
-            if let Some(fast) = crate::b64::decode_lines(&body) {
-                proptest::prop_assert_eq!(Ok(fast), general);
-            }
+            // In place behind a header, as in a message; wherever the line
+            // decoder stops, the general decoder finishes.
+            let mut message = b"Subject: x\r\n\r\n".to_vec();
+            let start = message.len();
+            message.extend_from_slice(&body);
+            proptest::prop_assert_eq!(decode_base64_in_place(message, start), general);
         }
     }
 

@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use ibemail_ibe::{Identity, MasterKey, PublicParams};
-use ibemail_message::{CapsuleError, IbeRecipient, Limits, OpenError, Opened, Recipient, open};
+use ibemail_ibe::{Capsule, Identity, MasterKey, PublicParams};
+use ibemail_message::{
+    CapsuleError, IbeRecipient, Limits, OpenError, Opened, Recipient, open, open_owned,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -35,23 +37,40 @@ impl Kgc {
         }
     }
 
-    /// Opens `sealed` for `locals` as the milter would with an in-process KGC.
+    /// Opens `sealed` for `locals` as the milter would with an in-process
+    /// KGC: both from a borrowed message and in the caller's own buffer,
+    /// which must come to the same.
     pub fn open(&self, sealed: &[u8], locals: &[&str]) -> Result<Opened, OpenError> {
         let locals: Vec<Identity> = locals.iter().map(|a| Identity::parse(a).unwrap()).collect();
-        open(
-            sealed,
-            &locals,
-            &Limits::default(),
-            |id, generation, capsule| {
-                if generation != self.generation {
-                    return Err(CapsuleError::UnknownGeneration(generation));
-                }
-                self.master
-                    .extract(id, generation)
-                    .decapsulate(&self.params, capsule)
-                    .map_err(|_| CapsuleError::Rejected)
-            },
-        )
+        let open_capsule = |id: &Identity, generation, capsule: &Capsule| {
+            if generation != self.generation {
+                return Err(CapsuleError::UnknownGeneration(generation));
+            }
+            self.master
+                .extract(id, generation)
+                .decapsulate(&self.params, capsule)
+                .map_err(|_| CapsuleError::Rejected)
+        };
+        let borrowed = open(sealed, &locals, &Limits::default(), open_capsule);
+        let owned = open_owned(sealed.to_vec(), &locals, &Limits::default(), open_capsule);
+        let summary = |r: &Result<Opened, OpenError>| {
+            r.as_ref()
+                .map(|o| {
+                    (
+                        o.message.clone(),
+                        o.recipient.clone(),
+                        o.generation,
+                        o.layers,
+                    )
+                })
+                .map_err(Clone::clone)
+        };
+        assert_eq!(
+            summary(&borrowed),
+            summary(&owned),
+            "open and open_owned differ"
+        );
+        borrowed
     }
 }
 
