@@ -127,13 +127,16 @@ pub(crate) struct Decoded {
 /// 76 or fewer, whitespace before and after the text — into the front of
 /// `buf` itself: no second buffer the size of the message.
 ///
-/// Lines are gathered into a small buffer, decoded there and only then
-/// written back, at a position that never passes the first unread input
-/// byte (each group of 52 lines, 3952 characters and at least 52
-/// separators, decodes to 2964 bytes). So when the layout turns out to be
-/// irregular, or a character invalid, decoding stops at the start of the
-/// group in question and says where: `buf[..len]` holds the bytes decoded
-/// so far and the input from `rest` on is intact, for the general decoder.
+/// Lines are gathered into a small buffer and decoded from there to a
+/// position that never passes the first unread input byte (each group of
+/// 52 lines, 3952 characters and at least 52 separators, decodes to 2964
+/// bytes, so the decoded front falls further behind with every group).
+/// Until it trails the group being decoded by the group's whole decoded
+/// size, a group is decoded into a scratch buffer first and copied back
+/// only once it decoded. So when the layout turns out to be irregular, or
+/// a character invalid, decoding stops at the start of the group in
+/// question and says where: `buf[..len]` holds the bytes decoded so far and
+/// the input from `rest` on is intact, for the general decoder.
 ///
 /// The bytes decoded here are what the general decoder gives for the same
 /// text: the lines contain no whitespace (the strict decoder refuses it
@@ -182,12 +185,20 @@ pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
         r = next;
         if filled == group.len() {
             // Not the end: the group must decode in full, without padding.
-            match STANDARD.decode_slice(&group, &mut decoded) {
-                Ok(n) if n == decoded.len() => {}
-                _ => return stop(w, group_start),
+            // Straight into place once that cannot reach the group's own
+            // input (needed intact if it fails), else through `decoded`.
+            let n = decoded.len();
+            let ok = if w + n <= group_start {
+                STANDARD.decode_slice(&group, &mut buf[w..w + n])
+            } else {
+                STANDARD.decode_slice(&group, &mut decoded).inspect(|_| {
+                    buf[w..w + n].copy_from_slice(&decoded);
+                })
+            };
+            if ok != Ok(n) {
+                return stop(w, group_start);
             }
-            buf[w..w + decoded.len()].copy_from_slice(&decoded);
-            w += decoded.len();
+            w += n;
             filled = 0;
             group_start = r;
         }

@@ -757,23 +757,30 @@ mod tests {
 
     #[test]
     fn line_decoding_that_stops_part_way_is_finished_by_the_general_decoder() {
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let wrapped = crate::b64::encode_wrapped(&data);
-        // Line 120 (in the third group) ends in " \n" instead of CRLF, and
-        // line 200 is split in two: valid base64 for the general decoder,
-        // irregular for the line decoder.
-        let mut odd = wrapped.clone();
-        odd[120 * 78 + 76] = b' ';
-        odd[120 * 78 + 77] = b'\n';
-        odd.splice(200 * 78 + 30..200 * 78 + 30, *b"\r\n");
-        let mut message = b"Content-Type: x\r\n\r\n".to_vec();
-        let start = message.len();
-        message.extend_from_slice(&odd);
-        assert_eq!(decode_base64_in_place(message, start).unwrap(), data);
-        // And a bad character there is refused, not skipped.
-        let mut bad = wrapped;
-        bad[120 * 78 + 10] = b'*';
-        assert_eq!(decode_base64_in_place(bad, 0), Err(Malformed::Base64));
+        // Groups are 52 lines. In the third group (decoded through the
+        // scratch buffer) and in the seventh (decoded straight into place):
+        // a line ending in " \n" instead of CRLF, and a line split in two.
+        // Valid base64 for the general decoder, irregular for the lines.
+        for line in [120, 330] {
+            let mut odd = wrapped.clone();
+            odd[line * 78 + 76] = b' ';
+            odd[line * 78 + 77] = b'\n';
+            odd.splice((line + 20) * 78 + 30..(line + 20) * 78 + 30, *b"\r\n");
+            let mut message = b"Content-Type: x\r\n\r\n".to_vec();
+            let start = message.len();
+            message.extend_from_slice(&odd);
+            assert_eq!(
+                decode_base64_in_place(message, start).unwrap(),
+                data,
+                "line {line}"
+            );
+            // And a bad character there is refused, not skipped.
+            let mut bad = wrapped.clone();
+            bad[line * 78 + 10] = b'*';
+            assert_eq!(decode_base64_in_place(bad, 0), Err(Malformed::Base64));
+        }
     }
 
     proptest::proptest! {
@@ -781,8 +788,9 @@ mod tests {
         /// gives (the same bytes or an error), whatever the layout and junk.
         #[test]
         fn fast_and_general_base64_decoding_agree(
-            // Up to three groups of the line decoder (2964 bytes each).
-            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10_000),
+            // Up to seven groups of the line decoder (2964 bytes each); from
+            // the fourth on, it decodes straight into place.
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
             line in proptest::sample::select(vec![76usize, 72, 4, 7, 76]),
             sep in proptest::sample::select(vec![&b"\r\n"[..], b"\n", b" ", b"\r\n"]),
             edits in proptest::collection::vec(
