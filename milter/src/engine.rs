@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnchor};
-use ibemail_ibe::Identity;
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::header::{HeaderSection, push_crlf_normalised};
 use ibemail_message::signature::{self, SIGNATURE_FIELD};
-use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient};
+use ibemail_message::{CapsuleError, IbeRecipient, Limits, OpenError, Recipient};
 
 const SIGNATURE_FIELD_LEN: usize = SIGNATURE_FIELD.len();
 use rand_core::OsRng;
@@ -199,6 +199,10 @@ impl Verdict {
         }
     }
 }
+
+/// Opens one capsule for the message crate, off the async threads.
+type CapsuleOpener =
+    dyn FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError> + Send;
 
 /// How capsules are opened and messages signed.
 pub(crate) enum Keys {
@@ -636,46 +640,33 @@ impl Engine {
                 .as_is(message, &raw, origin, remove_forged, true, now)
                 .await;
         }
-        const NO_KGC: &str = "no KGC configured to open inbound mail";
-        if matches!(self.keys, Keys::None) {
-            return Verdict::tempfail(NO_KGC);
-        }
+        // Who opens capsules: the keys in this process or the KGC daemon.
+        let open_capsule: Box<CapsuleOpener> = match &self.keys {
+            Keys::None => return Verdict::tempfail("no KGC configured to open inbound mail"),
+            Keys::InProcess(service) => {
+                let service = service.clone();
+                Box::new(move |id: &Identity, generation, capsule: &Capsule| {
+                    service.open_capsule(id, generation, capsule)
+                })
+            }
+            Keys::Daemon(client) => {
+                let client = client.clone();
+                let handle = tokio::runtime::Handle::current();
+                Box::new(move |id: &Identity, generation, capsule: &Capsule| {
+                    handle.block_on(client.open(id, generation, capsule))
+                })
+            }
+        };
         // The signature outside is checked first, because opening consumes
         // the sealed copy: it is decoded and decrypted where it lies.
         let outer_result = self.verify(&raw, true, now).await;
         let outer_policy = self.signature_policy(&raw, origin);
         let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();
         let limits = self.limits;
-        let opened = match &self.keys {
-            Keys::None => return Verdict::tempfail(NO_KGC),
-            Keys::InProcess(service) => {
-                let service = service.clone();
-                tokio::task::spawn_blocking(move || {
-                    ibemail_message::open_owned(
-                        raw,
-                        &identities,
-                        &limits,
-                        |id, generation, capsule| service.open_capsule(id, generation, capsule),
-                    )
-                })
-                .await
-            }
-            Keys::Daemon(client) => {
-                let client = client.clone();
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    ibemail_message::open_owned(
-                        raw,
-                        &identities,
-                        &limits,
-                        |id, generation, capsule| {
-                            handle.block_on(client.open(id, generation, capsule))
-                        },
-                    )
-                })
-                .await
-            }
-        };
+        let opened = tokio::task::spawn_blocking(move || {
+            ibemail_message::open_owned(raw, &identities, &limits, open_capsule)
+        })
+        .await;
         let opened = match opened {
             Ok(result) => result,
             Err(e) => return Verdict::tempfail(format!("opening task failed: {e}")),

@@ -146,6 +146,10 @@ pub(crate) struct Decoded {
 /// decoded groups followed by what the general decoder makes of the rest.
 pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
     const GROUP_LINES: usize = 52; // 3952 characters, a multiple of 4
+    let stop = |len, at| Decoded {
+        len,
+        rest: Some(at),
+    };
     let body = &buf[start..];
     let mut r = start + (body.len() - body.trim_ascii_start().len());
     let end = r + body.trim_ascii().len();
@@ -153,22 +157,13 @@ pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
         None | Some([]) => 0, // one line at most
         Some(b"\r\n") => 2,
         Some([b'\n', ..]) => 1,
-        Some(_) => {
-            return Decoded {
-                len: 0,
-                rest: Some(start),
-            };
-        }
+        Some(_) => return stop(0, start),
     };
     let mut group = vec![0u8; GROUP_LINES * LINE_CHARS];
-    let mut decoded = vec![0u8; GROUP_LINES * LINE_BYTES];
+    let mut scratch = vec![0u8; GROUP_LINES * LINE_BYTES];
     let mut filled = 0;
     let mut group_start = r;
     let mut w = 0;
-    let stop = |w, at| Decoded {
-        len: w,
-        rest: Some(at),
-    };
     while end - r > LINE_CHARS {
         let next = r + LINE_CHARS + sep;
         let separated = match sep {
@@ -185,20 +180,10 @@ pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
         r = next;
         if filled == group.len() {
             // Not the end: the group must decode in full, without padding.
-            // Straight into place once that cannot reach the group's own
-            // input (needed intact if it fails), else through `decoded`.
-            let n = decoded.len();
-            let ok = if w + n <= group_start {
-                STANDARD.decode_slice(&group, &mut buf[w..w + n])
-            } else {
-                STANDARD.decode_slice(&group, &mut decoded).inspect(|_| {
-                    buf[w..w + n].copy_from_slice(&decoded);
-                })
-            };
-            if ok != Ok(n) {
-                return stop(w, group_start);
+            match decode_group(buf, w, group_start, &group, &mut scratch) {
+                Some(n) if n == scratch.len() => w += n,
+                _ => return stop(w, group_start),
             }
-            w += n;
             filled = 0;
             group_start = r;
         }
@@ -208,16 +193,36 @@ pub(crate) fn decode_lines_in_place(buf: &mut [u8], start: usize) -> Decoded {
         return stop(w, group_start);
     }
     group[filled..last].copy_from_slice(&buf[r..end]);
-    let Ok(n) = STANDARD.decode_slice(&group[..last], &mut decoded) else {
-        return stop(w, group_start);
-    };
-    buf[w..w + n].copy_from_slice(&decoded[..n]);
-    w += n;
-    if w == 0 {
+    match decode_group(buf, w, group_start, &group[..last], &mut scratch) {
         // Nothing at all: the general decoder says what is wrong.
-        return stop(0, start);
+        Some(0) if w == 0 => stop(0, start),
+        Some(n) => Decoded {
+            len: w + n,
+            rest: None,
+        },
+        None => stop(w, group_start),
     }
-    Decoded { len: w, rest: None }
+}
+
+/// Decodes `text`, the characters of the group of lines whose input began
+/// at `group_start`, to `buf[w..]` and returns how many bytes it wrote;
+/// `None` if the text is not valid base64. Straight into place when that
+/// cannot reach the group's own input, which must stay intact in case the
+/// text fails; through `scratch` otherwise, copied back only on success.
+fn decode_group(
+    buf: &mut [u8],
+    w: usize,
+    group_start: usize,
+    text: &[u8],
+    scratch: &mut [u8],
+) -> Option<usize> {
+    let room = STANDARD.decoded_len_estimate(text.len());
+    if w + room <= group_start {
+        return STANDARD.decode_slice(text, &mut buf[w..w + room]).ok();
+    }
+    let n = STANDARD.decode_slice(text, scratch).ok()?;
+    buf[w..w + n].copy_from_slice(&scratch[..n]);
+    Some(n)
 }
 
 #[cfg(test)]
