@@ -428,6 +428,22 @@ impl OpenSsl {
     }
 }
 
+/// One size's seal and open columns: wall, CPU, MB/s, then both peaks.
+fn row(size: usize, seal: &Measured, open: &Measured) -> String {
+    format!(
+        "{:>8}  {:>10} {:>10} {:>8.0}  {:>10} {:>10} {:>8.0}  {:>8.2}x {:>8.2}x",
+        human(size),
+        us(seal.wall),
+        us(seal.cpu),
+        mb_s(size, seal.wall),
+        us(open.wall),
+        us(open.cpu),
+        mb_s(size, open.wall),
+        seal.peak_extra as f64 / size as f64,
+        open.peak_extra as f64 / size as f64,
+    )
+}
+
 fn human(size: usize) -> String {
     if size >= MIB {
         format!("{} MiB", size / MIB)
@@ -628,17 +644,9 @@ fn main() {
     );
     for (size, sealed_len, s, o) in &ours {
         println!(
-            "{:>8}  {:>10} {:>10} {:>8.0}  {:>10} {:>10} {:>8.0}  {:>8.2}x {:>8.2}x  {:>10.3}",
-            human(*size),
-            us(s.wall),
-            us(s.cpu),
-            mb_s(*size, s.wall),
-            us(o.wall),
-            us(o.cpu),
-            mb_s(*size, o.wall),
-            s.peak_extra as f64 / *size as f64,
-            o.peak_extra as f64 / *size as f64,
-            *sealed_len as f64 / *size as f64,
+            "{}  {:>10.3}",
+            row(*size, s, o),
+            *sealed_len as f64 / *size as f64
         );
     }
     println!(
@@ -657,18 +665,7 @@ fn main() {
          and `encrypt`/`decrypt` do; `seal` and `open` of a borrowed message copy it first:)"
     );
     for (size, s, o) in &copying {
-        println!(
-            "{:>8}  {:>10} {:>10} {:>8.0}  {:>10} {:>10} {:>8.0}  {:>8.2}x {:>8.2}x",
-            human(*size),
-            us(s.wall),
-            us(s.cpu),
-            mb_s(*size, s.wall),
-            us(o.wall),
-            us(o.cpu),
-            mb_s(*size, o.wall),
-            s.peak_extra as f64 / *size as f64,
-            o.peak_extra as f64 / *size as f64,
-        );
+        println!("{}", row(*size, s, o));
     }
     println!();
 

@@ -686,6 +686,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use der::Encode;
 
     /// `ring` opens what an independent implementation (`aes-gcm`) sealed,
     /// wherever the ciphertext sits in the buffer, and on any forgery
@@ -727,7 +728,6 @@ mod tests {
             }
         }
     }
-    use der::Encode;
 
     #[test]
     fn base64_decoder_accepts_wrapped_lines_and_rejects_junk() {
