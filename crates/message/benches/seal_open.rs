@@ -16,7 +16,10 @@
 //! - it then times the operation in batches for a fixed budget and reports
 //!   the median wall-clock and CPU time per operation. CPU time is
 //!   `CLOCK_PROCESS_CPUTIME_ID` (the `ru_utime + ru_stime` of `getrusage`,
-//!   which rustix does not expose, at nanosecond resolution).
+//!   which rustix does not expose, at nanosecond resolution). For the owned
+//!   operations each batch alternates with a batch of BLS12-381 pairings,
+//!   so the 100 KiB target is set against a pairing timed over the same
+//!   seconds (the development VM drifts by ±10% within minutes).
 //!
 //! To profile one operation, keep the inputs (`IBEMAIL_BENCH_DIR=/some/dir`)
 //! and run a child by hand, e.g. `IBEMAIL_BENCH_CHILD=open:3000:/some/dir/sealed-10485760.eml
@@ -186,21 +189,44 @@ fn measure(budget: Duration, mut f: impl FnMut()) -> (Duration, Duration, usize)
 /// the inputs of a batch are made before its clock starts.
 fn measure_with<T>(
     budget: Duration,
+    setup: impl FnMut() -> T,
+    f: impl FnMut(T),
+) -> (Duration, Duration, usize) {
+    let (wall, cpu, samples, _) = measure_beside(budget, setup, f, None);
+    (wall, cpu, samples)
+}
+
+/// [`measure_with`], and with `beside` each batch of `f` is followed by a
+/// batch of `beside` about as long, whose median CPU time per call is
+/// returned too. Both medians then cover the same seconds, so their ratio
+/// does not move with the host's drift (±10% within minutes on the
+/// development VM), as a figure measured a minute apart would.
+fn measure_beside<T>(
+    budget: Duration,
     mut setup: impl FnMut() -> T,
     mut f: impl FnMut(T),
-) -> (Duration, Duration, usize) {
-    // Warm up and size a batch to ~10 ms.
+    mut beside: Option<&mut dyn FnMut()>,
+) -> (Duration, Duration, usize, Option<Duration>) {
+    // Warm up and size the batches to ~10 ms.
+    let batch_for = |per_call: f64| ((0.01 / per_call).ceil() as u32).max(1);
     let start = Instant::now();
     let mut calls = 0u32;
     while calls < 2 || start.elapsed() < budget.min(Duration::from_millis(200)) {
         f(setup());
         calls += 1;
     }
-    let per_call = start.elapsed().as_secs_f64() / f64::from(calls);
-    let batch = ((0.01 / per_call).ceil() as u32).max(1);
+    let batch = batch_for(start.elapsed().as_secs_f64() / f64::from(calls));
+    let beside_batch = beside.as_mut().map(|g| {
+        let start = Instant::now();
+        for _ in 0..3 {
+            g();
+        }
+        batch_for(start.elapsed().as_secs_f64() / 3.0)
+    });
 
     let mut wall = Vec::new();
     let mut cpu = Vec::new();
+    let mut beside_cpu = Vec::new();
     let start = Instant::now();
     while start.elapsed() < budget || wall.len() < 5 {
         let inputs: Vec<T> = (0..batch).map(|_| setup()).collect();
@@ -210,10 +236,22 @@ fn measure_with<T>(
         }
         cpu.push((cpu_time() - c) / batch);
         wall.push(w.elapsed() / batch);
+        if let (Some(g), Some(n)) = (beside.as_mut(), beside_batch) {
+            let c = cpu_time();
+            for _ in 0..n {
+                g();
+            }
+            beside_cpu.push((cpu_time() - c) / n);
+        }
     }
-    wall.sort();
-    cpu.sort();
-    (wall[wall.len() / 2], cpu[cpu.len() / 2], wall.len())
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied()
+    };
+    let samples = wall.len();
+    let wall = median(&mut wall).unwrap_or_default();
+    let cpu = median(&mut cpu).unwrap_or_default();
+    (wall, cpu, samples, median(&mut beside_cpu))
 }
 
 /// The child: one operation on one input file, memory first, then timing.
@@ -264,34 +302,59 @@ fn child(spec: &str) {
         _ => panic!("unknown child operation {op}"),
     };
     let input = std::fs::read(path).unwrap();
-    let (wall, cpu, samples) = match op {
-        "seal" => measure_with(
+    // A pairing is timed beside the owned operations: the 100 KiB target is
+    // judged against the pairing floor measured over the same seconds.
+    let (g1, g2) = pairing_inputs();
+    let mut pairing = || {
+        black_box(blstrs::pairing(black_box(&g1), black_box(&g2)));
+    };
+    let (wall, cpu, samples, pairing) = match op {
+        "seal" => measure_beside(
             budget,
             || input.clone(),
             |message| {
                 black_box(kgc.seal_owned(black_box(message), &mut rng));
             },
+            Some(&mut pairing),
         ),
-        "seal-copy" => measure(budget, || {
-            black_box(kgc.seal(black_box(&input), &mut rng));
-        }),
-        "open" => measure_with(
+        "open" => measure_beside(
             budget,
             || input.clone(),
             |sealed| {
                 black_box(kgc.open_owned(black_box(sealed)));
             },
+            Some(&mut pairing),
         ),
-        _ => measure(budget, || {
-            black_box(kgc.open(black_box(&input)));
-        }),
+        "seal-copy" => {
+            let (wall, cpu, samples) = measure(budget, || {
+                black_box(kgc.seal(black_box(&input), &mut rng));
+            });
+            (wall, cpu, samples, None)
+        }
+        _ => {
+            let (wall, cpu, samples) = measure(budget, || {
+                black_box(kgc.open(black_box(&input)));
+            });
+            (wall, cpu, samples, None)
+        }
     };
     println!(
-        "RESULT wall_ns={} cpu_ns={} samples={samples} peak_extra={} hwm_reset={reset}",
+        "RESULT wall_ns={} cpu_ns={} samples={samples} peak_extra={} hwm_reset={reset} \
+         pairing_ns={}",
         wall.as_nanos(),
         cpu.as_nanos(),
         peak.saturating_sub(baseline),
+        pairing.unwrap_or_default().as_nanos(),
     );
+}
+
+/// The points every pairing of this benchmark is timed on.
+fn pairing_inputs() -> (blstrs::G1Affine, blstrs::G2Affine) {
+    use group::Group as _;
+    (
+        blstrs::G1Affine::from(blstrs::G1Projective::generator() * blstrs::Scalar::from(5u64)),
+        blstrs::G2Affine::from(blstrs::G2Projective::generator() * blstrs::Scalar::from(7u64)),
+    )
 }
 
 /// One child's report.
@@ -302,6 +365,8 @@ struct Measured {
     samples: usize,
     peak_extra: usize,
     hwm_reset: bool,
+    /// CPU time of a pairing, timed beside the operation (zero if not).
+    pairing: Duration,
 }
 
 fn run_child(op: &str, budget: Duration, input: &Path) -> Measured {
@@ -332,6 +397,7 @@ fn run_child(op: &str, budget: Duration, input: &Path) -> Measured {
             "samples" => m.samples = v.parse().unwrap(),
             "peak_extra" => m.peak_extra = v.parse().unwrap(),
             "hwm_reset" => m.hwm_reset = v == "true",
+            "pairing_ns" => m.pairing = Duration::from_nanos(v.parse().unwrap()),
             _ => {}
         }
     }
@@ -472,13 +538,8 @@ fn building_blocks(kgc: &Kgc, size: usize, budget: Duration) -> Duration {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
 
-    use group::Group as _;
-
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (g1, g2) = (
-        blstrs::G1Affine::from(blstrs::G1Projective::generator() * blstrs::Scalar::from(5u64)),
-        blstrs::G2Affine::from(blstrs::G2Projective::generator() * blstrs::Scalar::from(7u64)),
-    );
+    let (g1, g2) = pairing_inputs();
     let (pairing, _, _) = measure(budget, || {
         black_box(blstrs::pairing(black_box(&g1), black_box(&g2)));
     });
@@ -732,11 +793,23 @@ fn main() {
     println!("DESIGN.md §9 targets");
     if let Some((_, _, s, o)) = find(100 * KIB) {
         let cpu = s.cpu + o.cpu;
+        // The pairing timed beside sealing and beside opening, in the same
+        // children; the building blocks' pairing is a minute away.
+        let floor = (s.pairing + o.pairing) / 2;
+        let floor = if floor.is_zero() { pairing } else { floor };
         println!(
-            "  seal + open 100 KiB CPU      {:>10}   target <= 2 ms     {}   ({:.2} pairings here)",
+            "  seal + open 100 KiB CPU      {:>10}   target <= 2 ms     {}   ({:.2} pairings)",
             us(cpu),
             verdict(cpu <= Duration::from_millis(2)),
-            cpu.as_secs_f64() / pairing.as_secs_f64()
+            cpu.as_secs_f64() / floor.as_secs_f64()
+        );
+        // Nearly all of it is pairing-group arithmetic, which scales with the
+        // pairing; this says which hosts meet the target at this ratio.
+        println!(
+            "    (pairing timed beside them {}; at that ratio 2 ms holds where a pairing \
+             takes <= {:.0} µs)",
+            us(floor),
+            2000.0 * floor.as_secs_f64() / cpu.as_secs_f64(),
         );
     }
     if let Some((_, _, s, o)) = find(10 * MIB) {
