@@ -7,12 +7,17 @@
 //! - the domain is converted with UTS #46 (IDNA) to its ASCII A-label form,
 //!   lower-cased, one trailing dot removed; it must be a host name made of
 //!   letters, digits and hyphens (no address literals);
-//! - the local part is lower-cased with Unicode default case folding
-//!   (`str::to_lowercase`). RFC 5321 lets a receiving server treat local parts
-//!   case-sensitively, but practically every server does not, and a
-//!   case-sensitive identity would make `Alice@` and `alice@` two keys for one
-//!   mailbox, so we fold. Local parts are otherwise kept as given (no removal
-//!   of dots or `+tags`: those are the domain's business).
+//! - in the local part, the ASCII letters `A`–`Z` are lower-cased and every
+//!   other character is kept exactly as given. RFC 5321 lets a receiving
+//!   server treat local parts case-sensitively, but practically every server
+//!   folds ASCII case, and a case-sensitive identity would make `Alice@` and
+//!   `alice@` two keys for one mailbox. Non-ASCII characters are *not*
+//!   folded: Unicode case mapping merges characters that are distinct
+//!   mailboxes (U+212A KELVIN SIGN lower-cases to `k`, U+0130 to `i̇`), and
+//!   two mailboxes must never share a key. So `Kelvin` (with U+212A) and
+//!   `kelvin` are two identities, and so are `Ärger` and `ärger`; `Straße`
+//!   becomes `straße`. No removal of dots or `+tags` either: those are the
+//!   domain's business.
 
 use core::fmt;
 
@@ -90,7 +95,8 @@ fn normalize_local_part(local: &str) -> Result<String, IdentityError> {
     {
         return Err(IdentityError::InvalidLocalPart);
     }
-    let lowered = local.to_lowercase();
+    // ASCII only: see the module documentation.
+    let lowered = local.to_ascii_lowercase();
     if lowered.len() > MAX_LOCAL_PART {
         return Err(IdentityError::LocalPartTooLong);
     }
@@ -140,6 +146,30 @@ mod tests {
         assert_eq!(id.as_str(), "alice.smith@example.com");
         assert_eq!(id.local_part(), "alice.smith");
         assert_eq!(id.domain(), "example.com");
+    }
+
+    /// Unicode case mapping would merge distinct mailboxes (U+212A KELVIN
+    /// SIGN lower-cases to ASCII `k`): only ASCII letters are folded.
+    #[test]
+    fn only_ascii_case_is_folded_so_distinct_mailboxes_never_merge() {
+        let kelvin = Identity::parse("\u{212A}elvin@b.test").unwrap();
+        let k = Identity::parse("kelvin@b.test").unwrap();
+        assert_ne!(kelvin, k);
+        assert_eq!(kelvin.local_part(), "\u{212A}elvin");
+        let dotted = Identity::parse("\u{130}nci@b.test").unwrap();
+        assert_ne!(dotted, Identity::parse("inci@b.test").unwrap());
+        assert_ne!(
+            Identity::parse("\u{c4}rger@b.test").unwrap(),
+            Identity::parse("\u{e4}rger@b.test").unwrap()
+        );
+        assert_eq!(
+            Identity::parse("STRA\u{df}E@b.test").unwrap().local_part(),
+            "stra\u{df}e"
+        );
+        assert_eq!(
+            Identity::parse("Alice@b.test").unwrap(),
+            Identity::parse("alice@b.test").unwrap()
+        );
     }
 
     #[test]
