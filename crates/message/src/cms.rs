@@ -47,6 +47,9 @@ pub const KEM_OID_UUID: u128 = 0x1dd104d5_146d_43a0_907a_54c4a07cfb17;
 /// `id-ct-authEnvelopedData` (RFC 5083).
 pub(crate) const ID_CT_AUTH_ENVELOPED_DATA: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.23");
+/// `id-envelopedData` (RFC 5652).
+pub(crate) const ID_ENVELOPED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.3");
 /// `id-data` (RFC 5652).
 pub(crate) const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 /// `id-ori-kem` (RFC 9629).

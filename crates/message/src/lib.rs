@@ -57,6 +57,7 @@
 
 mod b64;
 pub mod cms;
+mod detect;
 mod error;
 mod frame;
 pub mod header;
@@ -64,6 +65,7 @@ mod open;
 mod seal;
 pub mod signature;
 
+pub use detect::is_cms_encrypted;
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
 pub use open::{
     Candidate, Envelope, Opened, inspect, inspect_owned, is_encrypted, open, open_owned,

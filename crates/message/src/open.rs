@@ -87,6 +87,12 @@ pub struct Opened {
     pub message: Vec<u8>,
     /// The local recipient whose key opened it.
     pub recipient: Identity,
+    /// Every one of the local recipients passed to [`open`] that the message
+    /// carries a recipient info for (in every layer removed), in the order
+    /// given. Only these may be shown the plaintext: the message was not
+    /// sealed to the others, who were added to the envelope on the way (a
+    /// replay, or a mistake).
+    pub sealed_to: Vec<Identity>,
     /// The generation it was sealed under.
     pub generation: Generation,
     /// Layers of ibemail encryption removed (1 unless nested).
@@ -98,14 +104,17 @@ impl core::fmt::Debug for Opened {
         f.debug_struct("Opened")
             .field("message_bytes", &self.message.len())
             .field("recipient", &self.recipient)
+            .field("sealed_to", &self.sealed_to)
             .field("generation", &self.generation)
             .field("layers", &self.layers)
             .finish()
     }
 }
 
-/// True if the header section says the message is S/MIME enveloped or
-/// authEnveloped data (someone's encryption, perhaps ours).
+/// True if the header section says the message is S/MIME
+/// (`application/pkcs7-mime`): perhaps our encryption, worth trying to
+/// open. The header is not proof of encryption (signed-data has the same
+/// type); [`crate::is_cms_encrypted`] looks at the body.
 pub fn is_encrypted(message: &[u8]) -> bool {
     let section = HeaderSection::parse(message);
     section.get("Content-Type").is_some_and(|f| {
@@ -114,7 +123,7 @@ pub fn is_encrypted(message: &[u8]) -> bool {
     })
 }
 
-fn is_pkcs7_mime(ct: &ContentType) -> bool {
+pub(crate) fn is_pkcs7_mime(ct: &ContentType) -> bool {
     matches!(
         ct.mime_type.as_str(),
         "application/pkcs7-mime" | "application/x-pkcs7-mime"
@@ -394,7 +403,7 @@ fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
 
 /// Decodes a base64 MIME body with whitespace anywhere, in bounded chunks
 /// so the only large allocation is the output.
-fn decode_base64_general(body: &[u8]) -> Result<Vec<u8>, Malformed> {
+pub(crate) fn decode_base64_general(body: &[u8]) -> Result<Vec<u8>, Malformed> {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     const CHUNK: usize = 4 * 1024;
@@ -627,8 +636,15 @@ where
                     }
                     .into());
                 }
+                // Plaintext only for those every layer was sealed to.
+                let sealed_to = inner
+                    .sealed_to
+                    .into_iter()
+                    .filter(|id| opened.sealed_to.contains(id))
+                    .collect();
                 opened = Opened {
                     layers: opened.layers + 1,
+                    sealed_to,
                     ..inner
                 };
             }
@@ -651,6 +667,11 @@ where
     F: FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError>,
 {
     let candidates = envelope.candidates(locals);
+    let sealed_to: Vec<Identity> = locals
+        .iter()
+        .filter(|local| candidates.iter().any(|c| c.identity == **local))
+        .cloned()
+        .collect();
     let mut first_error: Option<OpenError> = None;
     for candidate in &candidates {
         let attempt = candidate.capsule().and_then(|capsule| {
@@ -669,6 +690,7 @@ where
                 return Ok(Opened {
                     message,
                     recipient: candidate.identity.clone(),
+                    sealed_to,
                     generation: candidate.generation,
                     layers: 1,
                 });

@@ -221,3 +221,107 @@ fn openssl_decrypts_our_content_through_a_kek_recipient() {
         std::fs::remove_file(bad).unwrap();
     }
 }
+
+/// Only a body that really is CMS EnvelopedData or AuthEnvelopedData counts
+/// as "already encrypted": S/MIME opaque-signed mail (Outlook's
+/// `smime-type=signed-data`, readable by anyone) and compressed mail carry
+/// the same Content-Type and must still be sealed. Made by `openssl smime`,
+/// in DER and in streaming BER.
+#[test]
+fn only_real_enveloped_data_counts_as_already_encrypted() {
+    use ibemail_message::is_cms_encrypted;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key.pem");
+    let cert = tmp.path().join("cert.pem");
+    let made = openssl()
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=alice@a.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let content = temp_file(
+        &tmp,
+        "content.txt",
+        b"Content-Type: text/plain\r\n\r\nThe merger closes on Friday.\r\n",
+    );
+    let smime = |args: &[&str]| -> Vec<u8> {
+        let out = openssl()
+            .arg("cms")
+            .arg("-in")
+            .arg(&content)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl cms {args:?}: {out:?}");
+        // A message header for the S/MIME part openssl wrote.
+        let mut message = b"From: alice@a.test\r\nTo: bob@b.test\r\n".to_vec();
+        message.extend_from_slice(&out.stdout);
+        message
+    };
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let enveloped = smime(&["-encrypt", "-aes256", cert]);
+    let streamed = smime(&["-encrypt", "-aes256", "-stream", cert]);
+    let auth_enveloped = smime(&["-encrypt", "-aes-256-gcm", cert]);
+    let opaque_signed = smime(&["-sign", "-nodetach", "-signer", cert, "-inkey", key]);
+    // Debian's openssl has no zlib for `-compress`: a compressed-data
+    // ContentInfo is built here instead.
+    let compressed = {
+        let info = ContentInfo {
+            content_type: der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.9"),
+            content: der::Any::from_der(
+                &OctetString::new(b"x".to_vec()).unwrap().to_der().unwrap(),
+            )
+            .unwrap(),
+        };
+        let body = base64::engine::general_purpose::STANDARD.encode(info.to_der().unwrap());
+        format!(
+            "From: alice@a.test\r\nContent-Type: application/pkcs7-mime; smime-type=compressed-data\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{body}\r\n"
+        )
+        .into_bytes()
+    };
+
+    for (name, message) in [
+        ("enveloped-data", &enveloped),
+        ("enveloped-data, streamed BER", &streamed),
+        ("authEnveloped-data", &auth_enveloped),
+    ] {
+        assert!(
+            is_cms_encrypted(message),
+            "{name}:\n{}",
+            String::from_utf8_lossy(message)
+        );
+    }
+    let text = String::from_utf8_lossy(&opaque_signed);
+    assert!(text.contains("signed-data"), "{text}");
+    assert!(!is_cms_encrypted(&opaque_signed), "opaque signed-data");
+    // The signed content is right there for anyone to read.
+    assert!(ibemail_message::is_encrypted(&opaque_signed));
+    // Lying about the type changes nothing: the body decides.
+    let relabelled = text.replace("signed-data", "enveloped-data").into_bytes();
+    assert!(!is_cms_encrypted(&relabelled), "relabelled signed-data");
+    assert!(ibemail_message::is_encrypted(&compressed));
+    assert!(!is_cms_encrypted(&compressed), "compressed-data");
+    // An enveloped header over junk, and our own sealed mail.
+    let junk =
+        b"From: a@a.test\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nTUlJQmF1dGhFbnZlbG9wZWQ=\r\n";
+    assert!(!is_cms_encrypted(junk));
+    assert!(!is_cms_encrypted(b"From: a@a.test\r\n\r\nplain\r\n"));
+    let b = Kgc::new(12);
+    let sealed = seal(
+        b"From: a@a.test\r\n\r\nhi\r\n",
+        &as_dyn(&[b.recipient("bob@b.test")]),
+        &mut rng(1),
+        &Limits::default(),
+    )
+    .unwrap()
+    .to_bytes();
+    assert!(is_cms_encrypted(&sealed));
+}

@@ -74,6 +74,10 @@ fn every_corpus_message_round_trips_for_each_of_several_recipients() {
             .open(&sealed, &["nobody@b.test", "bea@b.test", "bob@b.test"])
             .unwrap();
         assert!(both.message == original);
+        // ...and says whom it was sealed to: not nobody@, who was added to
+        // the envelope on the way (a replay) and must not get the plaintext.
+        let sealed_to: Vec<&str> = both.sealed_to.iter().map(|id| id.as_str()).collect();
+        assert_eq!(sealed_to, ["bea@b.test", "bob@b.test"], "{name}");
     }
 }
 

@@ -59,6 +59,7 @@ impl Kgc {
                     (
                         o.message.clone(),
                         o.recipient.clone(),
+                        o.sealed_to.clone(),
                         o.generation,
                         o.layers,
                     )
