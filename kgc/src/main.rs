@@ -23,7 +23,7 @@ use ibemail_ibe::Identity;
 use ibemail_kgc::check::{CheckStatus, check};
 use ibemail_kgc::duration::parse_duration;
 use ibemail_kgc::publish::{UpdateTarget, publish};
-use ibemail_kgc::server::{ServerConfig, serve};
+use ibemail_kgc::server::{Grant, ServerConfig, serve};
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::{State, Store};
 use ibemail_kgc::tsig::TsigKey;
@@ -235,10 +235,18 @@ enum Command {
         /// Unix socket to listen on (a stale one is replaced).
         #[arg(long)]
         socket: PathBuf,
-        /// User ids allowed to connect (default: this process's uid). The
-        /// milter's uid must be listed.
-        #[arg(long = "allow-uid")]
+        /// User id allowed to open capsules and to sign (repeatable): the
+        /// milter's. Without any --allow-* option, this process's own uid.
+        #[arg(long = "allow-uid", value_name = "UID")]
         allow_uid: Vec<u32>,
+        /// User id allowed to open capsules only (repeatable), e.g. the
+        /// user of a delivery-time `ibemail-milter decrypt` filter, which
+        /// must not be able to sign as the domain's users.
+        #[arg(long = "allow-open", value_name = "UID")]
+        allow_open: Vec<u32>,
+        /// User id allowed to sign only (repeatable).
+        #[arg(long = "allow-sign", value_name = "UID")]
+        allow_sign: Vec<u32>,
         /// Permissions of the socket file (octal).
         #[arg(long, default_value = "660")]
         socket_mode: String,
@@ -431,6 +439,8 @@ fn run(cli: Cli) -> Result<u8> {
             dir,
             socket,
             allow_uid,
+            allow_open,
+            allow_sign,
             socket_mode,
             cache_size,
             rotate_every,
@@ -441,8 +451,17 @@ fn run(cli: Cli) -> Result<u8> {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
             let mut config = ServerConfig::default();
-            if !allow_uid.is_empty() {
-                config.allowed_uids = allow_uid;
+            if !(allow_uid.is_empty() && allow_open.is_empty() && allow_sign.is_empty()) {
+                config.grants.clear();
+                for uid in allow_uid {
+                    config.grants.insert(uid, Grant::ALL);
+                }
+                for uid in allow_open {
+                    config.grants.entry(uid).or_default().open = true;
+                }
+                for uid in allow_sign {
+                    config.grants.entry(uid).or_default().sign = true;
+                }
             }
             let publisher = match (publish.publish_server, publish.publish_tsig_key) {
                 (Some(server), Some(key)) => Some(Publisher {
@@ -589,10 +608,23 @@ async fn daemon(
     for (domain, generation) in service.hello() {
         info!("serving {domain} (active generation {generation})");
     }
+    let grants: Vec<String> = config
+        .grants
+        .iter()
+        .map(|(uid, g)| {
+            let what = match (g.open, g.sign) {
+                (true, true) => "open+sign",
+                (true, false) => "open",
+                (false, true) => "sign",
+                (false, false) => "nothing",
+            };
+            format!("{uid}:{what}")
+        })
+        .collect();
     info!(
-        "listening on {} for uids {:?}",
+        "listening on {} for uids {}",
         socket.display(),
-        config.allowed_uids
+        grants.join(" ")
     );
 
     let mut hangup = signal(SignalKind::hangup())?;

@@ -1,6 +1,12 @@
 //! The daemon side of the protocol: a Unix socket, peer credentials checked
-//! against an allow-list, bounded frames, concurrent connections.
+//! against per-uid grants, bounded frames, concurrent connections.
+//!
+//! Grants are per capability: `open` (decrypt mail for the served domains)
+//! and `sign` (sign as any of their users). The milter needs both; a
+//! delivery-time `ibemail-milter decrypt` filter needs only `open`, and
+//! given only that it cannot forge its users' signatures.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +19,29 @@ use tracing::{debug, warn};
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
 use crate::service::{KeyService, Peer};
 
+/// What one user id may ask of the daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// OPEN: open capsules, i.e. read the served domains' mail.
+    pub open: bool,
+    /// SIGN: sign as any user of the served domains.
+    pub sign: bool,
+}
+
+impl Grant {
+    /// Both capabilities (the milter's).
+    pub const ALL: Grant = Grant {
+        open: true,
+        sign: true,
+    };
+}
+
 /// Limits and access control of the daemon.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// User ids allowed to connect (checked with SO_PEERCRED).
-    pub allowed_uids: Vec<u32>,
+    /// Grants by user id (checked with SO_PEERCRED); a uid without one may
+    /// not connect.
+    pub grants: BTreeMap<u32, Grant>,
     /// Connections served at once; more wait.
     pub max_connections: usize,
     /// A connection idle this long between requests is closed.
@@ -29,7 +53,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            allowed_uids: vec![rustix::process::geteuid().as_raw()],
+            grants: BTreeMap::from([(rustix::process::geteuid().as_raw(), Grant::ALL)]),
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(5),
@@ -76,6 +100,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// The answer to a request for `capability` (`open` or `sign`) from a
+/// peer without that grant, audit-logged.
+fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
+    warn!(
+        target: "ibemail_kgc::audit",
+        "refused {capability} as {identity:?} for uid {} pid {}: no {capability} grant",
+        peer.uid.map_or("-".into(), |u| u.to_string()),
+        peer.pid.map_or("-".into(), |p| p.to_string())
+    );
+    Response::Error(
+        Status::Forbidden,
+        format!("this uid has no {capability} grant (ibemail-kgc serve --allow-{capability})"),
+    )
+}
+
 /// Runs key work (pairings, scalar multiplications) off the async threads.
 async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(work)
@@ -92,29 +131,29 @@ async fn handle_connection(
     service: Arc<KeyService>,
     config: &ServerConfig,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: Some(cred.uid()),
-            pid: cred.pid(),
-        },
+    let (peer, grant) = match stream.peer_cred() {
+        Ok(cred) => (
+            Peer {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+            },
+            config.grants.get(&cred.uid()).copied().unwrap_or_default(),
+        ),
         Err(e) => {
             warn!("cannot read peer credentials: {e}");
             return;
         }
     };
-    if !peer
-        .uid
-        .is_some_and(|uid| config.allowed_uids.contains(&uid))
-    {
+    if grant == Grant::default() {
         warn!(
             target: "ibemail_kgc::audit",
-            "refused connection from uid {} pid {}: not in the allow-list",
+            "refused connection from uid {} pid {}: no grant",
             peer.uid.map_or("-".into(), |u| u.to_string()),
             peer.pid.map_or("-".into(), |p| p.to_string())
         );
         let _ = send(
             &mut stream,
-            &Response::Error(Status::Forbidden, "uid not allowed".into()),
+            &Response::Error(Status::Forbidden, "this uid has no grant".into()),
         )
         .await;
         return;
@@ -144,6 +183,7 @@ async fn handle_connection(
         }
         let response = match Request::decode(&payload) {
             Ok(Request::Hello) => Response::Hello(service.hello()),
+            Ok(Request::Open { identity, .. }) if !grant.open => forbidden("open", &identity, peer),
             Ok(Request::Open {
                 generation,
                 identity,
@@ -152,6 +192,7 @@ async fn handle_connection(
                 let service = service.clone();
                 off_thread(move || service.open(&identity, generation, &capsule, peer)).await
             }
+            Ok(Request::Sign { identity, .. }) if !grant.sign => forbidden("sign", &identity, peer),
             Ok(Request::Sign {
                 generation,
                 identity,

@@ -325,7 +325,11 @@ pub fn response_to_secret(
             Err(CapsuleError::UnknownGeneration(generation))
         }
         Response::Error(Status::Rejected, _) => Err(CapsuleError::Rejected),
-        Response::Error(Status::Internal, reason) => Err(CapsuleError::Unavailable(reason)),
+        // A daemon that does not grant us OPEN is misconfigured, which is
+        // fixed without the mail: keep it queued, do not quarantine it.
+        Response::Error(Status::Internal | Status::Forbidden, reason) => {
+            Err(CapsuleError::Unavailable(reason))
+        }
         Response::Error(status, reason) => {
             Err(CapsuleError::Refused(format!("{status:?}: {reason}")))
         }

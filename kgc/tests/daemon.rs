@@ -168,10 +168,49 @@ async fn a_uid_outside_the_allow_list_is_refused() {
     let params = Store::open(&dir).unwrap().params(1).unwrap().clone();
     let bob = Identity::parse("bob@b.test").unwrap();
     let (capsule, _) = encapsulate(&params, &bob, 1, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    // A milter the daemon does not grant is misconfigured: the mail stays
+    // queued (a temporary error), it is not quarantined as undecryptable.
     match daemon.client().open(&bob, 1, &capsule).await.unwrap_err() {
-        CapsuleError::Refused(reason) => assert!(reason.contains("Forbidden"), "{reason}"),
+        CapsuleError::Unavailable(reason) => assert!(reason.contains("no grant"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// Grants are per capability: a uid allowed to open (a delivery-time
+/// decrypt filter) cannot sign as the domain's users, and one allowed to
+/// sign cannot read their mail.
+#[tokio::test]
+async fn open_and_sign_are_granted_separately() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let me = rustix::process::geteuid().as_raw().to_string();
+    let params = Store::open(&dir).unwrap().params(1).unwrap().clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, secret) =
+        encapsulate(&params, &bob, 1, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+    let digest = [0x5a; 32];
+
+    let opener = Daemon::start(&dir, &tmp.path().join("open.sock"), &["--allow-open", &me]);
+    let opened = opener.client().open(&bob, 1, &capsule).await.unwrap();
+    assert_eq!(opened.as_bytes(), secret.as_bytes());
+    match opener.client().sign(&bob, 1, &digest).await.unwrap_err() {
+        SignError::Refused(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
+        other => panic!("signing must be refused, got {other:?}"),
+    }
+    drop(opener);
+
+    let signer = Daemon::start(&dir, &tmp.path().join("sign.sock"), &["--allow-sign", &me]);
+    signer.client().sign(&bob, 1, &digest).await.unwrap();
+    match signer.client().open(&bob, 1, &capsule).await.unwrap_err() {
+        CapsuleError::Unavailable(reason) => assert!(reason.contains("no open grant"), "{reason}"),
+        other => panic!("opening must be refused, got {other:?}"),
+    }
+    drop(signer);
+
+    // --allow-uid grants both, as before.
+    let both = Daemon::start(&dir, &tmp.path().join("both.sock"), &["--allow-uid", &me]);
+    both.client().open(&bob, 1, &capsule).await.unwrap();
+    both.client().sign(&bob, 1, &digest).await.unwrap();
 }
 
 async fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
