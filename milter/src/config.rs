@@ -11,6 +11,10 @@ use std::time::Duration;
 use ibemail_discovery::{DnssecPolicy, DomainPolicy, PinPolicy};
 use serde::Deserialize;
 
+/// Where the milter keeps its state unless `state_dir` says otherwise (the
+/// systemd unit's `StateDirectory`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ibemail-milter";
+
 /// Parses one of the `choices` keywords; the error lists them all.
 fn keyword<T: Copy>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
     if let Some((_, value)) = choices.iter().find(|(k, _)| *k == text) {
@@ -182,6 +186,12 @@ pub struct Config {
     pub reinject: Option<SocketAddr>,
     /// HELO name used when re-injecting.
     pub reinject_helo: String,
+    /// How long a re-injected copy is remembered, so that a retried
+    /// transaction does not send it twice.
+    pub reinject_window: Duration,
+    /// The milter's own state (the re-injection ledger), writable by it
+    /// alone.
+    pub state_dir: PathBuf,
     /// Signing policy for local domains not listed in `sign_domains`.
     pub sign: SignPolicy,
     /// Per-local-domain signing policies.
@@ -192,6 +202,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     socket: Option<String>,
+    state_dir: Option<PathBuf>,
     authserv_id: Option<String>,
     #[serde(default)]
     local_domains: Vec<String>,
@@ -279,6 +290,7 @@ struct RawInbound {
 struct RawReinject {
     address: Option<String>,
     helo: Option<String>,
+    remember: Option<String>,
 }
 
 /// Parses `50M`, `100k`, `1G` or a plain byte count.
@@ -387,7 +399,11 @@ impl Config {
         let authserv_id = raw
             .authserv_id
             .ok_or("authserv_id: required (this host's name, as in Authentication-Results)")?;
-        if authserv_id.is_empty() || authserv_id.contains(|c: char| c.is_whitespace() || c == ';') {
+        // An RFC 2045 token, so that it reads back as one (crate::authres).
+        let tspecial = |c: char| "()<>@,;:\\\"/[]?=".contains(c);
+        if authserv_id.is_empty()
+            || authserv_id.contains(|c: char| !c.is_ascii_graphic() || tspecial(c))
+        {
             return Err(format!("authserv_id: {authserv_id:?} is not a valid token"));
         }
         let local_domains = raw
@@ -560,6 +576,14 @@ impl Config {
             undecryptable,
             reinject,
             reinject_helo: raw.reinject.helo.unwrap_or_else(|| "localhost".into()),
+            reinject_window: duration(
+                "reinject.remember",
+                raw.reinject.remember.as_ref(),
+                Duration::from_secs(5 * 86_400),
+            )?,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             sign,
             sign_domains,
         })

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnchor};
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, normalize_domain};
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::header::{HeaderSection, push_crlf_normalised};
@@ -22,10 +22,13 @@ const SIGNATURE_FIELD_LEN: usize = SIGNATURE_FIELD.len();
 use rand_core::OsRng;
 use tracing::{info, warn};
 
+use crate::authres;
 use crate::config::{Config, EncryptPolicy, FailureAction, KeySource, SignaturePolicy};
+use crate::ledger::{self, Claim, CopyKind, Ledger};
 use crate::metrics::Metrics;
 use crate::reinject;
-use crate::signing::{SigResult, Signer, combine, is_signature_field};
+use crate::signing::{SigResult, Signer, combine};
+use crate::transit;
 
 /// Where a message came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +203,21 @@ impl Verdict {
     }
 }
 
+/// The verdict for a recipient our identity rules refuse (a quoted or
+/// over-long local part) in a domain whose mail must or can be encrypted:
+/// it can never be sealed to, so retrying would not help, and sending it
+/// in clear is what the policy forbids.
+fn unencryptable(rcpt: &str, domain: &str) -> Verdict {
+    Verdict {
+        reply: Reply::Reject(format!(
+            "{rcpt} cannot be used as an encryption identity, and {domain} takes \
+             only encrypted mail from this server"
+        )),
+        actions: Vec::new(),
+        kind: Kind::Rejected,
+    }
+}
+
 /// Opens one capsule for the message crate, off the async threads.
 type CapsuleOpener =
     dyn FnMut(&Identity, Generation, &Capsule) -> Result<SharedSecret, CapsuleError> + Send;
@@ -219,6 +237,39 @@ pub struct Engine {
     pub(crate) keys: Keys,
     limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
+    /// Copies re-injected lately (only with a re-injection target).
+    ledger: Option<Arc<Ledger>>,
+}
+
+/// One envelope recipient, classified.
+#[derive(Clone, Debug)]
+pub(crate) struct Rcpt {
+    /// The `RCPT TO` argument as given (what deleting it needs).
+    pub(crate) arg: String,
+    /// Its identity, if our identity rules accept the address.
+    pub(crate) identity: Option<Identity>,
+    /// Its domain (normalised), when it has one, even if the identity is
+    /// refused (a quoted or over-long local part): the domain's policy
+    /// still applies to it.
+    pub(crate) domain: Option<String>,
+}
+
+impl Rcpt {
+    fn parse(arg: &str) -> Rcpt {
+        let address = envelope_address(arg);
+        let identity = Identity::parse(address).ok();
+        let domain = match &identity {
+            Some(id) => Some(id.domain().to_string()),
+            None => address
+                .rsplit_once('@')
+                .and_then(|(_, d)| normalize_domain(d).ok()),
+        };
+        Rcpt {
+            arg: arg.to_string(),
+            identity,
+            domain,
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -295,17 +346,6 @@ fn delete_headers(
     actions
 }
 
-/// True if an Authentication-Results value claims `authserv_id`.
-fn claims_authserv_id(value: &[u8], authserv_id: &str) -> bool {
-    let text = String::from_utf8_lossy(value);
-    let id = text
-        .trim_start()
-        .split([';', ' ', '\t', '\r', '\n'])
-        .next()
-        .unwrap_or("");
-    id.eq_ignore_ascii_case(authserv_id)
-}
-
 impl Engine {
     /// Builds the engine: resolvers, pins, key access.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Engine, String> {
@@ -340,12 +380,27 @@ impl Engine {
             max_message_bytes: config.max_message_size,
             ..Limits::default()
         };
+        // Only a split re-injects, and only with a target to re-inject to.
+        let ledger = match config.reinject {
+            None => None,
+            Some(_) => Some(
+                Ledger::shared(&config.state_dir, config.reinject_window.as_secs(), now())
+                    .map_err(|e| {
+                        format!(
+                            "state_dir {}: {e} (create it, writable by the milter's user \
+                             only, or set state_dir)",
+                            config.state_dir.display()
+                        )
+                    })?,
+            ),
+        };
         Ok(Engine {
             config,
             discovery,
             keys,
             limits,
             metrics,
+            ledger,
         })
     }
 
@@ -396,17 +451,11 @@ impl Engine {
                 _ => Verdict::tempfail(reason),
             };
         }
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        for rcpt in &message.recipients {
-            match Identity::parse(envelope_address(rcpt)) {
-                Ok(id) if self.config.is_local(id.domain()) => local.push((rcpt.clone(), id)),
-                Ok(id) => remote.push((rcpt.clone(), Some(id))),
-                // Not an address we can encrypt to (e.g. a bare local name
-                // or address literal): it gets what it would get anyway.
-                Err(_) => remote.push((rcpt.clone(), None)),
-            }
-        }
+        let (local, remote): (Vec<Rcpt>, Vec<Rcpt>) = message
+            .recipients
+            .iter()
+            .map(|arg| Rcpt::parse(arg))
+            .partition(|r| r.domain.as_deref().is_some_and(|d| self.config.is_local(d)));
         if origin != Origin::External && !remote.is_empty() {
             self.outbound(message, origin, &local, &remote).await
         } else if !local.is_empty() {
@@ -420,12 +469,14 @@ impl Engine {
         &self,
         message: &Message,
         origin: Origin,
-        local: &[(String, Identity)],
-        remote: &[(String, Option<Identity>)],
+        local: &[Rcpt],
+        remote: &[Rcpt],
     ) -> Verdict {
         let raw = message.to_bytes();
-        if ibemail_message::is_encrypted(&raw) {
-            // Already end-to-end encrypted by the user: leave it alone.
+        // Already end-to-end encrypted by the user: leave it alone. The
+        // body decides, not the Content-Type: opaque-signed S/MIME has the
+        // same type and is readable by anyone.
+        if ibemail_message::is_cms_encrypted(&raw) {
             return Verdict::untouched(Vec::new());
         }
         // Who signs (inside): the sealed copy gets a signature marked for
@@ -443,39 +494,46 @@ impl Engine {
         };
         let now = now();
         let mut sealed_for: Vec<IbeRecipient> = Vec::new();
-        let mut plain: Vec<String> = local.iter().map(|(r, _)| r.clone()).collect();
-        for (rcpt, identity) in remote {
-            let Some(identity) = identity else {
-                plain.push(rcpt.clone());
+        let mut plain: Vec<String> = local.iter().map(|r| r.arg.clone()).collect();
+        for rcpt in remote {
+            // No domain (a bare name, an address literal): no policy to
+            // look up; it gets what it would get without ibemail.
+            let Some(domain) = rcpt.domain.as_deref() else {
+                plain.push(rcpt.arg.clone());
                 continue;
             };
-            let policy = self.config.policy_for(identity.domain());
+            let policy = self.config.policy_for(domain);
             if policy.encrypt == EncryptPolicy::Never {
-                plain.push(rcpt.clone());
+                plain.push(rcpt.arg.clone());
                 continue;
             }
-            let found = self
-                .discovery
-                .lookup(identity.domain(), policy.lookup, now)
-                .await;
+            if rcpt.identity.is_none() && policy.encrypt == EncryptPolicy::Require {
+                return unencryptable(&rcpt.arg, domain);
+            }
+            let found = self.discovery.lookup(domain, policy.lookup, now).await;
             self.metrics.lookup(&found);
-            match found.outcome {
-                Outcome::Parameters { record, .. } => sealed_for.push(IbeRecipient {
-                    identity: identity.clone(),
-                    generation: record.generation,
-                    params: record.params,
-                }),
-                Outcome::NotIbe(_) if policy.encrypt == EncryptPolicy::Opportunistic => {
-                    plain.push(rcpt.clone());
+            let summary = found.summary();
+            match (found.outcome, &rcpt.identity) {
+                (Outcome::Parameters { record, .. }, Some(identity)) => {
+                    sealed_for.push(IbeRecipient {
+                        identity: identity.clone(),
+                        generation: record.generation,
+                        params: record.params,
+                    })
                 }
-                Outcome::NotIbe(_) => {
+                // The domain takes encrypted mail, but this address can
+                // never be sealed to: refuse rather than send it in clear.
+                (Outcome::Parameters { .. }, None) => return unencryptable(&rcpt.arg, domain),
+                (Outcome::NotIbe(_), _) if policy.encrypt == EncryptPolicy::Opportunistic => {
+                    plain.push(rcpt.arg.clone());
+                }
+                (Outcome::NotIbe(_), _) => {
                     return Verdict::tempfail(format!(
-                        "{} requires encryption but publishes no usable parameters",
-                        identity.domain()
+                        "{domain} requires encryption but publishes no usable parameters"
                     ));
                 }
-                Outcome::Temporary(_) | Outcome::Refused(_) => {
-                    return Verdict::tempfail(found.summary());
+                (Outcome::Temporary(_) | Outcome::Refused(_), _) => {
+                    return Verdict::tempfail(summary);
                 }
             }
         }
@@ -541,35 +599,16 @@ impl Engine {
 
         let mut actions = Vec::new();
         let kind = if let Some(raw) = reinject_source {
-            let Some(target) = self.config.reinject else {
-                return Verdict::tempfail(
-                    "mixed recipients need a plaintext copy, but reinject.address is not set",
-                );
-            };
-            let envelope = reinject::Envelope {
-                sender: message.sender.clone(),
-                recipients: plain.clone(),
-            };
             let copy = match self.signed_copy(signer.as_ref(), &raw, false).await {
                 Ok(copy) => copy,
                 Err(verdict) => return verdict,
             };
-            if let Err(e) = reinject::send(
-                target,
-                &self.config.reinject_helo,
-                &envelope,
-                &copy,
-                Duration::from_secs(60),
-            )
-            .await
+            if let Err(verdict) = self
+                .reinject_once(CopyKind::Plaintext, message, &plain, &copy)
+                .await
             {
-                return Verdict::tempfail(format!("re-injecting the plaintext copy failed: {e}"));
+                return verdict;
             }
-            info!(
-                queue_id = %message.queue_id,
-                recipients = plain.len(),
-                "plaintext copy re-injected for recipients without ibemail"
-            );
             actions.extend(plain.into_iter().map(Action::DeleteRecipient));
             Kind::Split
         } else {
@@ -598,22 +637,22 @@ impl Engine {
         &self,
         message: &Message,
         origin: Origin,
-        local: &[(String, Identity)],
+        local: &[Rcpt],
         remote_recipients: usize,
     ) -> Verdict {
         let authserv_id = self.config.authserv_id.clone();
         // RFC 8601 §5: results claiming to be ours that arrived from outside
         // are forged. Those above the first Received field were added at
         // this hop (by milters before us, e.g. OpenDKIM) and are kept.
-        let arrived_from = message
+        let this_hop = message
             .headers
             .iter()
             .position(|(n, _)| n.eq_ignore_ascii_case("Received"))
             .unwrap_or(0);
         let forged = |position: usize, name: &str, value: &[u8]| {
-            position >= arrived_from
-                && name.eq_ignore_ascii_case("Authentication-Results")
-                && claims_authserv_id(value, &authserv_id)
+            position >= this_hop
+                && name.eq_ignore_ascii_case(authres::FIELD)
+                && authres::claims(value, &authserv_id)
         };
         let remove_forged = if origin == Origin::External {
             delete_headers(&message.headers, forged)
@@ -661,7 +700,7 @@ impl Engine {
         // the sealed copy: it is decoded and decrypted where it lies.
         let outer_result = self.verify(&raw, true, now).await;
         let outer_policy = self.signature_policy(&raw, origin);
-        let identities: Vec<Identity> = local.iter().map(|(_, id)| id.clone()).collect();
+        let identities: Vec<Identity> = local.iter().filter_map(|r| r.identity.clone()).collect();
         let limits = self.limits;
         let opened = tokio::task::spawn_blocking(move || {
             ibemail_message::open_owned(raw, &identities, &limits, open_capsule)
@@ -673,60 +712,75 @@ impl Engine {
         };
         match opened {
             Ok(opened) => {
+                // Plaintext only for the recipients it was sealed to; the
+                // others were added on the way (a replay of someone else's
+                // mail, or a mistake) and keep the ciphertext.
+                let not_sealed_to: Vec<String> = local
+                    .iter()
+                    .filter(|r| {
+                        !r.identity
+                            .as_ref()
+                            .is_some_and(|id| opened.sealed_to.contains(id))
+                    })
+                    .map(|r| r.arg.clone())
+                    .collect();
+                if !not_sealed_to.is_empty() && self.config.reinject.is_none() {
+                    warn!(
+                        queue_id = %message.queue_id,
+                        recipients = not_sealed_to.len(),
+                        "encrypted message for local recipients it was not sealed to, and no \
+                         reinject.address to give them the ciphertext: delivered unopened"
+                    );
+                    return self.report_as_is(
+                        message,
+                        outer_result,
+                        outer_policy,
+                        remove_forged,
+                        true,
+                    );
+                }
                 let inner_result = self.verify(&opened.message, true, now).await;
                 let signed = combine(outer_result, inner_result);
                 self.metrics.signature(&signed);
                 let policy = self.signature_policy(&opened.message, origin);
                 let (inner, body) = split_message(&opened.message);
-                let mut actions = delete_headers(&message.headers, |_, _, _| true);
-                // Fields added in transit after sealing (the receiving
-                // servers' Received, a DKIM signature of the ciphertext)
-                // stay on top; the sealed copy's own outer fields go.
-                let transit = message
-                    .headers
-                    .iter()
-                    .enumerate()
-                    .take_while(|(_, (name, value))| {
-                        !inner
-                            .iter()
-                            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
-                            && !ibemail_message::SMIME_FIELDS
-                                .iter()
-                                .any(|(n, _)| n.eq_ignore_ascii_case(name))
-                            && !name.eq_ignore_ascii_case("Subject")
-                    })
-                    .filter(|(position, (name, value))| !forged(*position, name, value))
-                    // A DKIM signature of the ciphertext can never verify on
-                    // the plaintext; its result is already in the
-                    // Authentication-Results a verifier before us added.
-                    // The same holds for our own signature of the
-                    // ciphertext (its result is in our A-R below).
-                    .filter(|(_, (name, _))| {
-                        !name.eq_ignore_ascii_case("DKIM-Signature") && !is_signature_field(name)
-                    })
-                    .map(|(_, field)| field);
-                let mut results = format!(
-                    " {}; x-ibemail=pass (decrypted) smtp.rcptto={} x-ibemail.generation={}",
-                    self.config.authserv_id, opened.recipient, opened.generation
-                );
-                if signed != SigResult::None || policy == SignaturePolicy::Require {
-                    results.push_str(";\n\t");
-                    results.push_str(&signed.resinfo("inside and outside the encryption"));
+                let delivered = transit::delivered(&message.headers, inner, this_hop, &authserv_id);
+                if !delivered.dropped.is_empty() {
+                    warn!(
+                        queue_id = %message.queue_id,
+                        fields = %delivered.dropped.join(", "),
+                        "outer header fields added on the way dropped on decryption"
+                    );
                 }
+                // No recipient named: every recipient gets this copy, and
+                // one of them may be another's Bcc.
+                let mut results = vec![format!(
+                    "x-ibemail=pass (decrypted) x-ibemail.generation={}",
+                    opened.generation
+                )];
+                if signed != SigResult::None || policy == SignaturePolicy::Require {
+                    results.push(signed.resinfo("inside and outside the encryption"));
+                }
+                let mut actions = delete_headers(&message.headers, |_, _, _| true);
                 actions.push(Action::AddHeader {
-                    name: "Authentication-Results".into(),
-                    value: results.into_bytes(),
+                    name: authres::FIELD.into(),
+                    value: authres::value(&authserv_id, &results),
                 });
-                actions.extend(transit.map(|(name, value)| Action::AddHeader {
-                    name: name.clone(),
-                    value: value.clone(),
-                }));
-                actions.extend(inner.iter().map(|(name, value)| Action::AddHeader {
-                    name: name.clone(),
-                    value: value.clone(),
-                }));
+                actions.extend(
+                    delivered
+                        .transit
+                        .into_iter()
+                        .chain(delivered.inner)
+                        .map(|(name, value)| Action::AddHeader { name, value }),
+                );
                 actions.push(Action::ReplaceBody(body.to_vec()));
-                self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted)
+                let verdict =
+                    self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted);
+                if not_sealed_to.is_empty() || verdict.reply != Reply::Continue {
+                    return verdict;
+                }
+                self.split_off_ciphertext(message, not_sealed_to, &forged, verdict)
+                    .await
             }
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
@@ -741,13 +795,11 @@ impl Engine {
                         let mut actions = remove_forged;
                         actions.push(Action::InsertHeader {
                             index: 0,
-                            name: "Authentication-Results".into(),
-                            value: format!(
-                                " {}; x-ibemail=fail (cannot decrypt: {e})",
-                                self.config.authserv_id
-                            )
-                            .replace(['\r', '\n'], " ")
-                            .into_bytes(),
+                            name: authres::FIELD.into(),
+                            value: authres::value(
+                                &authserv_id,
+                                &[format!("x-ibemail=fail (cannot decrypt: {e})")],
+                            ),
                         });
                         actions.push(Action::Quarantine(reason));
                         Verdict {
@@ -769,6 +821,123 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Gives `recipients` (local, but not among those the message was
+    /// sealed to) the ciphertext as it arrived, re-injected, and takes them
+    /// off the opened message's `verdict`.
+    async fn split_off_ciphertext(
+        &self,
+        message: &Message,
+        recipients: Vec<String>,
+        forged: &(dyn Fn(usize, &str, &[u8]) -> bool + Sync),
+        mut verdict: Verdict,
+    ) -> Verdict {
+        let results = authres::value(
+            &self.config.authserv_id,
+            &["x-ibemail=none (not encrypted for this recipient)".to_string()],
+        );
+        let mut copy = Vec::with_capacity(message.size + results.len() + 32);
+        copy.extend_from_slice(authres::FIELD.as_bytes());
+        copy.push(b':');
+        push_crlf_normalised(&mut copy, &results);
+        for (position, (name, value)) in message.headers.iter().enumerate() {
+            if !forged(position, name, value) {
+                copy.extend_from_slice(name.as_bytes());
+                copy.push(b':');
+                push_crlf_normalised(&mut copy, value);
+            }
+        }
+        copy.extend_from_slice(b"\r\n");
+        copy.extend_from_slice(&message.body);
+        if let Err(verdict) = self
+            .reinject_once(CopyKind::Ciphertext, message, &recipients, &copy)
+            .await
+        {
+            return verdict;
+        }
+        warn!(
+            queue_id = %message.queue_id,
+            recipients = recipients.len(),
+            "encrypted message also addressed to local recipients it was not sealed to: \
+             they get the ciphertext"
+        );
+        let mut actions: Vec<Action> = recipients
+            .into_iter()
+            .map(Action::DeleteRecipient)
+            .collect();
+        actions.append(&mut verdict.actions);
+        verdict.actions = actions;
+        verdict
+    }
+
+    /// Re-injects `copy` of `message` for `recipients`, once: a retry of a
+    /// transaction that failed after its copy was accepted finds the copy
+    /// in the ledger and does not send it again.
+    async fn reinject_once(
+        &self,
+        kind: CopyKind,
+        message: &Message,
+        recipients: &[String],
+        copy: &[u8],
+    ) -> Result<(), Verdict> {
+        let what = match kind {
+            CopyKind::Plaintext => "plaintext copy for recipients without ibemail",
+            CopyKind::Ciphertext => "ciphertext copy for recipients it was not sealed to",
+        };
+        let (Some(target), Some(ledger)) = (self.config.reinject, &self.ledger) else {
+            return Err(Verdict::tempfail(format!(
+                "a {what} is needed, but reinject.address is not set"
+            )));
+        };
+        let key = ledger::copy_key(
+            kind,
+            &message.sender,
+            recipients,
+            &message.headers,
+            &message.body,
+        );
+        let pending = match key.map(|key| ledger.claim(key, now())) {
+            None => None,
+            Some(Claim::Pending(pending)) => Some(pending),
+            Some(Claim::Sent) => {
+                info!(
+                    queue_id = %message.queue_id,
+                    recipients = recipients.len(),
+                    "{what} re-injected by an earlier attempt: not sent again"
+                );
+                return Ok(());
+            }
+            Some(Claim::Busy) => {
+                return Err(Verdict::tempfail(
+                    "another attempt of this message is being re-injected right now",
+                ));
+            }
+        };
+        let envelope = reinject::Envelope {
+            sender: message.sender.clone(),
+            recipients: recipients.to_vec(),
+        };
+        reinject::send(
+            target,
+            &self.config.reinject_helo,
+            &envelope,
+            copy,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| Verdict::tempfail(format!("re-injecting the {what} failed: {e}")))?;
+        if let Some(pending) = pending
+            && let Err(e) = pending.sent(now())
+        {
+            warn!(error = %e, "cannot record the re-injected copy: a retry may send it again");
+        }
+        info!(
+            queue_id = %message.queue_id,
+            recipients = recipients.len(),
+            "{what} re-injected"
+        );
+        Ok(())
     }
 }
 
@@ -952,13 +1121,15 @@ mod tests {
     }
 
     #[test]
-    fn authserv_id_is_the_first_token() {
-        assert!(claims_authserv_id(
-            b" mx.b.test; x-ibemail=pass",
-            "mx.b.test"
-        ));
-        assert!(claims_authserv_id(b"MX.B.TEST 1; none", "mx.b.test"));
-        assert!(!claims_authserv_id(b" mx.b.test.evil; none", "mx.b.test"));
+    fn recipients_keep_their_domain_when_the_identity_is_refused() {
+        let quoted = Rcpt::parse("<\"john smith\"@B.Test>");
+        assert!(quoted.identity.is_none());
+        assert_eq!(quoted.domain.as_deref(), Some("b.test"));
+        let long = Rcpt::parse(&format!("<{}@b.test>", "x".repeat(65)));
+        assert!(long.identity.is_none());
+        assert_eq!(long.domain.as_deref(), Some("b.test"));
+        assert_eq!(Rcpt::parse("<postmaster>").domain, None);
+        assert_eq!(Rcpt::parse("<a@[192.0.2.1]>").domain, None);
         assert_eq!(envelope_address("<bob@b.test>"), "bob@b.test");
         assert_eq!(envelope_address("bob@b.test"), "bob@b.test");
     }

@@ -9,7 +9,10 @@
 //!   recipients, quarantine what cannot be opened, tempfail on any
 //!   temporary trouble;
 //! - [`milter`]: the indymilter callbacks and [`milter::run`];
-//! - [`reinject`]: the SMTP client for plaintext copies;
+//! - [`reinject`]: the SMTP client for re-injected copies, and [`ledger`],
+//!   which keeps a retried transaction from re-injecting its copy twice;
+//! - [`transit`]: which outer header fields survive decryption;
+//! - [`authres`]: reading and writing `Authentication-Results`;
 //! - [`metrics`]: Prometheus counters and histograms;
 //! - [`offline`]: the `lookup`, `encrypt` and `decrypt` commands' logic
 //!   (the paper's encrypter and decrypter, usable from procmail or Sieve).
@@ -17,12 +20,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authres;
 pub mod config;
 pub mod engine;
+pub mod ledger;
 pub mod metrics;
 pub mod milter;
 pub mod offline;
 pub mod reinject;
 pub mod signing;
+pub mod transit;
 
 pub use milter::run;

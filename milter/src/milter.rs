@@ -30,11 +30,36 @@ enum Stage {
     Message(Box<Message>),
 }
 
+/// Who Postfix says the client is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Peer {
+    /// Mail submitted on this host: sendmail(1) and pickup, which Postfix's
+    /// cleanup presents to `non_smtpd_milters` as a client `127.0.0.1`
+    /// with port 0 (no TCP client has port 0), or a Unix-domain client.
+    Local,
+    /// An SMTP client at this address.
+    Network(IpAddr),
+    /// No connect information, or an address family Postfix could not
+    /// tell: trusted with nothing.
+    #[default]
+    Unknown,
+}
+
+impl Peer {
+    fn of(socket: &SocketInfo) -> Peer {
+        match socket {
+            SocketInfo::Inet(addr) if addr.port() == 0 && addr.ip().is_loopback() => Peer::Local,
+            SocketInfo::Inet(addr) => Peer::Network(addr.ip()),
+            SocketInfo::Unix(_) => Peer::Local,
+            SocketInfo::Unknown => Peer::Unknown,
+        }
+    }
+}
+
 /// Per-connection state.
 #[derive(Debug)]
 pub struct Session {
-    client: Option<IpAddr>,
-    local_socket: bool,
+    peer: Peer,
     origin: Origin,
     stage: Stage,
 }
@@ -42,9 +67,8 @@ pub struct Session {
 impl Default for Session {
     fn default() -> Self {
         Session {
-            client: None,
-            local_socket: true,
-            origin: Origin::Local,
+            peer: Peer::Unknown,
+            origin: Origin::External,
             stage: Stage::Idle,
         }
     }
@@ -106,12 +130,10 @@ async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
 }
 
 fn connect(cx: &mut Context<Session>, socket: SocketInfo) -> Status {
-    let mut session = Session::default();
-    if let SocketInfo::Inet(addr) = socket {
-        session.client = Some(addr.ip());
-        session.local_socket = false;
-    }
-    cx.data = Some(session);
+    cx.data = Some(Session {
+        peer: Peer::of(&socket),
+        ..Session::default()
+    });
     Status::Continue
 }
 
@@ -121,11 +143,12 @@ fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) ->
     let queue_id = macro_value(&cx.macros, c"i").unwrap_or_default();
     let session = cx.data.get_or_insert_with(Session::default);
     let config_engine = engine(shared);
-    session.origin = match session.client {
+    // Mail submitted on this host is ours whatever internal_networks says.
+    session.origin = match session.peer {
+        Peer::Local => Origin::Local,
         _ if authenticated => Origin::Internal,
-        None => Origin::Local,
-        Some(ip) if config_engine.config().is_internal(ip) => Origin::Internal,
-        Some(_) => Origin::External,
+        Peer::Network(ip) if config_engine.config().is_internal(ip) => Origin::Internal,
+        Peer::Network(_) | Peer::Unknown => Origin::External,
     };
     let sender = args
         .first()

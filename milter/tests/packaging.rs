@@ -34,6 +34,7 @@ fn sample() -> String {
 /// per-domain tables: `policy.domains.*`).
 const KEYS: &[&str] = &[
     "socket",
+    "state_dir",
     "authserv_id",
     "local_domains",
     "internal_networks",
@@ -62,6 +63,7 @@ const KEYS: &[&str] = &[
     "inbound.on_failure",
     "reinject.address",
     "reinject.helo",
+    "reinject.remember",
 ];
 
 /// One line of the sample: a table header, a setting (active or commented

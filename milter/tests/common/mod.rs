@@ -1,5 +1,9 @@
 //! Helpers shared by the milter's integration tests.
 
+#![allow(dead_code)]
+
+pub(crate) mod harness;
+
 use ibemail_ibe::Identity;
 use ibemail_kgc::store::Store;
 use ibemail_message::signature::Unsigned;

@@ -45,6 +45,9 @@ use tokio::runtime::Runtime;
 
 pub use ibemail_test_support::postfix;
 
+pub mod fault;
+pub mod mail;
+
 /// Port of the re-injection listener on every instance.
 pub const REINJECT_PORT: u16 = 10026;
 
@@ -128,6 +131,9 @@ pub struct Options {
     /// Route a.test's mail for b.test into [`World::interceptor`] (a man in
     /// the middle) instead of to b.test.
     pub intercept_b: bool,
+    /// Leave loopback out of a.test's `internal_networks` (mail submitted
+    /// on the host must be outbound all the same).
+    pub a_loopback_not_internal: bool,
 }
 
 fn start_kgc(rt: &Runtime, store_dir: &Path, socket: &Path) -> Task {
@@ -271,16 +277,20 @@ impl World {
                 Some((top, tables)) => (top.to_string(), format!("[{tables}")),
                 None => (extra.clone(), String::new()),
             };
-            let submitters = if name == "a.test" {
+            let submitters = if name == "a.test" && !options.a_loopback_not_internal {
                 ", \"127.0.0.1/32\""
             } else {
                 ""
             };
+            let state_dir = tmp.path().join(format!("milter-state-{name}"));
+            std::fs::create_dir_all(&state_dir).unwrap();
             let milter_config = format!(
                 "socket = \"inet:{milter_addr}\"\nauthserv_id = \"mx.{name}\"\n\
+                 state_dir = \"{}\"\n\
                  local_domains = [\"{name}\"]\ninternal_networks = [\"{dom_ip}/32\"{submitters}]\n{top}\n\
                  [kgc]\nsocket = \"{}\"\ntimeout = \"3s\"\n{dns}\
                  [reinject]\naddress = \"{dom_ip}:{REINJECT_PORT}\"\nhelo = \"mx.{name}\"\n{tables}\n",
+                state_dir.display(),
                 kgc_socket.display()
             );
             let metrics = Arc::new(Metrics::default());

@@ -383,8 +383,22 @@ impl Postfix {
         out.1
     }
 
-    /// Runs swaks; returns (success, transcript).
+    /// Runs swaks from this instance's own address (an internal client);
+    /// returns (success, transcript).
     pub fn swaks(&self, from: &str, to: &[&str], message: &[u8]) -> (bool, String) {
+        self.swaks_from(self.config.ip, from, to, message)
+    }
+
+    /// Runs swaks from `client` (any loopback address: an outside client
+    /// when it is not in this instance's networks); returns (success,
+    /// transcript).
+    pub fn swaks_from(
+        &self,
+        client: IpAddr,
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> (bool, String) {
         let data = self.dir.join(format!(
             "submit-{}.eml",
             std::time::SystemTime::now()
@@ -397,7 +411,7 @@ impl Postfix {
         std::fs::write(&data, message.strip_suffix(b"\r\n").unwrap_or(message)).unwrap();
         let out = Command::new(require_program("swaks", "swaks"))
             .args(["--server", &self.smtp().to_string()])
-            .args(["--local-interface", &self.config.ip.to_string()])
+            .args(["--local-interface", &client.to_string()])
             .args(["--from", from])
             .args(["--to", &to.join(",")])
             .args(["--data", &format!("@{}", data.display())])
@@ -413,6 +427,38 @@ impl Postfix {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+
+    /// Submits `message` on this host with Postfix's own sendmail(1)
+    /// (postdrop, pickup, cleanup: the `non_smtpd_milters` path). Panics
+    /// if sendmail fails.
+    pub fn sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
+        use std::io::Write as _;
+        let mut child = Command::new(require_program("sendmail", "postfix"))
+            .arg("-C")
+            .arg(self.dir.join("conf"))
+            .args(["-f", from, "-i", "--"])
+            .args(to)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // sendmail takes LF line endings, as a local program writes them.
+        let text = String::from_utf8_lossy(message).replace("\r\n", "\n");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "sendmail failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(30)
+        );
     }
 
     /// Postfix's log.
