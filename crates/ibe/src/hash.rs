@@ -31,6 +31,9 @@ pub(crate) const DST_IBS_IDENTITY: &[u8] =
 pub(crate) const DST_IBS_CHALLENGE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CHALLENGE";
 /// DST of the hedged IBS nonce `r`.
 pub(crate) const DST_IBS_NONCE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-NONCE";
+/// RFC 9380 hash-to-curve DST of continuity signatures (G2, SSWU, random
+/// oracle): a generation's signature on its successor's record.
+pub(crate) const DST_CONTINUITY: &[u8] = b"IBEMAIL-V1-CONTINUITY-BLS12381G2_XMD:SHA-256_SSWU_RO_";
 /// HKDF `info` of the IBS master scalar `t` (from the generation's PRF key).
 pub(crate) const INFO_IBS_MASTER: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER";
 

@@ -66,7 +66,7 @@ impl MasterKey {
     /// under its own HKDF label (independent of every user-key scalar).
     /// `counter` skips the (probability 2^-255) zero value, so `t` is never
     /// a weak constant.
-    fn signing_scalar(&self) -> Scalar {
+    pub(crate) fn signing_scalar(&self) -> Scalar {
         let mut counter = 0u8;
         loop {
             let mut okm = Zeroizing::new([0u8; 48]);
@@ -110,6 +110,13 @@ impl MasterKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SigningParams {
     s: G1Affine,
+}
+
+impl SigningParams {
+    /// The point `S`.
+    pub(crate) fn point(&self) -> G1Affine {
+        self.s
+    }
 }
 
 impl fmt::Debug for SigningParams {

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod continuity;
 mod error;
 mod fixed_base;
 mod hash;
@@ -45,6 +46,9 @@ mod ibs;
 mod identity;
 mod kem;
 
+pub use continuity::{
+    CONTINUITY_SIGNATURE_BYTES, ContinuitySignature, Successor, verify_successor,
+};
 pub use error::{DecapsulationError, DecodeError, EncapsulationError, IdentityError, VerifyError};
 pub use ibs::{
     SIGNATURE_BYTES, SIGNING_PARAMS_BYTES, Signature, SigningKey, SigningParams, verify,
