@@ -184,7 +184,8 @@ fn tlv(d: &[u8]) -> Option<(u8, usize, usize)> {
 
 /// `record_parser`: the `_ibemailkey` TXT record parser.
 ///
-/// Checks: no panic; a parsed record's `to_text()` fits one TXT string and
+/// Checks: no panic; a parsed record's `to_strings()` are TXT strings (at
+/// most 255 bytes) of its `to_text()`, which stays under 512 bytes and
 /// re-parses to the same record; parsing split strings equals parsing their
 /// concatenation; a `RecordSet` is sorted, deduplicated and free of the
 /// conflicting generations it reports.
@@ -231,10 +232,15 @@ fn check_record(input: &[u8], parsed: Result<Record, ibemail_params::ParseError>
     match parsed {
         Ok(record) => {
             let text = record.to_text();
+            let strings = record.to_strings();
             assert!(
-                text.len() <= ibemail_params::MAX_RECORD_LEN,
-                "to_text() longer than one TXT string: {text:?}"
+                strings
+                    .iter()
+                    .all(|s| s.len() <= ibemail_params::MAX_STRING_LEN)
+                    && strings.concat() == text,
+                "to_strings() are not TXT strings of the record: {strings:?}"
             );
+            assert!(text.len() < 512, "record of {} bytes: {text:?}", text.len());
             assert_eq!(
                 Record::parse(&text).as_ref(),
                 Ok(&record),
