@@ -15,7 +15,10 @@
 //! - DNSSEC validated **in process** by hickory against configured trust
 //!   anchors (the root KSKs by default), so the result does not depend on
 //!   trusting a resolver's AD bit; each answer is Secure, Insecure or Bogus;
-//! - optional trust-on-first-use pinning ([`pin::PinStore`]).
+//! - pinning that follows continuity-signed rotations, and the domains'
+//!   published policies ([`pin::PinStore`]): a domain that published
+//!   `p=require` is never taken for a non-ibemail domain while its policy
+//!   is in force, whatever plain DNS says.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -176,8 +179,16 @@ pub enum NotIbeReason {
 pub enum RefusedReason {
     /// `dnssec = require`, but the answer was Insecure (or unchecked).
     DnssecRequired(DnssecStatus),
-    /// `pin = enforce`, and the parameters contradict the pins.
+    /// The parameters contradict the pins, and the pin policy (`enforce`,
+    /// or `policy` while the domain's published policy is in force)
+    /// refuses that.
     Pin(PinStatus),
+    /// The domain published `p=require`, in force until `until`, and now
+    /// publishes no usable record: mail is deferred, never sent in clear.
+    PolicyRequires {
+        /// Unix time the policy runs out unless seen again.
+        until: u64,
+    },
 }
 
 /// The result of a lookup.
@@ -403,6 +414,30 @@ impl Discovery {
         self.plain.clear_cache();
     }
 
+    /// Forgets `domain`'s cached answers: the next lookup asks DNS (a
+    /// signature naming a generation newer than the cached record set).
+    pub fn forget(&self, domain: &str) {
+        let Ok(domain) = ibemail_ibe::normalize_domain(domain) else {
+            return;
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for validate in [false, true] {
+            cache.pop(&(domain.clone(), validate));
+        }
+    }
+
+    /// What DNS publishes at `_ibemailkey.<domain>` right now, uncached and
+    /// without DNSSEC validation (the KGC watching its own zone): `None`
+    /// for NXDOMAIN or NODATA, else every record (usable or not).
+    pub async fn published(&self, domain: &str) -> Result<Option<RecordSet>, String> {
+        let domain = ibemail_ibe::normalize_domain(domain).map_err(|e| e.to_string())?;
+        match self.query(&domain, false).await?.answer {
+            Answer::Records(set) => Ok(Some(set)),
+            Answer::NxDomain | Answer::NoData => Ok(None),
+            Answer::Bogus => Err(format!("{domain}: bogus answer")),
+        }
+    }
+
     /// Looks up `domain`'s parameters under `policy`; `now_unix` decides
     /// which published generations have expired.
     pub async fn lookup(&self, domain: &str, policy: DomainPolicy, now_unix: u64) -> Lookup {
@@ -476,28 +511,59 @@ impl Discovery {
             cached,
             pin: PinStatus::NotChecked,
         };
+        let secure = entry.dnssec == DnssecStatus::Secure;
+        let pins = self.pins.as_ref().filter(|_| policy.pin != PinPolicy::Off);
+        // The domain's published policy, if this sender honours it and it
+        // is still in force.
+        let policy_until = pins
+            .filter(|_| policy.pin.honours_policy())
+            .and_then(|p| p.policy_until(&lookup.domain))
+            .filter(|&until| until > now_unix);
+        let stripped = |reason: NotIbeReason| match policy_until {
+            Some(until) => Outcome::Refused(RefusedReason::PolicyRequires { until }),
+            None => Outcome::NotIbe(reason),
+        };
         lookup.outcome = match entry.answer {
             Answer::Bogus => Outcome::Temporary("DNSSEC validation failed (bogus answer)".into()),
-            Answer::NxDomain => Outcome::NotIbe(NotIbeReason::NxDomain),
-            Answer::NoData => Outcome::NotIbe(NotIbeReason::NoData),
+            // Provably (DNSSEC) no record: the domain ended its policy.
+            Answer::NxDomain | Answer::NoData if secure => {
+                if let Some(pins) = pins {
+                    pins.end_policy(&lookup.domain);
+                }
+                Outcome::NotIbe(match entry.answer {
+                    Answer::NxDomain => NotIbeReason::NxDomain,
+                    _ => NotIbeReason::NoData,
+                })
+            }
+            Answer::NxDomain => stripped(NotIbeReason::NxDomain),
+            Answer::NoData => stripped(NotIbeReason::NoData),
             Answer::Records(set) => match set.select(now_unix).cloned() {
-                None => Outcome::NotIbe(NotIbeReason::NoUsableRecord {
+                None => stripped(NotIbeReason::NoUsableRecord {
                     rejected: set.rejected.clone(),
                     conflicting: set.conflicting.clone(),
                 }),
-                Some(_)
-                    if policy.dnssec == DnssecPolicy::Require
-                        && entry.dnssec != DnssecStatus::Secure =>
-                {
+                Some(_) if policy.dnssec == DnssecPolicy::Require && !secure => {
                     Outcome::Refused(RefusedReason::DnssecRequired(entry.dnssec))
                 }
                 Some(record) => {
-                    if let (Some(pins), true) = (&self.pins, policy.pin != PinPolicy::Off) {
-                        lookup.pin = pins.check(&lookup.domain, &set, &record);
+                    if let Some(pins) = pins {
+                        lookup.pin = pins.check(&lookup.domain, &set, &record, secure, now_unix);
                     }
-                    if policy.pin == PinPolicy::Enforce && lookup.pin.is_violation() {
+                    let refuse = lookup.pin.is_violation()
+                        && match policy.pin {
+                            PinPolicy::Enforce => true,
+                            PinPolicy::Policy => policy_until.is_some(),
+                            PinPolicy::Report | PinPolicy::Off => false,
+                        };
+                    if refuse {
                         Outcome::Refused(RefusedReason::Pin(lookup.pin.clone()))
                     } else {
+                        if let (true, PinPolicy::Policy, Some(pins)) =
+                            (lookup.pin.is_violation(), policy.pin, pins)
+                        {
+                            // No policy in force: trust on first use again.
+                            pins.repin(&lookup.domain, &set, &record, now_unix);
+                        }
                         Outcome::Parameters {
                             record,
                             published: set,

@@ -27,6 +27,19 @@ fn record(generation: u32, seed: u64) -> Record {
     )
 }
 
+/// Generation `n` of pinned.test with its signing parameter, signed by the
+/// key of `previous_seed` when given.
+fn chained(generation: u32, seed: u64, previous_seed: Option<u64>) -> Record {
+    let key = |seed| MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(seed));
+    let k = key(seed);
+    let mut r = Record::new(generation, k.public_params()).with_signing(k.signing_params());
+    if let Some(previous) = previous_seed {
+        let successor = r.successor("pinned.test", b"").unwrap();
+        r.continuity = Some(key(previous).sign_successor(&successor));
+    }
+    r
+}
+
 fn txt_line(r: &Record) -> String {
     format!("_ibemailkey TXT \"{}\"", r.to_text())
 }
@@ -84,7 +97,11 @@ fn knot() -> &'static Knot {
                 Signing::Unsigned,
                 &[&format!("_ibemailkey 1 TXT \"{}\"", record(1, 8).to_text())],
             ),
-            Zone::new("pinned.test", Signing::Signed, &[&txt_line(&record(1, 9))]),
+            Zone::new(
+                "pinned.test",
+                Signing::Unsigned,
+                &[&txt_line(&chained(1, 9, None))],
+            ),
             Zone::new("servfail.test", Signing::Broken, &[]),
         ])
     })
@@ -367,7 +384,7 @@ async fn pinning_reports_or_refuses_changed_parameters() {
     knot().set_txt(
         "pinned.test",
         "_ibemailkey",
-        &[&format!("\"{}\"", record(1, 4242).to_text())],
+        &[&format!("\"{}\"", chained(1, 4242, None).to_text())],
     );
     d.clear_cache();
     let l = d.lookup("pinned.test", report, NOW).await;
@@ -382,13 +399,28 @@ async fn pinning_reports_or_refuses_changed_parameters() {
         Outcome::Refused(RefusedReason::Pin(PinStatus::Changed { generation: 1 }))
     ));
 
-    // A proper rotation (new generation) is accepted.
+    // A new generation not signed by the pinned one is refused too...
+    knot().set_txt(
+        "pinned.test",
+        "_ibemailkey",
+        &[&chained(2, 77, None).zone_rdata()],
+    );
+    d.clear_cache();
+    let l = d.lookup("pinned.test", enforce, NOW).await;
+    assert!(matches!(
+        l.outcome,
+        Outcome::Refused(RefusedReason::Pin(PinStatus::Unchained {
+            generation: 2,
+            ..
+        }))
+    ));
+    // ...and a proper rotation, signed by generation 1, is accepted.
     knot().set_txt(
         "pinned.test",
         "_ibemailkey",
         &[
-            &format!("\"{}\"", record(2, 77).to_text()),
-            &format!("\"{}\"", record(1, 9).to_text()),
+            &chained(2, 77, Some(9)).zone_rdata(),
+            &chained(1, 9, None).zone_rdata(),
         ],
     );
     d.clear_cache();

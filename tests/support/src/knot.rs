@@ -319,6 +319,23 @@ impl Knot {
         self.knotc(&["zone-commit", &z]);
     }
 
+    /// Replaces every record at `owner` (relative to `zone`) by `records`
+    /// (`TYPE RDATA` each; none: the name disappears, NXDOMAIN).
+    pub fn set_records(&self, zone: &str, owner: &str, records: &[&str]) {
+        let z = fqdn(zone);
+        self.knotc(&["zone-begin", &z]);
+        let _ = Command::new(require_program("knotc", "knot"))
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["zone-unset", &z, owner])
+            .output();
+        for r in records {
+            let (rtype, rdata) = r.split_once(' ').unwrap_or((r, ""));
+            self.knotc(&["zone-set", &z, owner, "300", rtype, rdata]);
+        }
+        self.knotc(&["zone-commit", &z]);
+    }
+
     /// The TXT records at `name`, as kdig prints them (+short).
     pub fn query_txt(&self, name: &str) -> Vec<String> {
         let out = run(Command::new("kdig")

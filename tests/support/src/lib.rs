@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod dnsproxy;
 pub mod knot;
 pub mod opendkim;
 pub mod postfix;
