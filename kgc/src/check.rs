@@ -35,6 +35,14 @@ pub enum Verdict {
     /// The generation is published several times with different parameters
     /// (senders ignore it).
     Conflicting,
+    /// The keys match but the published policy differs (published, local).
+    PolicyMismatch,
+    /// The keys match but the continuity signature is missing or differs:
+    /// senders that pinned the previous generation refuse this one.
+    ContinuityMismatch {
+        /// Whether the published record has a `cs=` at all.
+        published: bool,
+    },
 }
 
 /// A published generation the store does not publish.
@@ -73,7 +81,7 @@ impl Comparison {
 pub fn compare(store: &Store, published: Option<&RecordSet>, now: u64) -> Comparison {
     let empty = RecordSet::default();
     let published = published.unwrap_or(&empty);
-    let local = store.records();
+    let local = store.records_at(now);
     let active = store.active_generation().unwrap_or(0);
     let local_verdicts = local
         .iter()
@@ -89,6 +97,12 @@ pub fn compare(store: &Store, published: Option<&RecordSet>, now: u64) -> Compar
                     },
                     Some(theirs) if theirs.expires != mine.expires => {
                         Verdict::ExpiryMismatch(theirs.expires, mine.expires)
+                    }
+                    Some(theirs) if theirs.policy != mine.policy => Verdict::PolicyMismatch,
+                    Some(theirs) if theirs.continuity != mine.continuity => {
+                        Verdict::ContinuityMismatch {
+                            published: theirs.continuity.is_some(),
+                        }
                     }
                     Some(_) => Verdict::Matches,
                 }
@@ -142,6 +156,70 @@ fn label(store: &Store, generation: Generation) -> String {
         Some(State::Active) => format!("generation {generation} (active)"),
         Some(State::Retiring { .. }) => format!("generation {generation} (retiring)"),
         _ => format!("generation {generation}"),
+    }
+}
+
+/// One line per published generation after the first: does its
+/// continuity signature verify from the generation before it (as
+/// published, or as this store knows it)?
+fn chain_lines(store: &Store, published: Option<&RecordSet>) -> Vec<String> {
+    let Some(published) = published else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for record in &published.records {
+        let n = record.generation;
+        let Some(previous) = n.checked_sub(1).filter(|&p| p > 0) else {
+            continue;
+        };
+        let signer = published
+            .generation(previous)
+            .and_then(|r| r.signing)
+            .or_else(|| store.master_key(previous).ok().map(|k| k.signing_params()));
+        lines.push(match (signer, &record.continuity) {
+            (_, None) => format!(
+                "continuity: generation {n} carries no signature by generation {previous}: \
+                 senders that pinned {previous} accept it only from a DNSSEC-secure answer"
+            ),
+            (None, Some(_)) => format!(
+                "continuity: generation {n}'s signature cannot be checked here (generation \
+                 {previous} is neither published nor in the store)"
+            ),
+            (Some(s), Some(_)) if record.continues(store.domain(), &s) => {
+                format!("continuity: generation {n} is signed by generation {previous}: valid")
+            }
+            (Some(_), Some(_)) => format!(
+                "continuity: generation {n}'s signature by generation {previous} is INVALID: \
+                 pinning senders refuse it"
+            ),
+        });
+    }
+    lines
+}
+
+/// What a sender does if this store's keys were lost and a new store
+/// published in their place: the recovery path.
+fn recovery_line(store: &Store, dnssec: DnssecStatus, now: u64) -> String {
+    let max_age = store
+        .records_at(now)
+        .first()
+        .and_then(|r| r.policy)
+        .map(|p| p.max_age);
+    match (dnssec, max_age) {
+        (DnssecStatus::Secure, _) => "recovery: should these keys be lost, a new store's \
+            records are accepted at once: the zone is DNSSEC-signed and secure answers \
+            override pins"
+            .into(),
+        (_, Some(ma)) => format!(
+            "recovery: should these keys be lost, senders that saw this record refuse a new \
+             store's parameters (and defer mail to this domain) for up to {ma} s \
+             (the policy max-age) after they last saw it — sign the zone with DNSSEC to \
+             recover at once; senders with pin = enforce need their administrator"
+        ),
+        (_, None) => "recovery: should these keys be lost, a new store's records are \
+            accepted by senders without an enforced pin (no policy is published: mail may \
+            then go in clear if the record disappears)"
+            .into(),
     }
 }
 
@@ -269,8 +347,28 @@ pub async fn check(
                 ));
                 problems.push(format!("generation {n} MISMATCH"));
             }
+            Verdict::PolicyMismatch => {
+                lines.push(format!(
+                    "{what}: MISMATCH (published p=/ma= differ from the store's; publish again)"
+                ));
+                problems.push(format!("generation {n} MISMATCH (policy)"));
+            }
+            Verdict::ContinuityMismatch { published } => {
+                lines.push(format!(
+                    "{what}: MISMATCH ({}; senders that pinned generation {} refuse it without \
+                     DNSSEC — publish again)",
+                    if *published {
+                        "published cs= differs from the store's"
+                    } else {
+                        "published record has no continuity signature cs="
+                    },
+                    n.saturating_sub(1)
+                ));
+                problems.push(format!("generation {n} MISMATCH (cs=)"));
+            }
         }
     }
+    lines.extend(chain_lines(store, published.as_ref()));
     for extra in &comparison.extra {
         let n = extra.generation;
         if extra.preferred_by_senders {
@@ -313,6 +411,7 @@ pub async fn check(
     if dnssec == DnssecPolicy::Require && dnssec_status != DnssecStatus::Secure {
         problems.push(format!("DNSSEC {dnssec_status}, but --dnssec require"));
     }
+    lines.push(recovery_line(store, dnssec_status, now));
     let status = if problems.is_empty() {
         lines.push("record OK".into());
         CheckStatus::Ok
@@ -335,8 +434,8 @@ mod tests {
 
     fn store(tmp: &std::path::Path) -> Store {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let mut store = Store::setup(&tmp.join("kgc"), "a.test", NOW, &mut rng).unwrap();
-        store.rotate(86_400, NOW + 10, &mut rng).unwrap();
+        let mut store = Store::setup(&tmp.join("kgc"), "a.test", NOW, None, &mut rng).unwrap();
+        store.rotate(86_400, NOW + 10, None, &mut rng).unwrap();
         store
     }
 

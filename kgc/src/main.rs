@@ -7,7 +7,6 @@
 // A command-line tool prints its results.
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,12 +23,13 @@ use ibemail_kgc::check::{CheckStatus, check};
 use ibemail_kgc::duration::parse_duration;
 use ibemail_kgc::publish::{UpdateTarget, publish};
 use ibemail_kgc::server::{Grant, ServerConfig, serve};
-use ibemail_kgc::service::KeyService;
-use ibemail_kgc::store::{State, Store};
+use ibemail_kgc::service::{KeyService, SigningSwitch};
+use ibemail_kgc::store::{Retention, State, Store, Wait};
 use ibemail_kgc::tsig::TsigKey;
-use ibemail_params::{Record, record_name};
+use ibemail_kgc::upkeep::{Publication, Upkeep};
+use ibemail_params::{Policy, record_name};
 use rand_core::OsRng;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
@@ -83,8 +83,8 @@ struct UpdateArgs {
 #[derive(Args, Clone, Debug)]
 struct ServePublishArgs {
     /// Publish each store's records to this primary name server (ADDR:PORT)
-    /// at start and whenever they change (rotation, retirement); failures
-    /// are logged and retried at the next maintenance tick.
+    /// at start and as soon as they change (rotation, withdrawal, SIGHUP);
+    /// failures are logged and retried at the next maintenance tick.
     #[arg(long, value_name = "ADDR:PORT", requires = "publish_tsig_key")]
     publish_server: Option<SocketAddr>,
     /// The zone to update (default: each store's domain).
@@ -96,6 +96,44 @@ struct ServePublishArgs {
     /// TTL of the published records, in seconds.
     #[arg(long, default_value_t = 3600)]
     publish_ttl: u32,
+}
+
+/// The policy a new generation's record publishes.
+#[derive(Args, Clone, Debug)]
+struct PolicyArgs {
+    /// How long senders that saw the record keep encrypting to the domain
+    /// (deferring, never sending in clear, if the record disappears): the
+    /// `p=require; ma=` policy, like MTA-STS `mode: enforce`. At most a year.
+    #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DURATION")]
+    policy_max_age: u64,
+    /// Publish no policy (senders then treat a missing record as "not an
+    /// ibemail domain").
+    #[arg(long)]
+    no_policy: bool,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Option<Policy> {
+        (!self.no_policy).then(|| Policy::require(self.policy_max_age))
+    }
+}
+
+/// How long a withdrawn generation's key must outlive its record.
+#[derive(Args, Clone, Debug)]
+struct RetentionArgs {
+    /// The longest time senders keep mail queued (Postfix's
+    /// maximal_queue_lifetime, 5 days by default).
+    #[arg(long, default_value = "5d", value_parser = parse_duration, value_name = "DURATION")]
+    queue_lifetime: u64,
+}
+
+impl RetentionArgs {
+    fn retention(&self, ttl: u32) -> Retention {
+        Retention {
+            ttl: u64::from(ttl),
+            queue_lifetime: self.queue_lifetime,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -112,6 +150,8 @@ enum Command {
         /// TTL of the printed zone-file line, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Print the zone-file lines of every published generation.
     Record {
@@ -142,25 +182,52 @@ enum Command {
         #[arg(long)]
         generation: Option<u32>,
     },
-    /// Start a new generation. The previous one keeps opening mail during
-    /// the overlap, then is retired and its key destroyed.
+    /// Start a new generation, its record signed by the current one (so
+    /// senders that pinned the domain accept it without DNSSEC). The
+    /// previous one stays published during the overlap, then is withdrawn;
+    /// its key is destroyed only once DNS is seen without it for the TTL
+    /// plus the queue lifetime plus the policy max-age (see `retire`).
     Rotate {
         /// The key store.
         #[arg(long)]
         dir: PathBuf,
-        /// How long the previous generation stays usable (e.g. 30d). Must
-        /// exceed the DNS TTL plus the longest time mail waits in queues.
+        /// How long the previous generation stays published (e.g. 30d).
+        /// Raised to the TTL + queue lifetime + policy max-age if shorter.
         #[arg(long, default_value = "30d", value_parser = parse_duration)]
         overlap: u64,
-        /// TTL of the printed zone-file lines, in seconds.
+        /// TTL of the records (and of the printed zone-file lines), in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
-    /// Retire (destroy the keys of) generations whose overlap has ended.
+    /// Destroy the keys of withdrawn generations that DNS no longer
+    /// publishes, once the retention floor has passed; say why the others
+    /// wait.
+    ///
+    /// With --resolver, DNS is asked first what it publishes (the zone's
+    /// primary is best); without it only what an earlier check saw counts,
+    /// so a key is never destroyed on an assumption. `serve` with
+    /// --watch-server (or --publish-server) does this by itself.
     Retire {
         /// The key store.
         #[arg(long)]
         dir: PathBuf,
+        /// Name server to ask what is published, ADDR:PORT.
+        #[arg(long = "resolver", value_name = "ADDR:PORT")]
+        resolver: Option<SocketAddr>,
+        /// TTL of the published records, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Destroy this withdrawn or retiring generation's key now,
+        /// whatever DNS says. Mail still sealed to it can then never be
+        /// opened.
+        #[arg(long, value_name = "GENERATION")]
+        force: Option<u32>,
     },
     /// Check that DNS publishes exactly this store's records.
     ///
@@ -239,11 +306,13 @@ enum Command {
         /// milter's. Without any --allow-* option, this process's own uid.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uid: Vec<u32>,
-        /// User id allowed to open capsules only (repeatable), e.g. the
-        /// user of a delivery-time `ibemail-milter decrypt` filter, which
-        /// must not be able to sign as the domain's users.
-        #[arg(long = "allow-open", value_name = "UID")]
-        allow_open: Vec<u32>,
+        /// User id allowed to open capsules only (repeatable), e.g. a
+        /// delivery-time `ibemail-milter decrypt` filter, which must not be
+        /// able to sign as the domain's users. UID:ADDRESS limits it to that
+        /// address's mail (repeat for several): give each user's own filter
+        /// only its own mail.
+        #[arg(long = "allow-open", value_name = "UID[:ADDRESS]")]
+        allow_open: Vec<String>,
         /// User id allowed to sign only (repeatable).
         #[arg(long = "allow-sign", value_name = "UID")]
         allow_sign: Vec<u32>,
@@ -259,11 +328,19 @@ enum Command {
         /// Overlap used by automatic rotations.
         #[arg(long, default_value = "30d", value_parser = parse_duration)]
         overlap: u64,
-        /// How often to retire expired generations and check for rotation.
+        /// How often to check for rotation, watch DNS and retire.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         maintenance_interval: u64,
         #[command(flatten)]
         publish: ServePublishArgs,
+        /// Name server to watch for what is published, ADDR:PORT (default:
+        /// --publish-server). Without one, withdrawn keys are never
+        /// destroyed automatically and a new generation starts signing a day
+        /// after its creation.
+        #[arg(long, value_name = "ADDR:PORT")]
+        watch_server: Option<SocketAddr>,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
 }
 
@@ -275,7 +352,7 @@ fn now() -> u64 {
 }
 
 fn print_records(store: &Store, ttl: u32) {
-    for record in store.records() {
+    for record in store.records_at(now()) {
         println!("{}", record.zone_line(store.domain(), ttl));
     }
 }
@@ -284,14 +361,45 @@ fn describe(state: State, now: u64) -> String {
     match state {
         State::Active => "active".into(),
         State::Retiring { until } if until == u64::MAX => "retiring (no retirement time)".into(),
-        State::Retiring { until } => format!(
-            "retiring, retired in {}",
+        State::Retiring { until } if until > now => format!(
+            "retiring, withdrawn from DNS in {}",
             humanize(until.saturating_sub(now))
+        ),
+        State::Retiring { until } => format!(
+            "withdrawn {} ago, still opens mail",
+            humanize(now.saturating_sub(until))
         ),
         State::Retired { at } => format!(
             "retired {} ago, key destroyed",
             humanize(now.saturating_sub(at))
         ),
+    }
+}
+
+/// A resolver that asks `server` directly (authoritative, no recursion,
+/// no validation) what it publishes.
+fn watcher(server: SocketAddr) -> Result<Discovery> {
+    Ok(Discovery::new(
+        DiscoveryConfig {
+            servers: vec![server],
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+            recursion_desired: false,
+            ..DiscoveryConfig::default()
+        },
+        None,
+    )?)
+}
+
+fn print_waits(domain: &str, outcome: &[(u32, Option<Wait>)]) {
+    for (generation, wait) in outcome {
+        match wait {
+            None => eprintln!("{domain}: retired generation {generation}; its key was destroyed."),
+            Some(wait) => eprintln!("{domain}: generation {generation}: {wait}"),
+        }
+    }
+    if outcome.is_empty() {
+        eprintln!("{domain}: nothing to retire.");
     }
 }
 
@@ -305,8 +413,13 @@ fn humanize(secs: u64) -> String {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Setup { domain, dir, ttl } => {
-            let store = Store::setup(&dir, &domain, now(), &mut OsRng)?;
+        Command::Setup {
+            domain,
+            dir,
+            ttl,
+            policy,
+        } => {
+            let store = Store::setup(&dir, &domain, now(), policy.policy(), &mut OsRng)?;
             eprintln!(
                 "Created the key store of {} in {} (generation 1).\nPublish this record in the {} zone:",
                 store.domain(),
@@ -321,9 +434,21 @@ fn run(cli: Cli) -> Result<u8> {
             println!("domain {}", store.domain());
             let now = now();
             for entry in store.generations() {
-                let state = store
+                let mut state = store
                     .state(entry.generation())
                     .map_or("unknown".into(), |s| describe(s, now));
+                if let Some(since) = entry.absent_since() {
+                    state.push_str(&format!(
+                        "; absent from DNS for {}",
+                        humanize(now.saturating_sub(since))
+                    ));
+                }
+                if let Some(policy) = entry.policy() {
+                    state.push_str(&format!(
+                        "; policy require, max-age {}",
+                        humanize(policy.max_age)
+                    ));
+                }
                 println!("generation {:>4}  {state}", entry.generation());
             }
         }
@@ -344,23 +469,71 @@ fn run(cli: Cli) -> Result<u8> {
             let key = store.extract(&identity, generation)?;
             println!("{}", STANDARD.encode(key.to_bytes().as_ref()));
         }
-        Command::Rotate { dir, overlap, ttl } => {
+        Command::Rotate {
+            dir,
+            overlap,
+            ttl,
+            policy,
+            retention,
+        } => {
             let mut store = Store::open(&dir)?;
-            let generation = store.rotate(overlap, now(), &mut OsRng)?;
+            let policy = policy.policy();
+            let floor = retention
+                .retention(ttl)
+                .floor(store_policy(&store).as_ref());
+            if overlap < floor {
+                eprintln!(
+                    "The overlap is raised to {} (TTL + queue lifetime + policy max-age): \
+                     senders may hold mail sealed to the old generation that long.",
+                    humanize(floor)
+                );
+            }
+            let generation = store.rotate(overlap.max(floor), now(), policy, &mut OsRng)?;
             eprintln!(
-                "Generation {generation} is active. Publish these records (or run `ibemail-kgc publish`):"
+                "Generation {generation} is active, signed by generation {}. Publish these \
+                 records (or run `ibemail-kgc publish`; a running `serve --publish-server` \
+                 publishes them within seconds):",
+                generation - 1
             );
             print_records(&store, ttl);
         }
-        Command::Retire { dir } => {
+        Command::Retire {
+            dir,
+            resolver,
+            ttl,
+            retention,
+            force,
+        } => {
             let mut store = Store::open(&dir)?;
-            let retired = store.retire_expired(now())?;
-            if retired.is_empty() {
-                eprintln!("Nothing to retire.");
+            let now = now();
+            if let Some(generation) = force {
+                store.force_retire(generation, now)?;
+                eprintln!("Retired generation {generation} on request; its key was destroyed.");
+                return Ok(0);
             }
-            for n in retired {
-                eprintln!("Retired generation {n}; its key was destroyed.");
+            if let Some(server) = resolver {
+                let runtime = tokio::runtime::Runtime::new()?;
+                let published = runtime.block_on(async {
+                    watcher(server)?
+                        .published(store.domain())
+                        .await
+                        .map_err(anyhow::Error::msg)
+                });
+                match published {
+                    Ok(set) => {
+                        let generations: Vec<u32> = set
+                            .map(|s| s.records.iter().map(|r| r.generation).collect())
+                            .unwrap_or_default();
+                        store.note_published(&generations, now)?;
+                    }
+                    Err(e) => {
+                        eprintln!("ibemail-kgc: cannot see what {server} publishes: {e}");
+                        return Ok(EXIT_TEMPFAIL);
+                    }
+                }
             }
+            let outcome = store.retire_due(now, &retention.retention(ttl))?;
+            print_waits(store.domain(), &outcome);
         }
         Command::Check {
             dir,
@@ -447,6 +620,8 @@ fn run(cli: Cli) -> Result<u8> {
             overlap,
             maintenance_interval,
             publish,
+            watch_server,
+            retention,
         } => {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
@@ -454,128 +629,62 @@ fn run(cli: Cli) -> Result<u8> {
             if !(allow_uid.is_empty() && allow_open.is_empty() && allow_sign.is_empty()) {
                 config.grants.clear();
                 for uid in allow_uid {
-                    config.grants.insert(uid, Grant::ALL);
+                    config.grants.insert(uid, Grant::all());
                 }
-                for uid in allow_open {
-                    config.grants.entry(uid).or_default().open = true;
+                for grant in allow_open {
+                    let (uid, address) = match grant.split_once(':') {
+                        Some((uid, address)) => (uid, Some(address)),
+                        None => (grant.as_str(), None),
+                    };
+                    let uid: u32 = uid
+                        .parse()
+                        .with_context(|| format!("--allow-open {grant}: not UID[:ADDRESS]"))?;
+                    let entry = config.grants.entry(uid).or_default();
+                    entry.open = true;
+                    if let Some(address) = address {
+                        let identity = Identity::parse(address)
+                            .with_context(|| format!("--allow-open {grant}"))?;
+                        entry.open_as.insert(identity.as_str().to_string());
+                    }
                 }
                 for uid in allow_sign {
                     config.grants.entry(uid).or_default().sign = true;
                 }
             }
-            let publisher = match (publish.publish_server, publish.publish_tsig_key) {
-                (Some(server), Some(key)) => Some(Publisher {
+            let publication = match (publish.publish_server, publish.publish_tsig_key) {
+                (Some(server), Some(key)) => Some(Publication {
                     server,
                     zone: publish.publish_zone,
                     ttl: publish.publish_ttl,
                     key: TsigKey::load(&key)?,
-                    published: HashMap::new(),
                 }),
                 _ => None,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(daemon(
-                dir,
-                &socket,
-                mode,
-                config,
-                cache_size,
-                Maintenance {
-                    rotate_every,
-                    overlap,
-                    interval: maintenance_interval,
-                    publisher,
-                },
-            ))?;
+            let watch = watch_server.or(publish.publish_server);
+            let mut upkeep = Upkeep::new(retention.retention(publish.publish_ttl));
+            upkeep.rotate_every = rotate_every;
+            upkeep.overlap = overlap;
+            upkeep.publication = publication;
+            let service = KeyService::load(&dir, cache_size)?.with_signing_switch(SigningSwitch {
+                ttl: u64::from(publish.publish_ttl),
+                ..SigningSwitch::default()
+            });
+            runtime.block_on(async {
+                upkeep.watch = watch.map(watcher).transpose()?;
+                daemon(
+                    service,
+                    &socket,
+                    mode,
+                    config,
+                    upkeep,
+                    Duration::from_secs(maintenance_interval.max(1)),
+                )
+                .await
+            })?;
         }
     }
     Ok(0)
-}
-
-/// Automatic publication: the record set last published per store.
-struct Publisher {
-    server: SocketAddr,
-    zone: Option<String>,
-    ttl: u32,
-    key: TsigKey,
-    published: HashMap<PathBuf, Vec<Record>>,
-}
-
-impl Publisher {
-    /// Publishes each store whose records differ from what this process
-    /// last published (everything, the first time). A store changed on disk
-    /// by another process (`ibemail-kgc rotate`) is reloaded first, so the
-    /// daemon always serves the generations it publishes. Failures are
-    /// logged and retried at the next tick.
-    async fn run(&mut self, service: &KeyService) {
-        for dir in service.dirs() {
-            let store = match Store::open(dir) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!("{}: {e}", dir.display());
-                    continue;
-                }
-            };
-            let records = store.records();
-            if self.published.get(dir) == Some(&records) {
-                continue;
-            }
-            let serving = service
-                .stores()
-                .iter()
-                .find(|s| s.dir() == dir.as_path())
-                .map(|s| s.records());
-            if serving.as_ref() != Some(&records) {
-                match service.reload() {
-                    Ok(()) => info!(
-                        "{}: the key store changed on disk; reloaded",
-                        store.domain()
-                    ),
-                    Err(e) => {
-                        error!("{}: reload failed, not publishing: {e}", store.domain());
-                        continue;
-                    }
-                }
-            }
-            let target = UpdateTarget {
-                server: self.server,
-                zone: self
-                    .zone
-                    .clone()
-                    .unwrap_or_else(|| store.domain().to_string()),
-                ttl: self.ttl,
-                timeout: Duration::from_secs(10),
-            };
-            let generations = records
-                .iter()
-                .map(|r| r.generation.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            match publish(&target, &self.key, store.domain(), &records).await {
-                Ok(()) => {
-                    info!(
-                        "{}: published generation(s) {generations} to {} (zone {})",
-                        store.domain(),
-                        target.server,
-                        target.zone
-                    );
-                    self.published.insert(dir.clone(), records);
-                }
-                Err(e) => error!(
-                    "{}: publishing generation(s) {generations} failed, will retry: {e}",
-                    store.domain()
-                ),
-            }
-        }
-    }
-}
-
-/// The daemon's periodic work.
-struct Maintenance {
-    rotate_every: Option<u64>,
-    overlap: u64,
-    interval: u64,
-    publisher: Option<Publisher>,
 }
 
 /// Binds the socket, replacing a stale one but never a live daemon's.
@@ -594,19 +703,27 @@ async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// The store directories' modification times: a rotation or retirement
+/// by another process changes them.
+fn stamps(dirs: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    dirs.iter()
+        .map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 async fn daemon(
-    dirs: Vec<PathBuf>,
+    service: KeyService,
     socket: &Path,
     mode: u32,
     config: ServerConfig,
-    cache_size: usize,
-    mut periodic: Maintenance,
+    mut upkeep: Upkeep,
+    interval: Duration,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let service = Arc::new(KeyService::load(&dirs, cache_size)?);
+    let service = Arc::new(service);
     let listener = bind(socket, mode).await?;
     for (domain, generation) in service.hello() {
-        info!("serving {domain} (active generation {generation})");
+        info!("serving {domain} (signing with generation {generation})");
     }
     let grants: Vec<String> = config
         .grants
@@ -618,7 +735,12 @@ async fn daemon(
                 (false, true) => "sign",
                 (false, false) => "nothing",
             };
-            format!("{uid}:{what}")
+            if g.open_as.is_empty() {
+                format!("{uid}:{what}")
+            } else {
+                let who: Vec<&str> = g.open_as.iter().map(String::as_str).collect();
+                format!("{uid}:{what}({})", who.join(","))
+            }
         })
         .collect();
     info!(
@@ -635,19 +757,32 @@ async fn daemon(
         let _ = stop_rx.await;
     }));
 
-    let mut tick = tokio::time::interval(Duration::from_secs(periodic.interval.max(1)));
+    let mut tick = tokio::time::interval(interval);
+    // A store changed by another process (`ibemail-kgc rotate`) is noticed
+    // within seconds and published at once, not at the next tick.
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut seen = stamps(service.dirs());
     loop {
         tokio::select! {
-            _ = hangup.recv() => match service.reload() {
-                Ok(()) => info!("reloaded key stores"),
-                Err(e) => error!("reload failed, keeping the previous keys: {e}"),
-            },
+            _ = hangup.recv() => {
+                match service.reload() {
+                    Ok(()) => info!("reloaded key stores"),
+                    Err(e) => error!("reload failed, keeping the previous keys: {e}"),
+                }
+                upkeep.run(&service, now()).await;
+                seen = stamps(service.dirs());
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = tick.tick() => {
-                maintenance(&service, periodic.rotate_every, periodic.overlap);
-                if let Some(publisher) = &mut periodic.publisher {
-                    publisher.run(&service).await;
+                upkeep.run(&service, now()).await;
+                seen = stamps(service.dirs());
+            }
+            _ = poll.tick() => {
+                let now_seen = stamps(service.dirs());
+                if now_seen != seen {
+                    upkeep.run(&service, now()).await;
+                    seen = stamps(service.dirs());
                 }
             }
         }
@@ -659,49 +794,13 @@ async fn daemon(
     Ok(())
 }
 
-/// Retires expired generations and rotates when due, then reloads.
-fn maintenance(service: &KeyService, rotate_every: Option<u64>, overlap: u64) {
-    let now = now();
-    let mut changed = false;
-    for dir in service.dirs() {
-        let mut store = match Store::open(dir) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("{}: {e}", dir.display());
-                continue;
-            }
-        };
-        if let (Some(every), Some(active)) = (rotate_every, store.active_generation()) {
-            let created = store
-                .generations()
-                .find(|e| e.generation() == active)
-                .map_or(0, |e| e.created());
-            if now >= created.saturating_add(every) {
-                match store.rotate(overlap, now, &mut OsRng) {
-                    Ok(n) => {
-                        info!(
-                            "{}: rotated to generation {n}; its record must be published",
-                            store.domain()
-                        );
-                        changed = true;
-                    }
-                    Err(e) => error!("{}: rotation failed: {e}", store.domain()),
-                }
-            }
-        }
-        match store.retire_expired(now) {
-            Ok(retired) => {
-                for n in &retired {
-                    info!("{}: retired generation {n}, key destroyed", store.domain());
-                }
-                changed |= !retired.is_empty();
-            }
-            Err(e) => error!("{}: retiring failed: {e}", store.domain()),
-        }
-    }
-    if changed && let Err(e) = service.reload() {
-        warn!("reload after maintenance failed: {e}");
-    }
+/// The policy of the store's active generation.
+fn store_policy(store: &Store) -> Option<Policy> {
+    let active = store.active_generation()?;
+    store
+        .generations()
+        .find(|e| e.generation() == active)
+        .and_then(|e| e.policy().copied())
 }
 
 fn main() -> ExitCode {

@@ -172,18 +172,13 @@ pub fn update_message(
     delete.dns_class = DNSClass::ANY;
     message.add_update(delete);
     // ... then add each record (§2.5.1), all in the same message.
+    // A record longer than one character-string (a later generation with
+    // its continuity signature) goes as several, which readers concatenate.
     for record in records {
-        let text = record.to_text();
-        if text.len() > ibemail_params::MAX_RECORD_LEN {
-            return Err(PublishError::Invalid(format!(
-                "generation {}: record longer than one TXT string",
-                record.generation
-            )));
-        }
         message.add_update(DnsRecord::from_rdata(
             owner.clone(),
             ttl,
-            RData::TXT(TXT::new(vec![text])),
+            RData::TXT(TXT::new(record.to_strings())),
         ));
     }
     Ok(message)

@@ -6,7 +6,7 @@
 //! delivery-time `ibemail-milter decrypt` filter needs only `open`, and
 //! given only that it cannot forge its users' signatures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,20 +20,40 @@ use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status}
 use crate::service::{KeyService, Peer};
 
 /// What one user id may ask of the daemon.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
     /// OPEN: open capsules, i.e. read the served domains' mail.
     pub open: bool,
+    /// If not empty, OPEN only for these identities (normalised
+    /// addresses): a user's own delivery filter reads that user's mail and
+    /// nobody else's.
+    pub open_as: BTreeSet<String>,
     /// SIGN: sign as any user of the served domains.
     pub sign: bool,
 }
 
 impl Grant {
-    /// Both capabilities (the milter's).
-    pub const ALL: Grant = Grant {
-        open: true,
-        sign: true,
-    };
+    /// Both capabilities, for every identity (the milter's).
+    pub fn all() -> Grant {
+        Grant {
+            open: true,
+            open_as: BTreeSet::new(),
+            sign: true,
+        }
+    }
+
+    /// True if OPEN for `identity` (as requested) is granted.
+    fn may_open(&self, identity: &str) -> bool {
+        self.open
+            && (self.open_as.is_empty()
+                || ibemail_ibe::Identity::parse(identity)
+                    .is_ok_and(|id| self.open_as.contains(id.as_str())))
+    }
+
+    /// Nothing granted.
+    fn is_empty(&self) -> bool {
+        !self.open && !self.sign
+    }
 }
 
 /// Limits and access control of the daemon.
@@ -53,7 +73,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            grants: BTreeMap::from([(rustix::process::geteuid().as_raw(), Grant::ALL)]),
+            grants: BTreeMap::from([(rustix::process::geteuid().as_raw(), Grant::all())]),
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(5),
@@ -137,14 +157,14 @@ async fn handle_connection(
                 uid: Some(cred.uid()),
                 pid: cred.pid(),
             },
-            config.grants.get(&cred.uid()).copied().unwrap_or_default(),
+            config.grants.get(&cred.uid()).cloned().unwrap_or_default(),
         ),
         Err(e) => {
             warn!("cannot read peer credentials: {e}");
             return;
         }
     };
-    if grant == Grant::default() {
+    if grant.is_empty() {
         warn!(
             target: "ibemail_kgc::audit",
             "refused connection from uid {} pid {}: no grant",
@@ -183,7 +203,9 @@ async fn handle_connection(
         }
         let response = match Request::decode(&payload) {
             Ok(Request::Hello) => Response::Hello(service.hello()),
-            Ok(Request::Open { identity, .. }) if !grant.open => forbidden("open", &identity, peer),
+            Ok(Request::Open { identity, .. }) if !grant.may_open(&identity) => {
+                forbidden("open", &identity, peer)
+            }
             Ok(Request::Open {
                 generation,
                 identity,

@@ -28,6 +28,34 @@ pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
     signing_cache: Mutex<KeyCache<SigningKey>>,
+    switch: SigningSwitch,
+}
+
+/// When a new generation starts signing mail: once DNS has been seen
+/// publishing it for `ttl` seconds (receivers' caches then know it), or,
+/// where nothing checks DNS, once it is `fallback` seconds old. Until then
+/// the previous generation signs. See [`Store::signing_generation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigningSwitch {
+    /// The records' TTL.
+    pub ttl: u64,
+    /// Age at which an unchecked generation signs anyway.
+    pub fallback: u64,
+}
+
+impl Default for SigningSwitch {
+    fn default() -> Self {
+        SigningSwitch {
+            ttl: 3600,
+            fallback: 86_400,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Derived keys by (identity, generation).
@@ -64,7 +92,18 @@ impl KeyService {
             signing_cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
             )),
+            switch: SigningSwitch::default(),
         })
+    }
+
+    /// The service with another signing switch (the daemon's records TTL).
+    pub fn with_signing_switch(mut self, switch: SigningSwitch) -> Self {
+        self.switch = switch;
+        self
+    }
+
+    fn signing_generation_of(&self, store: &Store) -> Option<Generation> {
+        store.signing_generation(unix_now(), self.switch.ttl, self.switch.fallback)
     }
 
     fn open_all(dirs: &[PathBuf]) -> Result<Vec<Arc<Store>>, StoreError> {
@@ -96,11 +135,12 @@ impl KeyService {
             .clone()
     }
 
-    /// `(domain, active generation)` for each store.
+    /// `(domain, generation to sign with)` for each store: the active
+    /// generation once receivers can know it, else the one before it.
     pub fn hello(&self) -> Vec<(String, Generation)> {
         self.stores()
             .iter()
-            .filter_map(|s| Some((s.domain().to_string(), s.active_generation()?)))
+            .filter_map(|s| Some((s.domain().to_string(), self.signing_generation_of(s)?)))
             .collect()
     }
 
@@ -145,10 +185,10 @@ impl KeyService {
         Ok((identity, store))
     }
 
-    /// The active generation of `identity`'s domain, if this service
-    /// holds its store.
+    /// The generation `identity`'s domain signs with (as [`KeyService::hello`]),
+    /// if this service holds its store.
     pub fn active_generation(&self, identity: &Identity) -> Option<Generation> {
-        self.store_for(identity.domain())?.active_generation()
+        self.signing_generation_of(&*self.store_for(identity.domain())?)
     }
 
     /// Signs `message` (a digest) as `identity` at `generation`, and logs

@@ -4,15 +4,30 @@
 //! DIR/                   0700, owned by the KGC's user
 //!   kgc.store            "format: ibemail-kgc-store 1", "domain: b.test"
 //!   gen-00000001.retired tombstone: generation 1 was retired, key destroyed
-//!   gen-00000002.key     0600: generation 2's master key, retire-at set (retiring)
+//!   gen-00000002.key     0600: generation 2's master key, policy, continuity signature
+//!   gen-00000002.state   0600: retire-at, published-since, absent-since (no secret)
 //!   gen-00000003.key     0600: generation 3's master key (active: the highest)
 //!   .lock                flock(2) target for writers
 //! ```
 //!
 //! States are derived, not stored: the highest generation with a key is
 //! **active**; a lower one with a key is **retiring** (it still opens mail
-//! and is still published) until its `retire-at`; a generation with a
-//! tombstone is **retired** and its key has been destroyed.
+//! and is still published) until its `retire-at`, then **withdrawn** (no
+//! longer published, still opening mail); a generation with a tombstone is
+//! **retired** and its key has been destroyed.
+//!
+//! A key file is written once, when its generation is created, and never
+//! rewritten: what changes later (retire-at, what DNS was seen to publish)
+//! lives in the generation's `.state` file. So no copy of a key is ever
+//! left behind in a replaced inode; destroying a key overwrites its file in
+//! place before unlinking it.
+//!
+//! **Retirement never loses mail** ([`Store::retire_due`]): a withdrawn
+//! generation's key is destroyed only once DNS has been *seen* not to
+//! publish it ([`Store::note_published`]) for longer than the record TTL,
+//! plus the longest time mail may wait in a sender's queue, plus the
+//! generation's policy max-age ([`Retention`]). Until then senders may
+//! still hold mail sealed to it.
 //!
 //! Every write goes to a temporary file that is fsynced, renamed into place
 //! and followed by an fsync of the directory; writers hold an exclusive
@@ -30,11 +45,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use ibemail_ibe::ContinuitySignature;
 use ibemail_ibe::{
     Capsule, DecapsulationError, Generation, Identity, MasterKey, PublicParams, SharedSecret,
     SigningKey, UserKey,
 };
-use ibemail_params::Record;
+use ibemail_params::{Policy, Record};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -45,6 +61,78 @@ const TEMP_PREFIX: &str = ".tmp-";
 const STORE_FORMAT: &str = "ibemail-kgc-store 1";
 const KEY_FORMAT: &str = "ibemail-kgc-key 1";
 const RETIRED_FORMAT: &str = "ibemail-kgc-retired 1";
+const STATE_FORMAT: &str = "ibemail-kgc-state 1";
+
+/// Postfix's `maximal_queue_lifetime`: how long a sender may keep mail it
+/// sealed to a generation before giving up.
+pub const DEFAULT_QUEUE_LIFETIME: u64 = 5 * 86_400;
+
+/// How long a withdrawn generation's key must outlive its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// TTL of the published records (resolvers may serve the old RRset
+    /// that long after it changed).
+    pub ttl: u64,
+    /// The longest a sender's queue keeps mail (Postfix: 5 days).
+    pub queue_lifetime: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            ttl: 3600,
+            queue_lifetime: DEFAULT_QUEUE_LIFETIME,
+        }
+    }
+}
+
+impl Retention {
+    /// How long a generation with `policy` must stay openable after DNS
+    /// stopped publishing it: TTL + queue lifetime + policy max-age. This is
+    /// also the floor of a rotation's overlap.
+    pub fn floor(&self, policy: Option<&Policy>) -> u64 {
+        self.ttl
+            .saturating_add(self.queue_lifetime)
+            .saturating_add(policy.map_or(0, |p| p.max_age))
+    }
+}
+
+/// Why a withdrawn generation's key is not destroyed yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Still published, until `retire-at`.
+    Published {
+        /// When it is withdrawn.
+        until: u64,
+    },
+    /// Withdrawn, but DNS has not been seen without it yet.
+    NotSeenAbsent,
+    /// Seen absent from DNS since `since`; destroyed at `until`.
+    Floor {
+        /// When DNS was first seen without it.
+        since: u64,
+        /// When its key may be destroyed.
+        until: u64,
+    },
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Wait::Published { until } => write!(f, "still published until {until}"),
+            Wait::NotSeenAbsent => write!(
+                f,
+                "withdrawn, but DNS has not been seen without it yet (its key is kept until \
+                 a DNS check confirms it is gone)"
+            ),
+            Wait::Floor { since, until } => write!(
+                f,
+                "absent from DNS since {since}; kept until {until} (TTL + queue lifetime + \
+                 policy max-age)"
+            ),
+        }
+    }
+}
 
 /// What can go wrong with the store.
 #[derive(Debug, Error)]
@@ -139,6 +227,27 @@ pub struct GenerationEntry {
     retired_at: Option<u64>,
     key: Option<MasterKey>,
     params: Option<PublicParams>,
+    policy: Option<Policy>,
+    continuity: Option<ContinuitySignature>,
+    published_since: Option<u64>,
+    absent_since: Option<u64>,
+}
+
+impl GenerationEntry {
+    fn retired(generation: Generation, at: u64) -> GenerationEntry {
+        GenerationEntry {
+            generation,
+            created: 0,
+            retire_at: None,
+            retired_at: Some(at),
+            key: None,
+            params: None,
+            policy: None,
+            continuity: None,
+            published_since: None,
+            absent_since: None,
+        }
+    }
 }
 
 impl fmt::Debug for GenerationEntry {
@@ -148,6 +257,9 @@ impl fmt::Debug for GenerationEntry {
             .field("created", &self.created)
             .field("retire_at", &self.retire_at)
             .field("retired_at", &self.retired_at)
+            .field("policy", &self.policy)
+            .field("published_since", &self.published_since)
+            .field("absent_since", &self.absent_since)
             .field("has_key", &self.key.is_some())
             .finish()
     }
@@ -165,6 +277,40 @@ impl GenerationEntry {
     /// The public parameters (absent once retired).
     pub fn params(&self) -> Option<&PublicParams> {
         self.params.as_ref()
+    }
+    /// The policy its record publishes.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+    /// When DNS was first seen publishing it.
+    pub fn published_since(&self) -> Option<u64> {
+        self.published_since
+    }
+    /// When DNS was first seen not publishing it (once withdrawn).
+    pub fn absent_since(&self) -> Option<u64> {
+        self.absent_since
+    }
+    /// When it is (or was) withdrawn from DNS, if it is retiring.
+    pub fn retire_at(&self) -> Option<u64> {
+        self.retire_at
+    }
+}
+
+/// What changes about a generation after it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct GenerationState {
+    retire_at: Option<u64>,
+    published_since: Option<u64>,
+    absent_since: Option<u64>,
+}
+
+impl GenerationEntry {
+    fn state(&self) -> GenerationState {
+        GenerationState {
+            retire_at: self.retire_at,
+            published_since: self.published_since,
+            absent_since: self.absent_since,
+        }
     }
 }
 
@@ -203,6 +349,10 @@ fn key_file(generation: Generation) -> String {
 
 fn retired_file(generation: Generation) -> String {
     format!("gen-{generation:08}.retired")
+}
+
+fn state_file(generation: Generation) -> String {
+    format!("gen-{generation:08}.state")
 }
 
 /// Checks that `path` is owned by us and has no group/other permissions.
@@ -326,18 +476,26 @@ fn destroy(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Store {
-    /// Creates a new store for `domain` in `dir` with generation 1.
+    /// Creates a new store for `domain` in `dir` with generation 1, whose
+    /// record publishes `policy`.
     ///
     /// `dir` must not exist or be empty. It is created 0700, the key 0600.
     pub fn setup(
         dir: &Path,
         domain: &str,
         now: u64,
+        policy: Option<Policy>,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Store, StoreError> {
         let domain = ibemail_ibe::normalize_domain(domain).map_err(|e| StoreError::Corrupt {
@@ -367,7 +525,7 @@ impl Store {
             format!("format: {STORE_FORMAT}\ndomain: {domain}\n").as_bytes(),
         )?;
         let key = MasterKey::generate(rng);
-        Self::write_key(dir, &domain, 1, now, None, &key)?;
+        Self::write_key(dir, &domain, 1, now, policy, None, &key)?;
         Store::open(dir)
     }
 
@@ -391,6 +549,7 @@ impl Store {
 
         let mut generations: BTreeMap<Generation, GenerationEntry> = BTreeMap::new();
         let mut retired: BTreeMap<Generation, u64> = BTreeMap::new();
+        let mut states: BTreeMap<Generation, GenerationState> = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -403,6 +562,12 @@ impl Store {
                 let generation = number(&path, n, "file name")?;
                 let loaded = Self::read_key(&path, &domain, generation)?;
                 generations.insert(generation, loaded);
+            } else if let Some(n) = name
+                .strip_prefix("gen-")
+                .and_then(|r| r.strip_suffix(".state"))
+            {
+                let generation: Generation = number(&path, n, "file name")?;
+                states.insert(generation, Self::read_state(&path, generation)?);
             } else if let Some(n) = name
                 .strip_prefix("gen-")
                 .and_then(|r| r.strip_suffix(".retired"))
@@ -422,19 +587,17 @@ impl Store {
                 );
             }
         }
+        for (generation, state) in states {
+            if let Some(entry) = generations.get_mut(&generation) {
+                // retire-at moved from the key file to the state file.
+                entry.retire_at = state.retire_at.or(entry.retire_at);
+                entry.published_since = state.published_since;
+                entry.absent_since = state.absent_since;
+            }
+        }
         // A tombstone wins over a key file left by a crash mid-retirement.
         for (generation, at) in retired {
-            let entry = generations.entry(generation).or_insert(GenerationEntry {
-                generation,
-                created: 0,
-                retire_at: None,
-                retired_at: None,
-                key: None,
-                params: None,
-            });
-            entry.key = None;
-            entry.params = None;
-            entry.retired_at = Some(at);
+            generations.insert(generation, GenerationEntry::retired(generation, at));
         }
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -479,6 +642,26 @@ impl Store {
         let key =
             MasterKey::from_bytes(&key_bytes).map_err(|e| corrupt(&format!("master-key: {e}")))?;
         let params = key.public_params();
+        let policy = match fields.get("policy").map(String::as_str) {
+            None | Some("none") => None,
+            Some(text) => {
+                let max_age = text
+                    .strip_prefix("require ")
+                    .and_then(|ma| ma.trim().parse().ok())
+                    .ok_or_else(|| corrupt("policy is neither `none` nor `require SECONDS`"))?;
+                Some(Policy::require(max_age))
+            }
+        };
+        let continuity = fields
+            .get("continuity")
+            .map(|b64| {
+                STANDARD
+                    .decode(b64.as_bytes())
+                    .ok()
+                    .and_then(|bytes| ContinuitySignature::from_bytes(&bytes).ok())
+                    .ok_or_else(|| corrupt("continuity is not a valid signature"))
+            })
+            .transpose()?;
         Ok(GenerationEntry {
             generation,
             created,
@@ -486,22 +669,76 @@ impl Store {
             retired_at: None,
             key: Some(key),
             params: Some(params),
+            policy,
+            continuity,
+            published_since: None,
+            absent_since: None,
         })
     }
 
+    fn read_state(path: &Path, generation: Generation) -> Result<GenerationState, StoreError> {
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        let fields = parse_fields(path, &text)?;
+        if field(path, &fields, "format")? != STATE_FORMAT
+            || number::<Generation>(path, field(path, &fields, "generation")?, "generation")?
+                != generation
+        {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                problem: "not this generation's state file".into(),
+            });
+        }
+        let time = |name: &str| {
+            fields
+                .get(name)
+                .map(|v| number::<u64>(path, v, name))
+                .transpose()
+        };
+        Ok(GenerationState {
+            retire_at: time("retire-at")?,
+            published_since: time("published-since")?,
+            absent_since: time("absent-since")?,
+        })
+    }
+
+    fn write_state(
+        &self,
+        generation: Generation,
+        state: &GenerationState,
+    ) -> Result<(), StoreError> {
+        let mut text = format!("format: {STATE_FORMAT}\ngeneration: {generation}\n");
+        for (name, value) in [
+            ("retire-at", state.retire_at),
+            ("published-since", state.published_since),
+            ("absent-since", state.absent_since),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!("{name}: {value}\n"));
+            }
+        }
+        write_atomic(&self.dir, &state_file(generation), text.as_bytes())
+    }
+
+    /// Writes a new generation's key file (once: key files are never
+    /// rewritten).
     fn write_key(
         dir: &Path,
         domain: &str,
         generation: Generation,
         created: u64,
-        retire_at: Option<u64>,
+        policy: Option<Policy>,
+        continuity: Option<&ContinuitySignature>,
         key: &MasterKey,
     ) -> Result<(), StoreError> {
         let mut text = Zeroizing::new(format!(
             "format: {KEY_FORMAT}\ndomain: {domain}\ngeneration: {generation}\ncreated: {created}\n"
         ));
-        if let Some(at) = retire_at {
-            text.push_str(&format!("retire-at: {at}\n"));
+        match policy {
+            Some(p) => text.push_str(&format!("policy: require {}\n", p.max_age)),
+            None => text.push_str("policy: none\n"),
+        }
+        if let Some(cs) = continuity {
+            text.push_str(&format!("continuity: {}\n", STANDARD.encode(cs.to_bytes())));
         }
         let encoded = Zeroizing::new(STANDARD.encode(key.to_bytes().as_ref()));
         text.push_str(&format!("master-key: {}\n", encoded.as_str()));
@@ -568,7 +805,8 @@ impl Store {
             .map(|e| e.generation)
     }
 
-    /// The generations still published: active and retiring, highest first.
+    /// The generations with a key (active, retiring, withdrawn), highest
+    /// first: every generation that still opens mail.
     pub fn published(&self) -> Vec<&GenerationEntry> {
         self.generations
             .values()
@@ -577,21 +815,58 @@ impl Store {
             .collect()
     }
 
-    /// The DNS records to publish, highest generation first. A retiring
-    /// generation carries its retirement time as `e=`.
-    pub fn records(&self) -> Vec<Record> {
+    /// The DNS records to publish at `now`, highest generation first: the
+    /// active generation and those retiring whose `retire-at` has not come
+    /// (with it as `e=`). A withdrawn generation is not published but keeps
+    /// its key (see [`Store::retire_due`]).
+    pub fn records_at(&self, now: u64) -> Vec<Record> {
         let active = self.active_generation();
         self.published()
             .into_iter()
+            .filter(|e| Some(e.generation) == active || e.retire_at.is_none_or(|at| at > now))
             .filter_map(|e| {
                 let mut record = Record::new(e.generation, e.params.clone()?)
-                    .with_signing(e.key.as_ref()?.signing_params());
+                    .with_signing(e.key.as_ref()?.signing_params())
+                    .with_policy(e.policy);
+                record.continuity = e.continuity.or_else(|| self.continuity_for(&record));
                 if Some(e.generation) != active {
                     record.expires = e.retire_at;
                 }
                 Some(record)
             })
             .collect()
+    }
+
+    /// [`Store::records_at`] now.
+    pub fn records(&self) -> Vec<Record> {
+        self.records_at(unix_now())
+    }
+
+    /// The continuity signature of `record` by the generation before it,
+    /// if that generation's key is still here (BLS is deterministic, so
+    /// this is the signature made when the generation was created).
+    fn continuity_for(&self, record: &Record) -> Option<ContinuitySignature> {
+        let previous = self.master_key(record.generation.checked_sub(1)?).ok()?;
+        let policy = Policy::signed_bytes(record.policy.as_ref());
+        Some(previous.sign_successor(&record.successor(&self.domain, &policy)?))
+    }
+
+    /// The generation to sign mail with at `now`: the active one once DNS
+    /// has been seen publishing it for `ttl` seconds (so receivers' caches
+    /// know it), or once it is `fallback` seconds old when nothing checks
+    /// DNS; until then the generation before it, which is still published.
+    pub fn signing_generation(&self, now: u64, ttl: u64, fallback: u64) -> Option<Generation> {
+        let mut with_keys = self.published().into_iter();
+        let active = with_keys.next()?;
+        let known = match active.published_since {
+            Some(since) => now >= since.saturating_add(ttl),
+            None => now >= active.created.saturating_add(fallback),
+        };
+        let previous = with_keys.next();
+        match previous {
+            Some(previous) if !known => Some(previous.generation),
+            _ => Some(active.generation),
+        }
     }
 
     /// The master key of a generation.
@@ -662,12 +937,15 @@ impl Store {
     }
 
     /// Rotates: the active generation becomes retiring for `overlap_secs`,
-    /// a new generation becomes active, and expired generations are retired.
-    /// Returns the new generation.
+    /// and a new generation, publishing `policy`, becomes active, its record
+    /// signed by the generation before it (the continuity signature).
+    /// Returns the new generation. Nothing is destroyed here: see
+    /// [`Store::retire_due`].
     pub fn rotate(
         &mut self,
         overlap_secs: u64,
         now: u64,
+        policy: Option<Policy>,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Generation, StoreError> {
         let _lock = Self::lock(&self.dir)?;
@@ -677,67 +955,147 @@ impl Store {
             .checked_add(1)
             .ok_or(StoreError::GenerationOverflow)?;
         if let Some(active) = self.active_generation() {
-            let entry = &self.generations[&active];
-            if let Some(key) = &entry.key {
-                let retire_at = now.saturating_add(overlap_secs);
-                Self::write_key(
-                    &self.dir,
-                    &self.domain,
-                    active,
-                    entry.created,
-                    Some(retire_at),
-                    key,
-                )?;
-            }
+            let mut state = self.generations[&active].state();
+            state.retire_at = Some(now.saturating_add(overlap_secs));
+            self.write_state(active, &state)?;
         }
         let key = MasterKey::generate(rng);
-        Self::write_key(&self.dir, &self.domain, next, now, None, &key)?;
+        let record = Record::new(next, key.public_params())
+            .with_signing(key.signing_params())
+            .with_policy(policy);
+        let continuity = self.continuity_for(&record);
+        Self::write_key(
+            &self.dir,
+            &self.domain,
+            next,
+            now,
+            policy,
+            continuity.as_ref(),
+            &key,
+        )?;
         *self = Store::open(&self.dir)?;
-        self.retire_expired_locked(now)?;
         Ok(next)
     }
 
-    /// Retires every retiring generation whose time has come: writes the
-    /// tombstone, then destroys the key file. Returns the generations retired.
-    pub fn retire_expired(&mut self, now: u64) -> Result<Vec<Generation>, StoreError> {
+    /// Records what DNS was seen to publish at `now` (the generations of
+    /// the `_ibemailkey` RRset as the authoritative server or a resolver
+    /// answered): when each generation was first seen published, and when a
+    /// withdrawn generation was first seen absent. A generation seen again
+    /// after it was absent is not absent any more.
+    pub fn note_published(&mut self, published: &[Generation], now: u64) -> Result<(), StoreError> {
         let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
-        self.retire_expired_locked(now)
-    }
-
-    fn retire_expired_locked(&mut self, now: u64) -> Result<Vec<Generation>, StoreError> {
-        let active = self.active_generation();
-        let due: Vec<Generation> = self
-            .generations
-            .values()
-            .filter(|e| {
-                Some(e.generation) != active
-                    && e.retired_at.is_none()
-                    && e.retire_at.is_some_and(|at| at <= now)
-            })
-            .map(|e| e.generation)
-            .collect();
-        for &generation in &due {
-            write_atomic(
-                &self.dir,
-                &retired_file(generation),
-                format!(
-                    "format: {RETIRED_FORMAT}\ndomain: {}\ngeneration: {generation}\nretired: {now}\n",
-                    self.domain
-                )
-                .as_bytes(),
-            )?;
-            destroy(&self.dir.join(key_file(generation)))?;
-            fsync_dir(&self.dir)?;
-        }
-        // Tombstones win over any key file a crash left behind: destroy those.
-        for entry in self.generations.values().filter(|e| e.retired_at.is_some()) {
-            let leftover = self.dir.join(key_file(entry.generation));
-            if leftover.exists() {
-                destroy(&leftover)?;
+        let mut changes = Vec::new();
+        for entry in self.generations.values().filter(|e| e.key.is_some()) {
+            let mut state = entry.state();
+            if published.contains(&entry.generation) {
+                state.published_since.get_or_insert(now);
+                state.absent_since = None;
+            } else if entry.retire_at.is_some_and(|at| at <= now) {
+                state.absent_since.get_or_insert(now);
+            }
+            if state != entry.state() {
+                changes.push((entry.generation, state));
             }
         }
+        for (generation, state) in &changes {
+            self.write_state(*generation, state)?;
+        }
+        if !changes.is_empty() {
+            *self = Store::open(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the keys of withdrawn generations that DNS has been seen
+    /// without for longer than `retention`'s floor, and says why each other
+    /// non-active generation still waits. Returns (generation, `None` if it
+    /// was retired now, or why it waits).
+    pub fn retire_due(
+        &mut self,
+        now: u64,
+        retention: &Retention,
+    ) -> Result<Vec<(Generation, Option<Wait>)>, StoreError> {
+        let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
-        Ok(due)
+        let active = self.active_generation();
+        let mut outcome = Vec::new();
+        let mut due = Vec::new();
+        for e in self.generations.values() {
+            if Some(e.generation) == active || e.key.is_none() {
+                continue;
+            }
+            let wait = match (e.retire_at, e.absent_since) {
+                (Some(until), _) if until > now => Some(Wait::Published { until }),
+                (None, _) => Some(Wait::Published { until: u64::MAX }),
+                (Some(_), None) => Some(Wait::NotSeenAbsent),
+                (Some(_), Some(since)) => {
+                    let until = since.saturating_add(retention.floor(e.policy.as_ref()));
+                    (until > now).then_some(Wait::Floor { since, until })
+                }
+            };
+            if wait.is_none() {
+                due.push(e.generation);
+            }
+            outcome.push((e.generation, wait));
+        }
+        for &generation in &due {
+            self.retire_locked(generation, now)?;
+        }
+        self.clear_leftovers()?;
+        *self = Store::open(&self.dir)?;
+        Ok(outcome)
+    }
+
+    /// Retires `generation` now, whatever DNS says: the administrator's
+    /// decision (`ibemail-kgc retire --force`). Mail still sealed to it can
+    /// no longer be opened. The active generation cannot be retired.
+    pub fn force_retire(&mut self, generation: Generation, now: u64) -> Result<(), StoreError> {
+        let _lock = Self::lock(&self.dir)?;
+        *self = Store::open(&self.dir)?;
+        if Some(generation) == self.active_generation() {
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                problem: format!("generation {generation} is active; rotate first"),
+            });
+        }
+        match self.generations.get(&generation) {
+            None => return Err(StoreError::UnknownGeneration(generation)),
+            Some(e) if e.key.is_none() => return Err(StoreError::Retired(generation)),
+            Some(_) => {}
+        }
+        self.retire_locked(generation, now)?;
+        self.clear_leftovers()?;
+        *self = Store::open(&self.dir)?;
+        Ok(())
+    }
+
+    /// Writes the tombstone, then destroys the key and state files.
+    fn retire_locked(&self, generation: Generation, now: u64) -> Result<(), StoreError> {
+        write_atomic(
+            &self.dir,
+            &retired_file(generation),
+            format!(
+                "format: {RETIRED_FORMAT}\ndomain: {}\ngeneration: {generation}\nretired: {now}\n",
+                self.domain
+            )
+            .as_bytes(),
+        )?;
+        destroy(&self.dir.join(key_file(generation)))?;
+        destroy(&self.dir.join(state_file(generation)))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Tombstones win over any key file a crash left behind: destroys those.
+    fn clear_leftovers(&self) -> Result<(), StoreError> {
+        for entry in self.generations.values().filter(|e| e.retired_at.is_some()) {
+            for name in [key_file(entry.generation), state_file(entry.generation)] {
+                let leftover = self.dir.join(name);
+                if leftover.exists() {
+                    destroy(&leftover)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -28,9 +28,14 @@ fn setup(dir: &std::path::Path) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn txt_of(zone_line: &str) -> &str {
-    let start = zone_line.find('"').unwrap() + 1;
-    &zone_line[start..zone_line.rfind('"').unwrap()]
+/// The record text of a zone-file line: its quoted strings, joined.
+fn txt_of(zone_line: &str) -> String {
+    zone_line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 #[test]
@@ -40,13 +45,18 @@ fn setup_prints_a_parseable_record_and_creates_private_files() {
     let stdout = setup(&dir);
     let line = stdout.trim();
     assert!(
-        line.starts_with("_ibemailkey.b.test. 3600 IN TXT \"ver=1; "),
+        line.starts_with("_ibemailkey.b.test. 3600 IN TXT \"ver=1;"),
         "{line}"
     );
-    let record = Record::parse(txt_of(line)).unwrap();
+    let record = Record::parse(&txt_of(line)).unwrap();
     assert_eq!(record.generation, 1);
-    // It carries the signature parameter, and it fits one TXT string.
+    // It carries the signature parameter and, by default, a week's policy,
+    // and it fits one TXT string.
     assert!(record.signing.is_some(), "{line}");
+    assert_eq!(
+        record.policy,
+        Some(ibemail_params::Policy::require(604_800))
+    );
     assert!(txt_of(line).len() <= 255, "{line}");
 
     assert_eq!(
@@ -174,13 +184,23 @@ fn rotation_publishes_both_generations_during_overlap() {
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
-    let newest = Record::parse(txt_of(lines[0])).unwrap();
-    let older = Record::parse(txt_of(lines[1])).unwrap();
+    let newest = Record::parse(&txt_of(lines[0])).unwrap();
+    let older = Record::parse(&txt_of(lines[1])).unwrap();
     assert_eq!((newest.generation, older.generation), (2, 1));
     assert!(newest.expires.is_none() && older.expires.is_some());
-    // A new signature parameter comes with the new generation.
+    // A new signature parameter comes with the new generation, and the
+    // old generation vouches for the new one.
     assert!(newest.signing.is_some() && older.signing.is_some());
     assert_ne!(newest.signing, older.signing);
+    assert!(newest.continues("b.test", &older.signing.unwrap()));
+    // The 2 h overlap was raised to TTL + queue lifetime + max-age.
+    let floor = 3600 + 5 * 86_400 + 7 * 86_400;
+    let expires = older.expires.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expires >= now + floor - 60, "e={expires}");
     kgc()
         .args(["status", "--dir"])
         .arg(&dir)
@@ -195,7 +215,9 @@ fn rotation_publishes_both_generations_during_overlap() {
         .arg(&dir)
         .assert()
         .success()
-        .stderr(predicate::str::contains("Nothing to retire"));
+        .stderr(predicate::str::contains(
+            "generation 1: still published until",
+        ));
     kgc()
         .args(["rotate", "--overlap", "nonsense", "--dir"])
         .arg(&dir)

@@ -68,7 +68,14 @@ fn rotation_survives_sigkill_at_every_file_system_call() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    Store::setup(&pristine, "b.test", now, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    Store::setup(
+        &pristine,
+        "b.test",
+        now,
+        None,
+        &mut ChaCha20Rng::seed_from_u64(3),
+    )
+    .unwrap();
     let work = tmp.path().join("work");
     let kgc = assert_cmd::cargo::cargo_bin("ibemail-kgc");
 

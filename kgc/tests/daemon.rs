@@ -68,7 +68,14 @@ fn now() -> u64 {
 
 fn new_store(tmp: &Path) -> PathBuf {
     let dir = tmp.join("kgc");
-    Store::setup(&dir, "b.test", now(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    Store::setup(
+        &dir,
+        "b.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(1),
+    )
+    .unwrap();
     dir
 }
 
@@ -207,6 +214,24 @@ async fn open_and_sign_are_granted_separately() {
     }
     drop(signer);
 
+    // UID:ADDRESS: a user's own filter opens that user's mail only.
+    let alice = Identity::parse("alice@b.test").unwrap();
+    let (alice_capsule, alice_secret) =
+        encapsulate(&params, &alice, 1, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    let own = format!("{me}:Alice@B.test");
+    let filter = Daemon::start(&dir, &tmp.path().join("own.sock"), &["--allow-open", &own]);
+    let opened = filter
+        .client()
+        .open(&alice, 1, &alice_capsule)
+        .await
+        .unwrap();
+    assert_eq!(opened.as_bytes(), alice_secret.as_bytes());
+    match filter.client().open(&bob, 1, &capsule).await.unwrap_err() {
+        CapsuleError::Unavailable(reason) => assert!(reason.contains("no open grant"), "{reason}"),
+        other => panic!("another user's mail must be refused, got {other:?}"),
+    }
+    drop(filter);
+
     // --allow-uid grants both, as before.
     let both = Daemon::start(&dir, &tmp.path().join("both.sock"), &["--allow-uid", &me]);
     both.client().open(&bob, 1, &capsule).await.unwrap();
@@ -262,19 +287,22 @@ async fn sighup_reloads_after_rotation_and_sigterm_stops_cleanly() {
 
     let mut store = Store::open(&dir).unwrap();
     store
-        .rotate(3600, now(), &mut ChaCha20Rng::seed_from_u64(5))
+        .rotate(3600, now(), None, &mut ChaCha20Rng::seed_from_u64(5))
         .unwrap();
     daemon.signal(Signal::HUP);
+    // Reloaded when generation 2 opens mail.
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let params2 = store.params(2).unwrap().clone();
+    let (capsule2, _) = encapsulate(&params2, &bob, 2, &mut ChaCha20Rng::seed_from_u64(8)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if daemon.client().hello().await.unwrap()[0].1 == 2 {
-            break;
-        }
+    while daemon.client().open(&bob, 2, &capsule2).await.is_err() {
         assert!(Instant::now() < deadline, "reload not seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // It keeps signing with generation 1: nothing has seen generation 2
+    // published in DNS, so receivers may not know it yet.
+    assert_eq!(daemon.client().hello().await.unwrap()[0].1, 1);
     // Both generations open mail during the overlap.
-    let bob = Identity::parse("bob@b.test").unwrap();
     for generation in [1, 2] {
         let params = store.params(generation).unwrap().clone();
         let (capsule, secret) = encapsulate(

@@ -1,12 +1,15 @@
-//! Mail sealed under a generation opens during the overlap and is refused
-//! with a clear error after retirement.
+//! Mail sealed under a generation opens during the overlap, and after it
+//! for as long as senders may still hold such mail; the key is destroyed
+//! only once DNS has been seen without the generation for the retention
+//! floor, and then mail is refused with a clear error.
 
 #![allow(clippy::unwrap_used)]
 
 use ibemail_ibe::Identity;
 use ibemail_kgc::service::KeyService;
-use ibemail_kgc::store::{State, Store};
+use ibemail_kgc::store::{Retention, State, Store, Wait};
 use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient, open, seal};
+use ibemail_params::Policy;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -19,7 +22,8 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("kgc");
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let mut store = Store::setup(&dir, "b.test", T0, &mut rng).unwrap();
+    let policy = Some(Policy::require(3600));
+    let mut store = Store::setup(&dir, "b.test", T0, policy, &mut rng).unwrap();
     let bob = Identity::parse("bob@b.test").unwrap();
     let recipient = IbeRecipient {
         identity: bob.clone(),
@@ -36,7 +40,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
     .to_bytes();
 
     // Rotate with a two-hour overlap: generation 1 keeps opening mail.
-    assert_eq!(store.rotate(7200, T0 + 60, &mut rng).unwrap(), 2);
+    assert_eq!(store.rotate(7200, T0 + 60, policy, &mut rng).unwrap(), 2);
     let service = KeyService::load(std::slice::from_ref(&dir), 16).unwrap();
     let opened = open(
         &sealed,
@@ -71,12 +75,78 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
         .is_ok()
     );
 
-    // Not yet due: nothing retired.
-    assert!(store.retire_expired(T0 + 3600).unwrap().is_empty());
-    // After the overlap the key is destroyed.
-    assert_eq!(store.retire_expired(T0 + 60 + 7200).unwrap(), vec![1]);
+    // During the overlap both are published, and nothing is retired.
+    let retention = Retention {
+        ttl: 300,
+        queue_lifetime: 5 * 86_400,
+    };
+    let published = |store: &Store, at| {
+        store
+            .records_at(at)
+            .iter()
+            .map(|r| r.generation)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(published(&store, T0 + 3600), [2, 1]);
+    store.note_published(&[2, 1], T0 + 3600).unwrap();
+    assert_eq!(
+        store.retire_due(T0 + 3600, &retention).unwrap(),
+        [(
+            1,
+            Some(Wait::Published {
+                until: T0 + 60 + 7200
+            })
+        )]
+    );
+    // After the overlap generation 1 is withdrawn, but DNS still publishes
+    // it (the publish step failed): its key is kept, however long.
+    let after = T0 + 60 + 7200;
+    assert_eq!(published(&store, after), [2]);
+    for later in [after, after + 30 * 86_400] {
+        store.note_published(&[2, 1], later).unwrap();
+        assert_eq!(
+            store.retire_due(later, &retention).unwrap(),
+            [(1, Some(Wait::NotSeenAbsent))]
+        );
+    }
+    assert!(dir.join("gen-00000001.key").exists());
+    // DNS is seen without it: kept for TTL + queue lifetime + max-age.
+    let gone = after + 31 * 86_400;
+    store.note_published(&[2], gone).unwrap();
+    let floor = retention.floor(policy.as_ref());
+    assert_eq!(floor, 300 + 5 * 86_400 + 3600);
+    assert_eq!(
+        store.retire_due(gone + floor - 1, &retention).unwrap(),
+        [(
+            1,
+            Some(Wait::Floor {
+                since: gone,
+                until: gone + floor
+            })
+        )]
+    );
+    let opened = open(
+        &sealed,
+        std::slice::from_ref(&bob),
+        &Limits::default(),
+        |id, n, c| service.open_capsule(id, n, c),
+    );
+    assert!(opened.is_ok(), "withdrawn, the key still opens queued mail");
+    // Then the key is destroyed, its file overwritten before unlinking.
+    let key_file = dir.join("gen-00000001.key");
+    let held = std::fs::File::open(&key_file).unwrap();
+    assert_eq!(
+        store.retire_due(gone + floor, &retention).unwrap(),
+        [(1, None)]
+    );
     assert!(matches!(store.state(1), Some(State::Retired { .. })));
-    assert!(!dir.join("gen-00000001.key").exists(), "key file destroyed");
+    assert!(!key_file.exists(), "key file destroyed");
+    let mut left = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut left).unwrap();
+    assert!(
+        left.iter().all(|&b| b == 0),
+        "the unlinked inode still held the key"
+    );
     service.reload().unwrap();
 
     let err = open(

@@ -1,0 +1,257 @@
+//! The key daemon's upkeep of its stores, one round at a time: rotate when
+//! due, publish what changed, watch what DNS really publishes, and destroy
+//! a withdrawn generation's key only once that is safe.
+//!
+//! `ibemail-kgc serve` runs a round at start, on every maintenance tick, as
+//! soon as a store changes on disk (`ibemail-kgc rotate` by hand) and on
+//! SIGHUP, so a new generation is published at once rather than at the
+//! next tick. Tests run rounds directly.
+//!
+//! The watch (an authoritative server, by default the one updates go to)
+//! is what makes retirement safe: a generation is withdrawn from the
+//! published set when its overlap ends, but its key is destroyed only after
+//! DNS has been *seen* without it for the retention floor
+//! ([`Retention::floor`]). If publishing fails or was never set up, the
+//! withdrawn generation stays in DNS, is never seen absent, and its key
+//! survives: mail senders keep sealing to it still opens. It also tells
+//! when a new generation is published, which decides when it starts
+//! signing ([`crate::service::SigningSwitch`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ibemail_discovery::Discovery;
+use ibemail_ibe::Generation;
+use ibemail_params::Record;
+use rand_core::OsRng;
+use tracing::{error, info, warn};
+
+use crate::publish::{UpdateTarget, publish};
+use crate::service::KeyService;
+use crate::store::{Retention, Store, Wait};
+use crate::tsig::TsigKey;
+
+/// Where and how records are published.
+#[derive(Debug)]
+pub struct Publication {
+    /// The zone's primary server.
+    pub server: SocketAddr,
+    /// The zone (default: each store's domain).
+    pub zone: Option<String>,
+    /// TTL of the records.
+    pub ttl: u32,
+    /// The TSIG key of the updates.
+    pub key: TsigKey,
+}
+
+/// The daemon's periodic work over its stores.
+pub struct Upkeep {
+    /// Rotate when the active generation is this old.
+    pub rotate_every: Option<u64>,
+    /// Overlap of automatic rotations (raised to the retention floor).
+    pub overlap: u64,
+    /// How long withdrawn keys must outlive their records.
+    pub retention: Retention,
+    /// Dynamic updates, if the daemon publishes.
+    pub publication: Option<Publication>,
+    /// A resolver for the authoritative server to watch, if any.
+    pub watch: Option<Discovery>,
+    published: HashMap<PathBuf, Vec<Record>>,
+    waits: HashMap<(PathBuf, Generation), Wait>,
+}
+
+impl std::fmt::Debug for Upkeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upkeep")
+            .field("rotate_every", &self.rotate_every)
+            .field("overlap", &self.overlap)
+            .field("retention", &self.retention)
+            .field("publication", &self.publication)
+            .field("watching", &self.watch.is_some())
+            .finish()
+    }
+}
+
+impl Upkeep {
+    /// Upkeep without automatic rotation, publication or watch.
+    pub fn new(retention: Retention) -> Upkeep {
+        Upkeep {
+            rotate_every: None,
+            overlap: 30 * 86_400,
+            retention,
+            publication: None,
+            watch: None,
+            published: HashMap::new(),
+            waits: HashMap::new(),
+        }
+    }
+
+    /// One round at `now` over `service`'s stores; the service is reloaded
+    /// if a store changed.
+    pub async fn run(&mut self, service: &KeyService, now: u64) {
+        let mut changed = false;
+        for dir in service.dirs().to_vec() {
+            match self.run_store(&dir, service, now).await {
+                Ok(c) => changed |= c,
+                Err(e) => error!("{}: {e}", dir.display()),
+            }
+        }
+        if changed && let Err(e) = service.reload() {
+            warn!("reload after upkeep failed, serving the previous keys: {e}");
+        }
+    }
+
+    async fn run_store(
+        &mut self,
+        dir: &std::path::Path,
+        service: &KeyService,
+        now: u64,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mut store = Store::open(dir)?;
+        let mut changed = self.rotate_if_due(&mut store, now);
+        // The daemon serves what it publishes: a store changed on disk by
+        // another process (`ibemail-kgc rotate`) is reloaded first.
+        let records = store.records_at(now);
+        let serving = service
+            .stores()
+            .iter()
+            .find(|s| s.dir() == dir)
+            .map(|s| s.records_at(now));
+        changed |= serving.as_ref() != Some(&records);
+        if changed && let Err(e) = service.reload() {
+            error!("{}: reload failed, not publishing: {e}", store.domain());
+            return Ok(false);
+        }
+        self.publish(dir, &store, &records).await;
+        self.watch(&mut store, now).await;
+        changed |= self.retire(dir, &mut store, now);
+        Ok(changed)
+    }
+
+    fn rotate_if_due(&self, store: &mut Store, now: u64) -> bool {
+        let (Some(every), Some(active)) = (self.rotate_every, store.active_generation()) else {
+            return false;
+        };
+        let Some(entry) = store.generations().find(|e| e.generation() == active) else {
+            return false;
+        };
+        if now < entry.created().saturating_add(every) {
+            return false;
+        }
+        let policy = entry.policy().copied();
+        let overlap = self.overlap.max(self.retention.floor(policy.as_ref()));
+        match store.rotate(overlap, now, policy, &mut OsRng) {
+            Ok(n) => {
+                info!(
+                    "{}: rotated to generation {n} (the previous one retires in {overlap} s)",
+                    store.domain()
+                );
+                true
+            }
+            Err(e) => {
+                error!("{}: rotation failed: {e}", store.domain());
+                false
+            }
+        }
+    }
+
+    /// Publishes the records if they differ from what was last published.
+    async fn publish(&mut self, dir: &std::path::Path, store: &Store, records: &[Record]) {
+        let Some(publication) = &self.publication else {
+            return;
+        };
+        if self.published.get(dir).map(Vec::as_slice) == Some(records) {
+            return;
+        }
+        let target = UpdateTarget {
+            server: publication.server,
+            zone: publication
+                .zone
+                .clone()
+                .unwrap_or_else(|| store.domain().to_string()),
+            ttl: publication.ttl,
+            timeout: Duration::from_secs(10),
+        };
+        let generations = records
+            .iter()
+            .map(|r| r.generation.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match publish(&target, &publication.key, store.domain(), records).await {
+            Ok(()) => {
+                info!(
+                    "{}: published generation(s) {generations} to {} (zone {})",
+                    store.domain(),
+                    target.server,
+                    target.zone
+                );
+                self.published.insert(dir.to_path_buf(), records.to_vec());
+            }
+            Err(e) => error!(
+                "{}: publishing generation(s) {generations} failed, will retry: {e}",
+                store.domain()
+            ),
+        }
+    }
+
+    /// Notes which generations DNS publishes now.
+    async fn watch(&self, store: &mut Store, now: u64) {
+        let Some(watch) = &self.watch else { return };
+        match watch.published(store.domain()).await {
+            Ok(set) => {
+                let generations: Vec<Generation> = set
+                    .map(|s| s.records.iter().map(|r| r.generation).collect())
+                    .unwrap_or_default();
+                if let Err(e) = store.note_published(&generations, now) {
+                    error!("{}: cannot record what DNS publishes: {e}", store.domain());
+                }
+            }
+            Err(e) => warn!(
+                "{}: cannot see what DNS publishes ({e}); no key is destroyed meanwhile",
+                store.domain()
+            ),
+        }
+    }
+
+    /// Destroys what is due, and says (once per change) why the others wait.
+    fn retire(&mut self, dir: &std::path::Path, store: &mut Store, now: u64) -> bool {
+        let outcome = match store.retire_due(now, &self.retention) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                error!("{}: retiring failed: {e}", store.domain());
+                return false;
+            }
+        };
+        let mut retired = false;
+        for (generation, wait) in outcome {
+            let key = (dir.to_path_buf(), generation);
+            match wait {
+                None => {
+                    info!(
+                        "{}: retired generation {generation}, key destroyed",
+                        store.domain()
+                    );
+                    self.waits.remove(&key);
+                    retired = true;
+                }
+                Some(wait) => {
+                    if self.waits.get(&key) != Some(&wait) {
+                        if matches!(wait, Wait::NotSeenAbsent) && self.watch.is_none() {
+                            warn!(
+                                "{}: generation {generation}: {wait}; nothing watches DNS here \
+                                 (serve --watch-server, or `ibemail-kgc retire --resolver`)",
+                                store.domain()
+                            );
+                        } else {
+                            info!("{}: generation {generation}: {wait}", store.domain());
+                        }
+                        self.waits.insert(key, wait);
+                    }
+                }
+            }
+        }
+        retired
+    }
+}
