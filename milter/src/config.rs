@@ -151,6 +151,10 @@ pub struct Config {
     pub socket: String,
     /// Our authserv-id in `Authentication-Results` (usually the host name).
     pub authserv_id: String,
+    /// Authserv-ids of milters that run before this one at this host (e.g.
+    /// OpenDKIM with its own `AuthservID`), whose results for the
+    /// ciphertext are kept above a decrypted message.
+    pub trusted_authserv_ids: Vec<String>,
     /// Domains whose mail this server receives (inbound handling).
     pub local_domains: Vec<String>,
     /// Client networks whose mail counts as our users' (outbound handling).
@@ -174,7 +178,11 @@ pub struct Config {
     pub dns_timeout: Duration,
     /// DNS attempts per lookup.
     pub dns_attempts: usize,
-    /// Pin file (trust on first use), if pinning is used.
+    /// Longest time a DNS answer is cached, whatever its TTL (negative
+    /// answers: at most an hour).
+    pub dns_max_cache: Duration,
+    /// Pin file (pinned parameters and the domains' published policies),
+    /// unless every policy sets `pin = "off"`. Default `state_dir/pins`.
     pub pins: Option<PathBuf>,
     /// Policy for domains not listed in `domains`.
     pub default_policy: RemotePolicy,
@@ -182,10 +190,17 @@ pub struct Config {
     pub domains: BTreeMap<String, RemotePolicy>,
     /// Inbound ciphertext that cannot be opened.
     pub undecryptable: FailureAction,
+    /// Envelope sender of decrypted messages (where their delivery
+    /// notices go); default the postmaster of the recipient's domain.
+    pub bounce_to: Option<String>,
     /// Where plaintext copies for non-IBE recipients are re-injected.
     pub reinject: Option<SocketAddr>,
     /// HELO name used when re-injecting.
     pub reinject_helo: String,
+    /// The `{daemon_name}` macro of the re-injection listener (its
+    /// `milter_macro_daemon_name`): mail there passes untouched only with
+    /// a token this milter issued.
+    pub reinject_daemon_name: String,
     /// How long a re-injected copy is remembered, so that a retried
     /// transaction does not send it twice.
     pub reinject_window: Duration,
@@ -204,6 +219,8 @@ struct RawConfig {
     socket: Option<String>,
     state_dir: Option<PathBuf>,
     authserv_id: Option<String>,
+    #[serde(default)]
+    trusted_authserv_ids: Vec<String>,
     #[serde(default)]
     local_domains: Vec<String>,
     internal_networks: Option<Vec<String>>,
@@ -256,6 +273,7 @@ struct RawDns {
     trust_anchor: Option<PathBuf>,
     timeout: Option<String>,
     attempts: Option<usize>,
+    max_cache: Option<String>,
     pins: Option<PathBuf>,
 }
 
@@ -283,6 +301,7 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawInbound {
     on_failure: Option<String>,
+    bounce_to: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -291,6 +310,7 @@ struct RawReinject {
     address: Option<String>,
     helo: Option<String>,
     remember: Option<String>,
+    daemon_name: Option<String>,
 }
 
 /// Parses `50M`, `100k`, `1G` or a plain byte count.
@@ -494,7 +514,7 @@ impl Config {
                     raw.policy.dnssec.as_ref(),
                     DnssecPolicy::Prefer,
                 )?,
-                pin: field("policy.pin", raw.policy.pin.as_ref(), PinPolicy::Off)?,
+                pin: field("policy.pin", raw.policy.pin.as_ref(), PinPolicy::Policy)?,
             },
         };
         let mut domains = BTreeMap::new();
@@ -524,14 +544,29 @@ impl Config {
         }
         let uses_pins = default_policy.lookup.pin != PinPolicy::Off
             || domains.values().any(|p| p.lookup.pin != PinPolicy::Off);
-        if uses_pins && raw.dns.pins.is_none() {
-            return Err("dns.pins: a pin file is required when a policy sets pin".into());
-        }
+        let state_dir = raw
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let pins = uses_pins.then(|| {
+            raw.dns
+                .pins
+                .clone()
+                .unwrap_or_else(|| state_dir.join("pins"))
+        });
         let undecryptable = field(
             "inbound.on_failure",
             raw.inbound.on_failure.as_ref(),
             FailureAction::Quarantine,
         )?;
+        let bounce_to = match &raw.inbound.bounce_to {
+            None => None,
+            Some(address) => Some(
+                ibemail_ibe::Identity::parse(address)
+                    .map_err(|e| format!("inbound.bounce_to: {address:?}: {e}"))?
+                    .to_string(),
+            ),
+        };
         let sign = field("signing.sign", raw.signing.sign.as_ref(), SignPolicy::Never)?;
         let mut sign_domains = BTreeMap::new();
         for (name, d) in &raw.signing.domains {
@@ -559,6 +594,7 @@ impl Config {
         Ok(Config {
             socket,
             authserv_id,
+            trusted_authserv_ids: raw.trusted_authserv_ids,
             local_domains,
             internal_networks,
             max_message_size,
@@ -570,20 +606,28 @@ impl Config {
             trust_anchor: raw.dns.trust_anchor,
             dns_timeout,
             dns_attempts: raw.dns.attempts.unwrap_or(2),
-            pins: raw.dns.pins,
+            dns_max_cache: duration(
+                "dns.max_cache",
+                raw.dns.max_cache.as_ref(),
+                Duration::from_secs(86_400),
+            )?,
+            pins,
             default_policy,
             domains,
             undecryptable,
+            bounce_to,
             reinject,
             reinject_helo: raw.reinject.helo.unwrap_or_else(|| "localhost".into()),
+            reinject_daemon_name: raw
+                .reinject
+                .daemon_name
+                .unwrap_or_else(|| "ibemail-reinject".into()),
             reinject_window: duration(
                 "reinject.remember",
                 raw.reinject.remember.as_ref(),
                 Duration::from_secs(5 * 86_400),
             )?,
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir,
             sign,
             sign_domains,
         })
@@ -701,10 +745,6 @@ mod tests {
             (
                 &format!("{MINIMAL}[policy]\nencrypt = \"always\"\n"),
                 "policy.encrypt",
-            ),
-            (
-                &format!("{MINIMAL}[policy]\npin = \"enforce\"\n"),
-                "dns.pins",
             ),
             (
                 &format!("{MINIMAL}internal_networks = [\"10.0.0.0/40\"]\n"),

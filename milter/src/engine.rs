@@ -7,11 +7,12 @@
 //! recipients is inbound. Every internal error becomes a tempfail, so
 //! Postfix keeps the mail.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnchor};
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, normalize_domain};
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::header::{HeaderSection, push_crlf_normalised};
@@ -22,9 +23,10 @@ const SIGNATURE_FIELD_LEN: usize = SIGNATURE_FIELD.len();
 use rand_core::OsRng;
 use tracing::{info, warn};
 
+use crate::address::Rcpt;
 use crate::authres;
 use crate::config::{Config, EncryptPolicy, FailureAction, KeySource, SignaturePolicy};
-use crate::ledger::{self, Claim, CopyKind, Ledger};
+use crate::ledger::{self, Claim, Ledger};
 use crate::metrics::Metrics;
 use crate::reinject;
 use crate::signing::{SigResult, Signer, combine};
@@ -108,6 +110,8 @@ pub enum Action {
     DeleteRecipient(String),
     /// Put the message on hold, with a reason.
     Quarantine(String),
+    /// Replace the envelope sender (and drop its ESMTP parameters).
+    ChangeSender(String),
 }
 
 /// The reply to Postfix.
@@ -241,49 +245,10 @@ pub struct Engine {
     ledger: Option<Arc<Ledger>>,
 }
 
-/// One envelope recipient, classified.
-#[derive(Clone, Debug)]
-pub(crate) struct Rcpt {
-    /// The `RCPT TO` argument as given (what deleting it needs).
-    pub(crate) arg: String,
-    /// Its identity, if our identity rules accept the address.
-    pub(crate) identity: Option<Identity>,
-    /// Its domain (normalised), when it has one, even if the identity is
-    /// refused (a quoted or over-long local part): the domain's policy
-    /// still applies to it.
-    pub(crate) domain: Option<String>,
-}
-
-impl Rcpt {
-    fn parse(arg: &str) -> Rcpt {
-        let address = envelope_address(arg);
-        let identity = Identity::parse(address).ok();
-        let domain = match &identity {
-            Some(id) => Some(id.domain().to_string()),
-            None => address
-                .rsplit_once('@')
-                .and_then(|(_, d)| normalize_domain(d).ok()),
-        };
-        Rcpt {
-            arg: arg.to_string(),
-            identity,
-            domain,
-        }
-    }
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The address inside `<...>` of an envelope argument.
-pub fn envelope_address(arg: &str) -> &str {
-    let arg = arg.trim();
-    arg.strip_prefix('<')
-        .and_then(|a| a.strip_suffix('>'))
-        .unwrap_or(arg)
 }
 
 /// Header field value as Postfix wants it from a milter: leading space
@@ -324,25 +289,25 @@ fn split_message(message: &[u8]) -> (Vec<(String, Vec<u8>)>, &[u8]) {
 }
 
 /// Actions deleting every field of `headers` (highest occurrence first, so
-/// indices stay valid), optionally only those `select`ed.
+/// indices stay valid), optionally only those `select`ed. Linear in the
+/// number of fields (a message may carry very many).
 fn delete_headers(
     headers: &[(String, Vec<u8>)],
     select: impl Fn(usize, &str, &[u8]) -> bool,
 ) -> Vec<Action> {
+    let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
     let mut actions = Vec::new();
-    for (position, (name, value)) in headers.iter().enumerate().rev() {
-        if !select(position, name, value) {
-            continue;
+    for (position, (name, value)) in headers.iter().enumerate() {
+        let index = seen.entry(name.to_ascii_lowercase()).or_insert(0);
+        *index = index.saturating_add(1);
+        if select(position, name, value) {
+            actions.push(Action::DeleteHeader {
+                name: name.clone(),
+                index: *index,
+            });
         }
-        let index = headers[..=position]
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count();
-        actions.push(Action::DeleteHeader {
-            name: name.clone(),
-            index: i32::try_from(index).unwrap_or(i32::MAX),
-        });
     }
+    actions.reverse();
     actions
 }
 
@@ -350,9 +315,20 @@ impl Engine {
     /// Builds the engine: resolvers, pins, key access.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Engine, String> {
         let pins = match &config.pins {
-            Some(path) => Some(Arc::new(
-                PinStore::open(path).map_err(|e| format!("pin file {}: {e}", path.display()))?,
-            )),
+            Some(path) => {
+                // The pins must survive restarts: their directory must exist.
+                if !path.parent().is_some_and(Path::is_dir) {
+                    return Err(format!(
+                        "pin file {}: its directory does not exist (create state_dir, \
+                         writable by the milter's user only, or set dns.pins)",
+                        path.display()
+                    ));
+                }
+                Some(Arc::new(
+                    PinStore::open(path)
+                        .map_err(|e| format!("pin file {}: {e}", path.display()))?,
+                ))
+            }
             None => None,
         };
         let discovery = Discovery::new(
@@ -360,6 +336,8 @@ impl Engine {
                 servers: config.resolvers.clone(),
                 timeout: config.dns_timeout,
                 attempts: config.dns_attempts,
+                max_ttl: config.dns_max_cache,
+                max_negative_ttl: config.dns_max_cache.min(Duration::from_secs(3600)),
                 trust_anchor: config
                     .trust_anchor
                     .clone()
@@ -432,6 +410,39 @@ impl Engine {
                 reason = %reason,
                 "message not accepted"
             ),
+        }
+        verdict
+    }
+
+    /// Decides what to do with `message`, which arrived on the re-injection
+    /// listener: a copy this milter re-injected (its first field redeems
+    /// an outstanding token) passes untouched; anything else there was
+    /// sent by some local process and is handled as mail submitted on this
+    /// host, so it cannot bypass the policy.
+    pub async fn process_reinjected(&self, message: &Message) -> Verdict {
+        let ours = message.headers.first().is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case(reinject::TOKEN_FIELD) && reinject::redeem(value)
+        });
+        let strip = delete_headers(&message.headers, |_, name, _| {
+            name.eq_ignore_ascii_case(reinject::TOKEN_FIELD)
+        });
+        if ours {
+            return Verdict::untouched(strip);
+        }
+        warn!(
+            queue_id = %message.queue_id,
+            "mail on the re-injection listener without a valid token: handled as \
+             mail submitted on this host"
+        );
+        let mut verdict = self.process(message, Origin::Local).await;
+        if verdict.reply == Reply::Continue {
+            // Unless the verdict rebuilds the header anyway.
+            let mut actions: Vec<Action> = strip
+                .into_iter()
+                .filter(|a| !verdict.actions.contains(a))
+                .collect();
+            actions.append(&mut verdict.actions);
+            verdict.actions = actions;
         }
         verdict
     }
@@ -603,10 +614,7 @@ impl Engine {
                 Ok(copy) => copy,
                 Err(verdict) => return verdict,
             };
-            if let Err(verdict) = self
-                .reinject_once(CopyKind::Plaintext, message, &plain, &copy)
-                .await
-            {
+            if let Err(verdict) = self.reinject_once(message, &plain, &copy).await {
                 return verdict;
             }
             actions.extend(plain.into_iter().map(Action::DeleteRecipient));
@@ -641,24 +649,14 @@ impl Engine {
         remote_recipients: usize,
     ) -> Verdict {
         let authserv_id = self.config.authserv_id.clone();
-        // RFC 8601 §5: results claiming to be ours that arrived from outside
-        // are forged. Those above the first Received field were added at
-        // this hop (by milters before us, e.g. OpenDKIM) and are kept.
-        let this_hop = message
-            .headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case("Received"))
-            .unwrap_or(0);
-        let forged = |position: usize, name: &str, value: &[u8]| {
-            position >= this_hop
-                && name.eq_ignore_ascii_case(authres::FIELD)
-                && authres::claims(value, &authserv_id)
-        };
-        let remove_forged = if origin == Origin::External {
-            delete_headers(&message.headers, forged)
-        } else {
-            Vec::new()
-        };
+        // RFC 8601 §5: results claiming to be ours that reach us are forged,
+        // wherever they sit and whoever sent them. (Position tells nothing:
+        // Postfix hides its own Received field from milters, so an
+        // attacker's field can sit on top. Milters before this one at this
+        // host report under their own authserv-id.)
+        let remove_forged = delete_headers(&message.headers, |_, name, value| {
+            name.eq_ignore_ascii_case(authres::FIELD) && authres::claims(value, &authserv_id)
+        });
         let raw = message.to_bytes();
         let now = now();
         if !ibemail_message::is_encrypted(&raw) {
@@ -712,24 +710,29 @@ impl Engine {
         };
         match opened {
             Ok(opened) => {
-                // Plaintext only for the recipients it was sealed to; the
-                // others were added on the way (a replay of someone else's
-                // mail, or a mistake) and keep the ciphertext.
-                let not_sealed_to: Vec<String> = local
+                // Plaintext only for the recipients it was sealed to. A
+                // recipient added on the way (a replay of someone else's
+                // mail) must not get it, and deleting a recipient from the
+                // transaction is not reliable enough to guard that (Postfix
+                // matches the deletion against its own form of the address,
+                // which differs for source routes, quoting or 8-bit local
+                // parts): so the message is not opened at all. Everybody
+                // gets the ciphertext as it arrived; those it was sealed to
+                // can open it with `ibemail-milter decrypt`.
+                let not_sealed_to = local
                     .iter()
                     .filter(|r| {
                         !r.identity
                             .as_ref()
                             .is_some_and(|id| opened.sealed_to.contains(id))
                     })
-                    .map(|r| r.arg.clone())
-                    .collect();
-                if !not_sealed_to.is_empty() && self.config.reinject.is_none() {
+                    .count();
+                if not_sealed_to > 0 {
                     warn!(
                         queue_id = %message.queue_id,
-                        recipients = not_sealed_to.len(),
-                        "encrypted message for local recipients it was not sealed to, and no \
-                         reinject.address to give them the ciphertext: delivered unopened"
+                        recipients = not_sealed_to,
+                        "encrypted message also for local recipients it was not sealed to \
+                         (a replay?): delivered unopened"
                     );
                     return self.report_as_is(
                         message,
@@ -744,7 +747,12 @@ impl Engine {
                 self.metrics.signature(&signed);
                 let policy = self.signature_policy(&opened.message, origin);
                 let (inner, body) = split_message(&opened.message);
-                let delivered = transit::delivered(&message.headers, inner, this_hop, &authserv_id);
+                let delivered = transit::delivered(
+                    &message.headers,
+                    inner,
+                    &authserv_id,
+                    &self.config.trusted_authserv_ids,
+                );
                 if !delivered.dropped.is_empty() {
                     warn!(
                         queue_id = %message.queue_id,
@@ -758,6 +766,11 @@ impl Engine {
                     "x-ibemail=pass (decrypted) x-ibemail.generation={}",
                     opened.generation
                 )];
+                // The envelope sender is replaced below; say what it was
+                // (when it is a plain address that cannot break the field).
+                if let Some(sender) = crate::address::plain(&message.sender) {
+                    results[0].push_str(&format!(" smtp.mailfrom={sender}"));
+                }
                 if signed != SigResult::None || policy == SignaturePolicy::Require {
                     results.push(signed.resinfo("inside and outside the encryption"));
                 }
@@ -774,13 +787,13 @@ impl Engine {
                         .map(|(name, value)| Action::AddHeader { name, value }),
                 );
                 actions.push(Action::ReplaceBody(body.to_vec()));
-                let verdict =
-                    self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted);
-                if not_sealed_to.is_empty() || verdict.reply != Reply::Continue {
-                    return verdict;
-                }
-                self.split_off_ciphertext(message, not_sealed_to, &forged, verdict)
-                    .await
+                // Delivery status notifications of the plaintext (a success
+                // notice the client asked for, a bounce if delivery fails)
+                // would carry the decrypted header or message to the
+                // envelope sender, whom a replay chooses: they go to a
+                // local address instead.
+                actions.push(Action::ChangeSender(self.bounce_address(local)));
+                self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted)
             }
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
@@ -823,52 +836,20 @@ impl Engine {
         }
     }
 
-    /// Gives `recipients` (local, but not among those the message was
-    /// sealed to) the ciphertext as it arrived, re-injected, and takes them
-    /// off the opened message's `verdict`.
-    async fn split_off_ciphertext(
-        &self,
-        message: &Message,
-        recipients: Vec<String>,
-        forged: &(dyn Fn(usize, &str, &[u8]) -> bool + Sync),
-        mut verdict: Verdict,
-    ) -> Verdict {
-        let results = authres::value(
-            &self.config.authserv_id,
-            &["x-ibemail=none (not encrypted for this recipient)".to_string()],
-        );
-        let mut copy = Vec::with_capacity(message.size + results.len() + 32);
-        copy.extend_from_slice(authres::FIELD.as_bytes());
-        copy.push(b':');
-        push_crlf_normalised(&mut copy, &results);
-        for (position, (name, value)) in message.headers.iter().enumerate() {
-            if !forged(position, name, value) {
-                copy.extend_from_slice(name.as_bytes());
-                copy.push(b':');
-                push_crlf_normalised(&mut copy, value);
+    /// Where notifications about a decrypted message go: the configured
+    /// address, else the postmaster of the first local recipient's domain.
+    fn bounce_address(&self, local: &[Rcpt]) -> String {
+        match &self.config.bounce_to {
+            Some(address) => format!("<{address}>"),
+            None => {
+                let domain = local
+                    .iter()
+                    .find_map(|r| r.domain.clone())
+                    .or_else(|| self.config.local_domains.first().cloned())
+                    .unwrap_or_else(|| "localhost".into());
+                format!("<postmaster@{domain}>")
             }
         }
-        copy.extend_from_slice(b"\r\n");
-        copy.extend_from_slice(&message.body);
-        if let Err(verdict) = self
-            .reinject_once(CopyKind::Ciphertext, message, &recipients, &copy)
-            .await
-        {
-            return verdict;
-        }
-        warn!(
-            queue_id = %message.queue_id,
-            recipients = recipients.len(),
-            "encrypted message also addressed to local recipients it was not sealed to: \
-             they get the ciphertext"
-        );
-        let mut actions: Vec<Action> = recipients
-            .into_iter()
-            .map(Action::DeleteRecipient)
-            .collect();
-        actions.append(&mut verdict.actions);
-        verdict.actions = actions;
-        verdict
     }
 
     /// Re-injects `copy` of `message` for `recipients`, once: a retry of a
@@ -876,27 +857,17 @@ impl Engine {
     /// in the ledger and does not send it again.
     async fn reinject_once(
         &self,
-        kind: CopyKind,
         message: &Message,
         recipients: &[String],
         copy: &[u8],
     ) -> Result<(), Verdict> {
-        let what = match kind {
-            CopyKind::Plaintext => "plaintext copy for recipients without ibemail",
-            CopyKind::Ciphertext => "ciphertext copy for recipients it was not sealed to",
-        };
+        let what = "plaintext copy for recipients without ibemail";
         let (Some(target), Some(ledger)) = (self.config.reinject, &self.ledger) else {
             return Err(Verdict::tempfail(format!(
                 "a {what} is needed, but reinject.address is not set"
             )));
         };
-        let key = ledger::copy_key(
-            kind,
-            &message.sender,
-            recipients,
-            &message.headers,
-            &message.body,
-        );
+        let key = ledger::copy_key(&message.sender, recipients, &message.headers, &message.body);
         let pending = match key.map(|key| ledger.claim(key, now())) {
             None => None,
             Some(Claim::Pending(pending)) => Some(pending),
@@ -1118,19 +1089,5 @@ mod tests {
                 },
             ]
         );
-    }
-
-    #[test]
-    fn recipients_keep_their_domain_when_the_identity_is_refused() {
-        let quoted = Rcpt::parse("<\"john smith\"@B.Test>");
-        assert!(quoted.identity.is_none());
-        assert_eq!(quoted.domain.as_deref(), Some("b.test"));
-        let long = Rcpt::parse(&format!("<{}@b.test>", "x".repeat(65)));
-        assert!(long.identity.is_none());
-        assert_eq!(long.domain.as_deref(), Some("b.test"));
-        assert_eq!(Rcpt::parse("<postmaster>").domain, None);
-        assert_eq!(Rcpt::parse("<a@[192.0.2.1]>").domain, None);
-        assert_eq!(envelope_address("<bob@b.test>"), "bob@b.test");
-        assert_eq!(envelope_address("bob@b.test"), "bob@b.test");
     }
 }

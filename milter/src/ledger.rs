@@ -1,10 +1,8 @@
 //! The re-injection ledger: makes splitting a message idempotent across
 //! retries.
 //!
-//! A split re-injects a copy for some recipients (a plaintext copy for
-//! those without ibemail outbound, the ciphertext as received for local
-//! recipients it was not sealed to inbound) *before* Postfix commits the
-//! original. If the transaction then fails — a milter after us refuses it,
+//! A split re-injects a copy for some recipients (the plaintext copy for
+//! those without ibemail) *before* Postfix commits the original. If the transaction then fails — a milter after us refuses it,
 //! Postfix's milter timeout fires, cleanup cannot write — the client sends
 //! the message again, and without a record those recipients would get a
 //! second copy. The ledger remembers each copy sent (a hash of the
@@ -42,19 +40,9 @@ pub type CopyKey = [u8; 32];
 /// The file name in the state directory.
 pub const FILE_NAME: &str = "reinjected";
 
-/// Which kind of copy (the two splits never share a key).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyKind {
-    /// Outbound: the plaintext for recipients without ibemail.
-    Plaintext,
-    /// Inbound: the ciphertext for local recipients it was not sealed to.
-    Ciphertext,
-}
-
 /// The key of a copy of `headers`/`body` from `sender` to `recipients`, or
 /// `None` if the message has no `Message-ID` (never deduplicated).
 pub fn copy_key(
-    kind: CopyKind,
     sender: &str,
     recipients: &[String],
     headers: &[(String, Vec<u8>)],
@@ -71,11 +59,7 @@ pub fn copy_key(
         hash.update((bytes.len() as u64).to_be_bytes());
         hash.update(bytes);
     };
-    field(b"IBEMAIL-V1-REINJECTED");
-    field(match kind {
-        CopyKind::Plaintext => b"plaintext",
-        CopyKind::Ciphertext => b"ciphertext",
-    });
+    field(b"IBEMAIL-V1-REINJECTED-PLAINTEXT");
     field(sender.as_bytes());
     let mut sorted: Vec<&String> = recipients.iter().collect();
     sorted.sort();
@@ -98,6 +82,30 @@ struct State {
     sent: HashMap<CopyKey, u64>,
     in_flight: HashSet<CopyKey>,
     file: Option<File>,
+    /// Lines in the file (live or expired).
+    lines: usize,
+}
+
+/// Writes `sent` to `dir`'s ledger file atomically and opens it to append.
+fn rewrite(dir: &Path, sent: &HashMap<CopyKey, u64>) -> std::io::Result<File> {
+    let path = dir.join(FILE_NAME);
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut text = String::new();
+        for (key, at) in sent {
+            text.push_str(&line(key, *at));
+        }
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    OpenOptions::new().append(true).mode(0o600).open(&path)
 }
 
 /// Copies sent in the last `window` seconds, on disk (or only in memory).
@@ -145,6 +153,7 @@ impl Ledger {
                 sent: HashMap::new(),
                 in_flight: HashSet::new(),
                 file: None,
+                lines: 0,
             }),
         }
     }
@@ -168,23 +177,8 @@ impl Ledger {
             Err(e) => return Err(e),
         }
         // Rewrite without the expired entries, then append from there.
-        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-        {
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut text = String::new();
-            for (key, at) in &sent {
-                text.push_str(&line(key, *at));
-            }
-            out.write_all(text.as_bytes())?;
-            out.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        let file = OpenOptions::new().append(true).mode(0o600).open(&path)?;
+        let file = rewrite(dir, &sent)?;
+        let lines = sent.len();
         Ok(Ledger {
             path: Some(path),
             window,
@@ -192,6 +186,7 @@ impl Ledger {
                 sent,
                 in_flight: HashSet::new(),
                 file: Some(file),
+                lines,
             }),
         })
     }
@@ -248,15 +243,32 @@ impl Pending {
     /// listener) at `now`. A failure to write is reported, but the copy
     /// stays remembered in memory.
     pub fn sent(self, now: u64) -> std::io::Result<()> {
-        let mut state = self.ledger.state();
+        let ledger = &self.ledger;
+        let mut state = ledger.state();
         state.sent.insert(self.key, now);
-        let result = match state.file.as_mut() {
-            Some(file) => file.write_all(line(&self.key, now).as_bytes()),
-            None => Ok(()),
-        };
         state.in_flight.remove(&self.key);
+        // Expired entries go, in memory and, once they are most of the
+        // file, on disk: the ledger stays as large as the window's copies.
+        let window = ledger.window;
+        if state.lines > 2 * state.sent.len() + 1024 {
+            state.sent.retain(|_, at| at.saturating_add(window) > now);
+            if let Some(dir) = ledger.path.as_deref().and_then(Path::parent) {
+                let file = rewrite(dir, &state.sent)?;
+                state.file = Some(file);
+                state.lines = state.sent.len();
+                return Ok(());
+            }
+        }
+        state.lines += 1;
+        match state.file.as_mut() {
+            // Durable before the original is accepted: a crash must not
+            // forget a copy that went out.
+            Some(file) => file
+                .write_all(line(&self.key, now).as_bytes())
+                .and_then(|()| file.sync_data()),
+            None => Ok(()),
+        }
         // `Drop` finds nothing left to release.
-        result
     }
 }
 
@@ -304,9 +316,8 @@ mod tests {
     #[test]
     fn a_retry_has_the_key_of_the_first_attempt_and_other_messages_do_not() {
         let rcpts = vec!["<c@c.test>".to_string(), "<d@c.test>".to_string()];
-        let key = |h: &[(String, Vec<u8>)], r: &[String], body: &[u8]| {
-            copy_key(CopyKind::Plaintext, "<a@a.test>", r, h, body)
-        };
+        let key =
+            |h: &[(String, Vec<u8>)], r: &[String], body: &[u8]| copy_key("<a@a.test>", r, h, body);
         let first = key(&headers(" by mx; 1"), &rcpts, b"body").unwrap();
         // Another Received (a new attempt), recipients in another order.
         let reordered = vec![rcpts[1].clone(), rcpts[0].clone()];
@@ -314,16 +325,6 @@ mod tests {
         assert_ne!(key(&headers(" by mx; 1"), &rcpts, b"bodY"), Some(first));
         assert_ne!(
             key(&headers(" by mx; 1"), &rcpts[..1], b"body"),
-            Some(first)
-        );
-        assert_ne!(
-            copy_key(
-                CopyKind::Ciphertext,
-                "<a@a.test>",
-                &rcpts,
-                &headers(""),
-                b"body"
-            ),
             Some(first)
         );
         let mut subject = headers(" by mx; 1");

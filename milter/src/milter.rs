@@ -60,6 +60,8 @@ impl Peer {
 #[derive(Debug)]
 pub struct Session {
     peer: Peer,
+    /// The connection came in on the re-injection listener.
+    reinjection: bool,
     origin: Origin,
     stage: Stage,
 }
@@ -68,6 +70,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             peer: Peer::Unknown,
+            reinjection: false,
             origin: Origin::External,
             stage: Stage::Idle,
         }
@@ -111,6 +114,7 @@ fn macro_value(macros: &indymilter::Macros, name: &CStr) -> Option<String> {
 
 async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
     cx.requested_actions |= Actions::ADD_HEADER
+        | Actions::CHANGE_SENDER
         | Actions::CHANGE_HEADER
         | Actions::REPLACE_BODY
         | Actions::ADD_RCPT
@@ -129,9 +133,13 @@ async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
     Status::Continue
 }
 
-fn connect(cx: &mut Context<Session>, socket: SocketInfo) -> Status {
+fn connect(cx: &mut Context<Session>, socket: SocketInfo, shared: &SharedEngine) -> Status {
+    let daemon = macro_value(&cx.macros, c"{daemon_name}");
+    let reinjection =
+        daemon.as_deref() == Some(engine(shared).config().reinject_daemon_name.as_str());
     cx.data = Some(Session {
         peer: Peer::of(&socket),
+        reinjection,
         ..Session::default()
     });
     Status::Continue
@@ -143,8 +151,10 @@ fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) ->
     let queue_id = macro_value(&cx.macros, c"i").unwrap_or_default();
     let session = cx.data.get_or_insert_with(Session::default);
     let config_engine = engine(shared);
-    // Mail submitted on this host is ours whatever internal_networks says.
+    // Mail submitted on this host is ours whatever internal_networks says,
+    // and so is mail on the re-injection listener that is not our copy.
     session.origin = match session.peer {
+        _ if session.reinjection => Origin::Local,
         Peer::Local => Origin::Local,
         _ if authenticated => Origin::Internal,
         Peer::Network(ip) if config_engine.config().is_internal(ip) => Origin::Internal,
@@ -214,6 +224,9 @@ async fn apply(cx: &EomContext<Session>, actions: &[Action]) -> Result<(), Strin
             Action::ReplaceBody(body) => act.replace_body(body).await,
             Action::DeleteRecipient(rcpt) => act.delete_recipient(rcpt.as_str()).await,
             Action::Quarantine(reason) => act.quarantine(reason.replace(['\r', '\n'], " ")).await,
+            Action::ChangeSender(sender) => {
+                act.change_sender(sender.as_str(), None::<CString>).await
+            }
         };
         result.map_err(|e| {
             format!("{action:?}: {e}")
@@ -255,8 +268,13 @@ async fn eom(cx: &mut EomContext<Session>, shared: SharedEngine) -> Status {
         message.queue_id = id;
     }
     let origin = session.origin;
+    let reinjection = session.reinjection;
     let engine = engine(&shared);
-    let verdict = engine.process(&message, origin).await;
+    let verdict = if reinjection {
+        engine.process_reinjected(&message).await
+    } else {
+        engine.process(&message, origin).await
+    };
     if verdict.reply == Reply::Continue
         && let Err(e) = apply(cx, &verdict.actions).await
     {
@@ -271,10 +289,19 @@ async fn eom(cx: &mut EomContext<Session>, shared: SharedEngine) -> Status {
 
 fn callbacks(shared: SharedEngine) -> Callbacks<Session> {
     let cap = |shared: &SharedEngine| engine(shared).config().max_message_size.saturating_add(1);
-    let (s1, s2, s3, s4) = (shared.clone(), shared.clone(), shared.clone(), shared);
+    let (s0, s1, s2, s3, s4) = (
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared,
+    );
     Callbacks::new()
         .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
-        .on_connect(|cx, _, socket| Box::pin(async move { connect(cx, socket) }))
+        .on_connect(move |cx, _, socket| {
+            let shared = s0.clone();
+            Box::pin(async move { connect(cx, socket, &shared) })
+        })
         .on_mail(move |cx, args| {
             let shared = s1.clone();
             Box::pin(async move { mail(cx, args, &shared) })

@@ -148,6 +148,15 @@ pub fn lookup_report(lookup: &Lookup) -> String {
             if let Some(expires) = record.expires {
                 line("expires", &format!("{expires} (unix time)"));
             }
+            if let Some(policy) = record.policy {
+                line(
+                    "policy",
+                    &format!(
+                        "require, max-age {}s (never sent in clear meanwhile)",
+                        policy.max_age
+                    ),
+                );
+            }
             for rejected in &published.rejected {
                 line("ignored", &rejected.to_string());
             }
@@ -188,6 +197,10 @@ pub fn lookup_report(lookup: &Lookup) -> String {
                     format!("dnssec=require but the answer is {status}")
                 }
                 RefusedReason::Pin(status) => format!("pin violation: {}", pin_text(status)),
+                RefusedReason::PolicyRequires { until } => format!(
+                    "the domain published p=require (in force until {until}, unix time) \
+                     but no usable record is published now"
+                ),
             };
             line("result", &format!("refused, mail would be deferred: {why}"));
         }
@@ -211,8 +224,12 @@ fn pin_text(status: &PinStatus) -> String {
         PinStatus::FirstUse => "first use, now pinned".to_string(),
         PinStatus::Match => "matches the pinned parameters".to_string(),
         PinStatus::NewGeneration { previous } => {
-            format!("new generation after {previous}, now pinned")
+            format!("new generation after {previous}, signed by it, now pinned")
         }
+        PinStatus::Replaced => "pins replaced from a DNSSEC-secure answer".to_string(),
+        PinStatus::Unchained { generation, pinned } => format!(
+            "UNCHAINED: generation {generation} is not signed by pinned generation {pinned}"
+        ),
         PinStatus::Changed { generation } => {
             format!("CHANGED: generation {generation} differs from the pinned parameters")
         }

@@ -1,12 +1,23 @@
 //! Re-injection of the plaintext copy for recipients that do not get
-//! ciphertext: a minimal SMTP client speaking to a Postfix listener that
-//! runs without this milter (see `packaging/postfix/master.cf.snippet`).
+//! ciphertext: a minimal SMTP client speaking to a Postfix listener (see
+//! `packaging/postfix/master.cf.snippet`).
 //!
 //! The copy counts as delivered only after the final `250` to the message
 //! data; anything else is an error and the caller tempfails the original.
+//!
+//! The listener runs this milter too, under its own `{daemon_name}`
+//! (`milter_macro_daemon_name = ibemail-reinject`): any local process can
+//! connect to it, and mail it takes must not bypass the policy. A copy this
+//! milter re-injects carries a one-time token in its first header field
+//! ([`TOKEN_FIELD`]); the milter lets a message on that listener through
+//! untouched only if it redeems an outstanding token, and treats anything
+//! else there as mail submitted on this host (sealed, or deferred, as
+//! policy says).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -23,6 +34,43 @@ pub struct Envelope {
 /// Longest reply line accepted from the server.
 const MAX_LINE: usize = 4096;
 
+/// The header field that carries a copy's one-time token.
+pub const TOKEN_FIELD: &str = "IBE-Reinjected";
+
+/// How long an issued token stays redeemable.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Tokens issued and not yet redeemed, process-wide (a reload keeps them).
+fn tokens() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+    static TOKENS: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    TOKENS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new one-time token.
+fn issue() -> String {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut tokens = tokens();
+    tokens.retain(|_, issued| issued.elapsed() < TOKEN_LIFETIME);
+    tokens.insert(token.clone(), Instant::now());
+    token
+}
+
+/// True (once) if `value` is an outstanding token: a copy this process
+/// re-injected.
+pub fn redeem(value: &[u8]) -> bool {
+    let Ok(token) = std::str::from_utf8(value) else {
+        return false;
+    };
+    tokens()
+        .remove(token.trim())
+        .is_some_and(|issued| issued.elapsed() < TOKEN_LIFETIME)
+}
+
 /// Sends `message` (CRLF line endings) to `target`.
 pub async fn send(
     target: SocketAddr,
@@ -31,9 +79,16 @@ pub async fn send(
     message: &[u8],
     timeout: Duration,
 ) -> Result<(), String> {
-    tokio::time::timeout(timeout, transaction(target, helo, envelope, message))
+    let token = issue();
+    let mut copy = format!("{TOKEN_FIELD}: {token}\r\n").into_bytes();
+    copy.extend_from_slice(message);
+    let result = tokio::time::timeout(timeout, transaction(target, helo, envelope, &copy))
         .await
-        .map_err(|_| format!("{target}: no answer within {timeout:?}"))?
+        .map_err(|_| format!("{target}: no answer within {timeout:?}"))?;
+    if result.is_err() {
+        tokens().remove(&token);
+    }
+    result
 }
 
 async fn transaction(
@@ -146,6 +201,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn tokens_are_redeemed_once() {
+        let token = issue();
+        assert!(!redeem(b"0123"));
+        assert!(redeem(format!(" {token}").as_bytes()));
+        assert!(!redeem(token.as_bytes()), "a token opens the door once");
+    }
 
     #[test]
     fn dots_are_stuffed_and_lines_end_in_crlf() {

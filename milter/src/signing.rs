@@ -9,14 +9,15 @@
 //! re-encrypt the message, but cannot re-sign the outside without the
 //! sender's key (the paper's §5 argument).
 
-use ibemail_discovery::{Discovery, DomainPolicy, Lookup, Outcome};
+use ibemail_discovery::{Discovery, DomainPolicy, Lookup, Outcome, RefusedReason};
 use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::service::SignError;
 use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError, Unsigned};
 use tracing::info;
 
+use crate::address::canonical;
 use crate::config::SignPolicy;
-use crate::engine::{Engine, Keys, Message, Origin, envelope_address};
+use crate::engine::{Engine, Keys, Message, Origin};
 
 /// Who signs one outbound message, and with which generation.
 #[derive(Clone, Debug)]
@@ -139,7 +140,7 @@ impl Engine {
                             .is_ok_and(|l| l == from)
                 }
             },
-            None => Identity::parse(envelope_address(&message.sender)).is_ok_and(|s| s == from),
+            None => Identity::parse(&canonical(&message.sender)).is_ok_and(|s| s == from),
         };
         if !own {
             info!(
@@ -259,46 +260,7 @@ pub async fn verify_signatures(
             }
             Ok(parsed) => match parsed.check_signer(message) {
                 Err(e) => SigResult::Fail(e.to_string()),
-                Ok(()) => {
-                    let domain = parsed.identity.domain().to_string();
-                    let found = discovery.lookup(&domain, policy(&domain), now).await;
-                    on_lookup(&found);
-                    match found.outcome {
-                        Outcome::Parameters { published, .. } => {
-                            match published
-                                .generation(parsed.generation)
-                                .and_then(|r| r.signing)
-                            {
-                                None => SigResult::PermError(
-                                    SignatureError::NoParameters(parsed.generation).to_string(),
-                                ),
-                                Some(params) => {
-                                    let check = parsed.clone();
-                                    let bytes = message.to_vec();
-                                    match tokio::task::spawn_blocking(move || {
-                                        check.verify(&bytes, &params)
-                                    })
-                                    .await
-                                    {
-                                        Ok(Ok(())) => SigResult::Pass {
-                                            identity: parsed.identity.to_string(),
-                                            generation: parsed.generation,
-                                        },
-                                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
-                                        Err(e) => {
-                                            SigResult::TempError(format!("verification task: {e}"))
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        Outcome::NotIbe(_) => SigResult::PermError(format!(
-                            "{domain} publishes no ibemail parameters"
-                        )),
-                        Outcome::Temporary(reason) => SigResult::TempError(reason),
-                        Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
-                    }
-                }
+                Ok(()) => verify_one(discovery, &policy, &on_lookup, message, parsed, now).await,
             },
         };
         result = match (result, outcome) {
@@ -311,6 +273,79 @@ pub async fn verify_signatures(
         };
     }
     result
+}
+
+/// Verifies one signature by the From address against its domain's `S=`
+/// for the generation it names. A generation newer than the (cached)
+/// published ones is looked up once more past the cache — the signer may
+/// have rotated within our cache's TTL — and if DNS still does not have it,
+/// the result is a temporary error (the mail is retried), never a failure.
+async fn verify_one(
+    discovery: &Discovery,
+    policy: &impl Fn(&str) -> DomainPolicy,
+    on_lookup: &impl Fn(&Lookup),
+    message: &[u8],
+    parsed: signature::Parsed,
+    now: u64,
+) -> SigResult {
+    let domain = parsed.identity.domain().to_string();
+    let mut found = discovery.lookup(&domain, policy(&domain), now).await;
+    on_lookup(&found);
+    let newer = |found: &Lookup| match &found.outcome {
+        Outcome::Parameters { published, .. } => {
+            published.generation(parsed.generation).is_none()
+                && published
+                    .records
+                    .iter()
+                    .all(|r| r.generation < parsed.generation)
+        }
+        _ => false,
+    };
+    if newer(&found) && found.cached {
+        discovery.forget(&domain);
+        found = discovery.lookup(&domain, policy(&domain), now).await;
+        on_lookup(&found);
+    }
+    if newer(&found) {
+        return SigResult::TempError(format!(
+            "signed with generation {} of {domain}, newer than DNS publishes (yet)",
+            parsed.generation
+        ));
+    }
+    match found.outcome {
+        Outcome::Parameters { published, .. } => {
+            match published
+                .generation(parsed.generation)
+                .and_then(|r| r.signing)
+            {
+                None => SigResult::PermError(
+                    SignatureError::NoParameters(parsed.generation).to_string(),
+                ),
+                Some(params) => {
+                    let check = parsed.clone();
+                    let bytes = message.to_vec();
+                    match tokio::task::spawn_blocking(move || check.verify(&bytes, &params)).await {
+                        Ok(Ok(())) => SigResult::Pass {
+                            identity: parsed.identity.to_string(),
+                            generation: parsed.generation,
+                        },
+                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
+                        Err(e) => SigResult::TempError(format!("verification task: {e}")),
+                    }
+                }
+            }
+        }
+        Outcome::NotIbe(_) => {
+            SigResult::PermError(format!("{domain} publishes no ibemail parameters"))
+        }
+        Outcome::Temporary(reason) => SigResult::TempError(reason),
+        // Its record vanished while its published policy is in force:
+        // DNS trouble or an attack, not the domain's word.
+        Outcome::Refused(RefusedReason::PolicyRequires { .. }) => {
+            SigResult::TempError(format!("{domain} publishes no usable record right now"))
+        }
+        Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
+    }
 }
 
 fn found_summary(domain: &str) -> String {

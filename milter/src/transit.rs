@@ -6,6 +6,8 @@
 //! that would mail the decrypted Subject back to him) must never appear
 //! above a `x-ibemail=pass`.
 
+use std::collections::HashSet;
+
 use ibemail_message::SMIME_FIELDS;
 use ibemail_message::signature::SIGNATURE_FIELD;
 
@@ -53,38 +55,43 @@ pub struct Delivered {
 /// Chooses the delivered fields from the `outer` header as received and
 /// the `inner` header of the opened message.
 ///
-/// `this_hop` is how many outer fields sit above the first `Received`:
-/// those were added at this server (Postfix's own `Received` is the first;
-/// milters before us add theirs above it), so an `Authentication-Results`
-/// among them that claims `authserv_id` is genuine (OpenDKIM's result for
-/// the ciphertext). Every `Authentication-Results` below arrived with the
-/// message and is dropped: ours would be forged, anyone else's is not ours
-/// to vouch for.
+/// Outer `Authentication-Results` are kept only when their authserv-id is
+/// one of `trusted`: milters that run before this one at this host under
+/// their own id (OpenDKIM verifying the ciphertext), which remove forged
+/// results of that id themselves. Any other arrived with the message and
+/// is not ours to vouch for; ours (`authserv_id`) are forged, outside and
+/// inside the ciphertext. (Position cannot tell this hop's fields from an
+/// attacker's: Postfix hides its own `Received` from milters.)
+///
+/// Linear in the number of fields: an attacker controls both headers.
 pub fn delivered(
     outer: &[Field],
     inner: Vec<Field>,
-    this_hop: usize,
     authserv_id: &str,
+    trusted: &[String],
 ) -> Delivered {
-    let is_inner = |(name, value): &Field| {
-        inner
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
-    };
+    let inner_fields: HashSet<(String, &[u8])> = inner
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.as_slice()))
+        .collect();
     let mut out = Delivered::default();
-    for (position, field) in outer.iter().enumerate() {
+    for field in outer {
         let name = field.0.as_str();
-        let trace = TRACE_FIELDS.iter().any(|n| n.eq_ignore_ascii_case(name));
-        let results = name.eq_ignore_ascii_case(authres::FIELD);
-        if is_inner(field) {
+        if inner_fields.contains(&(name.to_ascii_lowercase(), field.1.as_slice())) {
             continue; // the sealed copy's own outer copy of an inner field
         }
-        if trace || (results && position < this_hop) {
+        let trace = TRACE_FIELDS.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let results = name.eq_ignore_ascii_case(authres::FIELD);
+        let trusted_results = results
+            && authres::authserv_id(&field.1)
+                .is_some_and(|id| trusted.iter().any(|t| t.eq_ignore_ascii_case(&id)));
+        if trace || trusted_results {
             out.transit.push(field.clone());
         } else if !expected_outer(name) && !results {
             out.dropped.push(field.0.clone());
         }
     }
+    drop(inner_fields);
     out.inner = inner
         .into_iter()
         .filter(|(name, value)| {
@@ -112,12 +119,13 @@ mod tests {
             f("Authentication-Results", " mx.a.test; auth=pass"),
         ];
         let outer = vec![
-            f("Authentication-Results", " mx.b.test; dkim=pass"), // this hop (OpenDKIM)
-            f("Received", " from mx.a.test by mx.b.test"),        // this hop
-            f("From", " The CEO <ceo@a.test>"),                   // injected
-            f("Disposition-Notification-To", " spy@c.test"),      // injected
+            // OpenDKIM at this hop, under its own id.
+            f("Authentication-Results", " dkim.mx.b.test; dkim=pass"),
+            f("From", " The CEO <ceo@a.test>"), // injected
+            f("Disposition-Notification-To", " spy@c.test"), // injected
             f("Authentication-Results", " mx.b.test; x-ibemail=pass"), // forged
             f("Authentication-Results", " relay.example; arc=none"),
+            f("Received", " from mx.a.test by mx.b.test"),
             f("ARC-Seal", " i=1; cv=none"),
             f("Received", " from client by mx.a.test"), // copy of the inner one
             f("From", " Alice <alice@a.test>"),
@@ -126,11 +134,16 @@ mod tests {
             f("DKIM-Signature", " v=1"),
             f("IBE-Signature", " v=1"),
         ];
-        let got = delivered(&outer, inner.clone(), 1, "mx.b.test");
+        let got = delivered(
+            &outer,
+            inner.clone(),
+            "mx.b.test",
+            &["DKIM.mx.b.test".into()],
+        );
         assert_eq!(
             got.transit,
             vec![
-                f("Authentication-Results", " mx.b.test; dkim=pass"),
+                f("Authentication-Results", " dkim.mx.b.test; dkim=pass"),
                 f("Received", " from mx.a.test by mx.b.test"),
                 f("ARC-Seal", " i=1; cv=none"),
             ]

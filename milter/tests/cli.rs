@@ -38,7 +38,7 @@ fn milter() -> Command {
 /// A KGC store for `domain` under `parent`.
 fn kgc(parent: &Path, domain: &str) -> (PathBuf, Store) {
     let dir = parent.join(domain);
-    let store = Store::setup(&dir, domain, now(), &mut OsRng).unwrap();
+    let store = Store::setup(&dir, domain, now(), None, &mut OsRng).unwrap();
     (dir, store)
 }
 

@@ -135,7 +135,9 @@ fn metrics_are_served_and_sighup_reloads_keeping_the_old_config_on_errors() {
             &config,
             format!(
                 "socket = \"inet:{milter}\"\nauthserv_id = \"mx.test\"\n\
-                 metrics = \"{metrics}\"\nmax_message_size = \"{cap}\"\n"
+                 state_dir = \"{}\"\n\
+                 metrics = \"{metrics}\"\nmax_message_size = \"{cap}\"\n",
+                tmp.path().display()
             ),
         )
         .unwrap();
@@ -193,8 +195,9 @@ fn a_stale_unix_socket_is_replaced_and_other_files_are_not_touched() {
     std::fs::write(
         &config,
         format!(
-            "socket = \"unix:{}\"\nauthserv_id = \"mx.test\"\n",
-            socket.display()
+            "socket = \"unix:{}\"\nauthserv_id = \"mx.test\"\nstate_dir = \"{}\"\n",
+            socket.display(),
+            tmp.path().display()
         ),
     )
     .unwrap();

@@ -52,7 +52,10 @@ impl RunningMilter {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!("socket = \"inet:127.0.0.1:{port}\"\n{settings}"),
+            format!(
+                "socket = \"inet:127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{settings}",
+                dir.display()
+            ),
         )
         .unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -158,7 +161,14 @@ fn describe(output: &Output, milter: &RunningMilter) -> String {
 #[test]
 fn encrypt_script_sees_the_message_sealed() {
     let tmp = tempfile::tempdir().unwrap();
-    let b = Store::setup(&tmp.path().join("b.test"), "b.test", now(), &mut OsRng).unwrap();
+    let b = Store::setup(
+        &tmp.path().join("b.test"),
+        "b.test",
+        now(),
+        None,
+        &mut OsRng,
+    )
+    .unwrap();
     let record = format!("_ibemailkey TXT \"{}\"", b.records()[0].to_text());
     let knot = Knot::start(&[
         Zone::new("b.test", Signing::Signed, &[&record]),
@@ -206,7 +216,7 @@ fn encrypt_script_sees_the_message_sealed() {
 fn decrypt_script_sees_the_message_opened() {
     let tmp = tempfile::tempdir().unwrap();
     let b_dir = tmp.path().join("b.test");
-    let b = Store::setup(&b_dir, "b.test", now(), &mut OsRng).unwrap();
+    let b = Store::setup(&b_dir, "b.test", now(), None, &mut OsRng).unwrap();
     let original = format!(
         "From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: the merger\r\n\
          Message-ID: <mt2@a.test>\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n\r\n{ORIGINAL_BODY}"

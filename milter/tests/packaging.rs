@@ -36,6 +36,7 @@ const KEYS: &[&str] = &[
     "socket",
     "state_dir",
     "authserv_id",
+    "trusted_authserv_ids",
     "local_domains",
     "internal_networks",
     "max_message_size",
@@ -49,6 +50,7 @@ const KEYS: &[&str] = &[
     "dns.trust_anchor",
     "dns.timeout",
     "dns.attempts",
+    "dns.max_cache",
     "dns.pins",
     "policy.encrypt",
     "policy.dnssec",
@@ -61,9 +63,11 @@ const KEYS: &[&str] = &[
     "signing.sign",
     "signing.domains.*.sign",
     "inbound.on_failure",
+    "inbound.bounce_to",
     "reinject.address",
     "reinject.helo",
     "reinject.remember",
+    "reinject.daemon_name",
 ];
 
 /// One line of the sample: a table header, a setting (active or commented
@@ -157,7 +161,10 @@ fn the_sample_configuration_parses_as_shipped() {
         Some(KeySource::Socket("/run/ibemail/kgc.sock".into()))
     );
     assert_eq!(c.metrics, None);
-    assert_eq!(c.pins, None);
+    assert_eq!(
+        c.pins.as_deref(),
+        Some(std::path::Path::new("/var/lib/ibemail-milter/pins"))
+    );
     assert_eq!(c.reinject, Some("127.0.0.1:10026".parse().unwrap()));
     assert!(c.domains.is_empty());
     assert_eq!(c.sign_policy("example.org"), SignPolicy::Always);
@@ -273,9 +280,15 @@ fn the_postfix_snippets_match_the_sample() {
         .skip(1)
         .take_while(|l| l.starts_with(char::is_whitespace))
         .collect();
-    for option in ["-o smtpd_milters=", "-o non_smtpd_milters=", "no_milters"] {
-        assert!(options.contains(option), "{reinject} lacks {option}");
+    // The milter watches the listener (any local process can use it),
+    // recognising it by its daemon name.
+    for option in [
+        format!("-o smtpd_milters={milter}"),
+        format!("-o milter_macro_daemon_name={}", c.reinject_daemon_name),
+    ] {
+        assert!(options.contains(&option), "{reinject} lacks {option}");
     }
+    assert!(!options.contains("no_milters"), "{reinject}: no_milters");
     // A milter sees recipients before virtual alias mapping, so the copy's
     // recipients must be mapped by this listener.
     assert!(

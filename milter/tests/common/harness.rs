@@ -85,6 +85,9 @@ pub(crate) struct Mail<'a> {
     /// The client's port: 0 is how Postfix presents mail submitted on the
     /// host (sendmail, pickup) to `non_smtpd_milters`.
     pub(crate) client_port: u16,
+    /// The `{daemon_name}` macro of the Postfix service (the re-injection
+    /// listener's is `ibemail-reinject`).
+    pub(crate) daemon_name: Option<&'a str>,
     pub(crate) auth: Option<&'a str>,
     pub(crate) sender: &'a str,
     pub(crate) rcpts: Vec<&'a str>,
@@ -97,6 +100,7 @@ impl<'a> Mail<'a> {
         Mail {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
             client_port: 40000,
+            daemon_name: None,
             auth: None,
             sender: "<alice@a.test>",
             rcpts: rcpts.to_vec(),
@@ -121,6 +125,14 @@ pub(crate) async fn send(addr: SocketAddr, mail: &Mail<'_>) -> (Status, EomActio
         .open_tcp(addr)
         .await
         .unwrap();
+    if let Some(daemon) = mail.daemon_name {
+        conn.macros(
+            indymilter_test::MacroStage::Connect,
+            [("{daemon_name}", daemon)],
+        )
+        .await
+        .unwrap();
+    }
     let status = conn
         .connect("client", SocketAddr::new(mail.client, mail.client_port))
         .await
@@ -227,10 +239,24 @@ impl World {
     pub(crate) fn new() -> World {
         let tmp = tempfile::tempdir().unwrap();
         let b_dir = tmp.path().join("b.test");
-        let b = Store::setup(&b_dir, "b.test", now(), &mut OsRng).unwrap();
+        let b = Store::setup(
+            &b_dir,
+            "b.test",
+            now(),
+            Some(ibemail_params::Policy::require(7 * 86_400)),
+            &mut OsRng,
+        )
+        .unwrap();
         let record = format!("_ibemailkey TXT \"{}\"", b.records()[0].to_text());
         let a_dir = tmp.path().join("a.test");
-        let a = Store::setup(&a_dir, "a.test", now(), &mut OsRng).unwrap();
+        let a = Store::setup(
+            &a_dir,
+            "a.test",
+            now(),
+            Some(ibemail_params::Policy::require(7 * 86_400)),
+            &mut OsRng,
+        )
+        .unwrap();
         let a_record = format!("_ibemailkey TXT \"{}\"", a.records()[0].to_text());
         let knot = Knot::start(&[
             Zone::new("a.test", Signing::Signed, &[&a_record]),

@@ -36,6 +36,7 @@ use ibemail_kgc::tsig::TsigKey;
 use ibemail_milter::config::Config;
 use ibemail_milter::engine::Engine;
 use ibemail_milter::metrics::Metrics;
+use ibemail_test_support::dnsproxy::DnsProxy;
 use ibemail_test_support::knot::{Knot, Signing, Zone};
 use ibemail_test_support::opendkim::OpenDkim;
 use ibemail_test_support::postfix::{Postfix, PostfixConfig};
@@ -50,6 +51,10 @@ pub mod mail;
 
 /// Port of the re-injection listener on every instance.
 pub const REINJECT_PORT: u16 = 10026;
+
+/// The authserv-id of b.test's OpenDKIM (its own, not the milter's), which
+/// b.test's milter trusts.
+pub const DKIM_AUTHSERV_ID: &str = "dkim.mx.b.test";
 
 static NEXT_BLOCK: AtomicU8 = AtomicU8::new(0);
 
@@ -102,6 +107,11 @@ pub struct World {
     pub interceptor: Option<ibemail_test_support::smtp::Sink>,
     /// OpenDKIM signer (a.test) and verifier (b.test), when asked for.
     pub dkim: Option<(OpenDkim, OpenDkim)>,
+    /// The on-path DNS attacker between the milters and Knot, and his own
+    /// Knot, when [`Options::dns_attacker`] is set.
+    pub dns_attacker: Option<(DnsProxy, Knot)>,
+    /// TTL of the published `_ibemailkey` records.
+    pub records_ttl: u32,
     tsig: TsigKey,
     _tmp: tempfile::TempDir,
 }
@@ -128,12 +138,21 @@ pub struct Options {
     pub a_without_ibemail: bool,
     /// Extra `main.cf` lines for a.test.
     pub a_postfix_extra: Vec<String>,
+    /// Extra `main.cf` lines for b.test.
+    pub b_postfix_extra: Vec<String>,
     /// Route a.test's mail for b.test into [`World::interceptor`] (a man in
     /// the middle) instead of to b.test.
     pub intercept_b: bool,
     /// Leave loopback out of a.test's `internal_networks` (mail submitted
     /// on the host must be outbound all the same).
     pub a_loopback_not_internal: bool,
+    /// Put an on-path DNS attacker ([`World::dns_attacker`]) between the
+    /// milters and the name server.
+    pub dns_attacker: bool,
+    /// Serve b.test unsigned (no DNSSEC).
+    pub b_unsigned: bool,
+    /// TTL of the published records (default 2 s).
+    pub records_ttl: Option<u32>,
 }
 
 fn start_kgc(rt: &Runtime, store_dir: &Path, socket: &Path) -> Task {
@@ -209,10 +228,31 @@ impl World {
             dns_addr,
             &[
                 Zone::new("a.test", Signing::Signed, &a_records).updatable(),
-                Zone::new("b.test", Signing::Signed, &["mx A 127.0.0.1"]).updatable(),
+                Zone::new(
+                    "b.test",
+                    if options.b_unsigned {
+                        Signing::Unsigned
+                    } else {
+                        Signing::Signed
+                    },
+                    &["mx A 127.0.0.1"],
+                )
+                .updatable(),
                 Zone::new("c.test", Signing::Signed, &["mx A 127.0.0.1"]),
             ],
         );
+        // The attacker serves the same zones, unsigned: he has no keys.
+        let dns_attacker = options.dns_attacker.then(|| {
+            let evil = Knot::start_on(
+                ip(54),
+                &["a.test", "b.test", "c.test"]
+                    .map(|z| Zone::new(z, Signing::Unsigned, &["mx A 127.0.0.1"])),
+            );
+            (DnsProxy::start(ip(55), knot.addr, evil.addr), evil)
+        });
+        let resolver = dns_attacker
+            .as_ref()
+            .map_or(knot.addr, |(proxy, _)| proxy.addr);
         let tsig = TsigKey::parse(&format!(
             "{}:{}:{}",
             knot.tsig.algorithm, knot.tsig.name, knot.tsig.secret_base64
@@ -230,15 +270,18 @@ impl World {
             Some(sink) => format!("smtp:[{}]:{}", sink.addr.ip(), sink.addr.port()),
             None => format!("smtp:[{}]:{}", wire.addr.ip(), wire.addr.port()),
         };
+        // Under attack, answers (the attacker's too) are kept a second at
+        // most, so each step of a test meets DNS as it is now.
+        let max_cache = if options.dns_attacker { "1s" } else { "1d" };
         let dns = format!(
-            "[dns]\nresolvers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout = \"2s\"\n",
-            knot.addr,
+            "[dns]\nresolvers = [\"{resolver}\"]\ntrust_anchor = \"{}\"\ntimeout = \"2s\"\n\
+             max_cache = \"{max_cache}\"\n",
             knot.trust_anchor_file().display()
         );
 
         let dkim_verifier = dkim_signer
             .as_ref()
-            .map(|signer| OpenDkim::verifier(ip(12), &[("a.test", signer)], "mx.b.test"));
+            .map(|signer| OpenDkim::verifier(ip(12), &[("a.test", signer)], DKIM_AUTHSERV_ID));
         let mut a_after = options.a_milters_after.clone();
         a_after.extend(dkim_signer.as_ref().map(OpenDkim::milter));
         let mut b_before = options.b_milters_before.clone();
@@ -269,7 +312,14 @@ impl World {
             ),
         ] {
             let store_dir = tmp.path().join(format!("kgc-{name}"));
-            Store::setup(&store_dir, name, now(), &mut OsRng).unwrap();
+            Store::setup(
+                &store_dir,
+                name,
+                now(),
+                Some(ibemail_params::Policy::require(7 * 86_400)),
+                &mut OsRng,
+            )
+            .unwrap();
             let kgc_socket = tmp.path().join(format!("kgc-{name}.sock"));
             let kgc = start_kgc(&rt, &store_dir, &kgc_socket);
             let milter_addr = SocketAddr::new(dom_ip, ibemail_test_support::free_port(dom_ip));
@@ -284,8 +334,13 @@ impl World {
             };
             let state_dir = tmp.path().join(format!("milter-state-{name}"));
             std::fs::create_dir_all(&state_dir).unwrap();
+            let trusted = if name == "b.test" && options.dkim {
+                format!("trusted_authserv_ids = [\"{DKIM_AUTHSERV_ID}\"]\n")
+            } else {
+                String::new()
+            };
             let milter_config = format!(
-                "socket = \"inet:{milter_addr}\"\nauthserv_id = \"mx.{name}\"\n\
+                "socket = \"inet:{milter_addr}\"\nauthserv_id = \"mx.{name}\"\n{trusted}\
                  state_dir = \"{}\"\n\
                  local_domains = [\"{name}\"]\ninternal_networks = [\"{dom_ip}/32\"{submitters}]\n{top}\n\
                  [kgc]\nsocket = \"{}\"\ntimeout = \"3s\"\n{dns}\
@@ -308,6 +363,7 @@ impl World {
                 milters,
                 transports,
                 reinject_port: Some(REINJECT_PORT),
+                reinject_milter: Some(format!("inet:{milter_addr}")),
                 // Load generators (smtp-source) cannot bind an address: at
                 // a.test, 127.0.0.1 is an internal submitter too.
                 extra: if name == "a.test" {
@@ -315,7 +371,7 @@ impl World {
                     extra.extend(options.a_postfix_extra.iter().cloned());
                     extra
                 } else {
-                    Vec::new()
+                    options.b_postfix_extra.clone()
                 },
             });
             domains.push(Domain {
@@ -340,6 +396,7 @@ impl World {
             milters: Vec::new(),
             transports: Vec::new(),
             reinject_port: None,
+            reinject_milter: None,
             extra: Vec::new(),
         });
         let world = World {
@@ -351,6 +408,8 @@ impl World {
             wire,
             interceptor,
             dkim: dkim_signer.zip(dkim_verifier),
+            dns_attacker,
+            records_ttl: options.records_ttl.unwrap_or(2),
             tsig,
             _tmp: tmp,
         };
@@ -385,7 +444,7 @@ impl World {
         let target = UpdateTarget {
             server: self.knot.addr,
             zone: domain.to_string(),
-            ttl: 2,
+            ttl: self.records_ttl,
             timeout: Duration::from_secs(5),
         };
         self.rt
@@ -395,16 +454,41 @@ impl World {
 
     /// Rotates `domain`'s key (new generation published), with `overlap_secs`.
     pub fn rotate(&mut self, domain: &str, overlap_secs: u64) {
-        let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
-        store.rotate(overlap_secs, now(), &mut OsRng).unwrap();
+        self.rotate_unpublished(domain, overlap_secs);
         self.publish(domain);
+    }
+
+    /// Rotates `domain`'s key without publishing the new generation (a
+    /// publish step that failed, or has not run yet).
+    pub fn rotate_unpublished(&mut self, domain: &str, overlap_secs: u64) {
+        let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
+        let policy = Some(ibemail_params::Policy::require(7 * 86_400));
+        store
+            .rotate(overlap_secs, now(), policy, &mut OsRng)
+            .unwrap();
         self.restart_kgc(domain);
     }
 
-    /// Retires generations whose overlap ended.
-    pub fn retire(&mut self, domain: &str, at: u64) {
+    /// b.test's records as its store publishes them now.
+    pub fn b_records(&self) -> Vec<ibemail_params::Record> {
+        Store::open(&self.b.store_dir).unwrap().records()
+    }
+
+    /// Records that DNS has published `domain`'s current generations since
+    /// `since` (what `ibemail-kgc serve` notes when it watches DNS), and
+    /// reloads its KGC.
+    pub fn note_published(&mut self, domain: &str, since: u64) {
         let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
-        store.retire_expired(at).unwrap();
+        let generations: Vec<u32> = store.records().iter().map(|r| r.generation).collect();
+        store.note_published(&generations, since).unwrap();
+        self.restart_kgc(domain);
+    }
+
+    /// Retires `generation` as an administrator does who knows it is gone
+    /// (`ibemail-kgc retire --force`).
+    pub fn retire(&mut self, domain: &str, generation: u32) {
+        let mut store = Store::open(&self.domain(domain).store_dir).unwrap();
+        store.force_retire(generation, now()).unwrap();
         self.publish(domain);
         self.restart_kgc(domain);
     }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ibemail_e2e::fault::FaultMilter;
-use ibemail_e2e::mail::{field, text};
+use ibemail_e2e::mail::{field, raw_smtp, text};
 use ibemail_e2e::{Options, World, delivered_original, message};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -37,9 +37,13 @@ fn intercepted(world: &World) -> Vec<u8> {
 }
 
 /// Mail sealed for Bob, captured on the wire and replayed to b.test's MX:
-/// (1) with Carol added as a recipient, (2) with a forged From and a read
-/// receipt address prepended. Bob reads the original, exactly; Carol gets
-/// only ciphertext; the prepended fields are not delivered.
+/// (1) with Carol added as a recipient — as herself or as a source route,
+/// which Postfix would not let a milter delete from the transaction;
+/// (2) to Bob with a forged From, a read-receipt address and forged
+/// results prepended; (3) to Bob with the attacker's envelope sender and a
+/// success notice requested. Carol never reads Bob's mail, the prepended
+/// fields are not delivered, and no notice carries the decrypted header to
+/// the attacker.
 #[test]
 fn replayed_and_doctored_ciphertext_is_read_only_by_its_recipient() {
     let world = World::start(Options {
@@ -47,41 +51,49 @@ fn replayed_and_doctored_ciphertext_is_read_only_by_its_recipient() {
         ..Options::default()
     });
     let secret = "The safe code is 4711.";
+    let subject = "For Bob only";
     let m = message(
         "Alice <alice@a.test>",
         "Bob <bob@b.test>",
-        "For Bob only",
+        subject,
         &format!("{secret}\r\n"),
     );
     world.a.postfix.submit("alice@a.test", &["bob@b.test"], &m);
     let stolen = intercepted(&world);
     assert!(!text(&stolen).contains(secret));
+    let mx = world.b.postfix.smtp();
 
-    // (1) Replayed to Bob and Carol from outside.
-    let (ok, transcript) = world.b.postfix.swaks_from(
-        outside(&world),
-        "eve@evil.test",
-        &["bob@b.test", "carol@b.test"],
-        &stolen,
-    );
-    assert!(ok, "{transcript}");
-    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
-    delivered_original(&bob[0], &m).unwrap();
-    let results = field(&text(&bob[0]), "Authentication-Results").join("\n");
-    assert!(results.contains("x-ibemail=pass"), "{results}");
-    assert!(
-        !results.contains("bob@b.test") && !results.contains("carol@b.test"),
-        "{results}"
-    );
-    let carol = world.b.postfix.wait_for_mail("carol", 1, WAIT);
-    let carol = text(&carol[0]);
-    assert!(!carol.contains(secret), "Carol read Bob's mail:\n{carol}");
-    assert!(carol.contains("smime-type=authEnveloped-data"), "{carol}");
-    assert!(carol.contains("x-ibemail=none"), "{carol}");
+    // (1) Replayed to Bob and Carol from outside: nobody gets plaintext.
+    for carol in [
+        "RCPT TO:<carol@b.test>",
+        "RCPT TO:<@evil.test:carol@b.test>",
+    ] {
+        let transcript = raw_smtp(
+            &world.rt,
+            outside(&world),
+            mx,
+            &[
+                b"EHLO evil.test",
+                b"MAIL FROM:<eve@evil.test>",
+                b"RCPT TO:<bob@b.test>",
+                carol.as_bytes(),
+            ],
+            &stolen,
+        );
+        assert!(transcript.contains("250 2.0.0 Ok: queued"), "{transcript}");
+    }
+    let carol = world.b.postfix.wait_for_mail("carol", 2, WAIT);
+    let bob = world.b.postfix.wait_for_mail("bob", 2, WAIT);
+    for copy in carol.iter().chain(&bob) {
+        let copy = text(copy);
+        assert!(!copy.contains(secret), "plaintext of a replay:\n{copy}");
+        assert!(copy.contains("smime-type=authEnveloped-data"), "{copy}");
+    }
 
     // (2) Replayed to Bob with fields prepended.
-    let mut doctored =
-        b"From: The CEO <ceo@a.test>\r\nDisposition-Notification-To: spy@c.test\r\n".to_vec();
+    let mut doctored = b"Authentication-Results: mx.b.test; ibesig=pass header.i=ceo@a.test\r\n\
+        From: The CEO <ceo@a.test>\r\nDisposition-Notification-To: spy@c.test\r\n"
+        .to_vec();
     doctored.extend_from_slice(&stolen);
     let (ok, transcript) =
         world
@@ -89,19 +101,47 @@ fn replayed_and_doctored_ciphertext_is_read_only_by_its_recipient() {
             .postfix
             .swaks_from(outside(&world), "eve@evil.test", &["bob@b.test"], &doctored);
     assert!(ok, "{transcript}");
-    let bob = world.b.postfix.wait_for_mail("bob", 2, WAIT);
-    let copy = text(&bob[1]);
-    delivered_original(&bob[1], &m).unwrap();
+    let bob = world.b.postfix.wait_for_mail("bob", 3, WAIT);
+    let copy = text(&bob[2]);
+    delivered_original(&bob[2], &m).unwrap();
     assert_eq!(field(&copy, "From"), ["Alice <alice@a.test>"], "{copy}");
     assert!(
         field(&copy, "Disposition-Notification-To").is_empty(),
         "{copy}"
     );
+    let results = field(&copy, "Authentication-Results").join("\n");
+    assert!(results.contains("x-ibemail=pass"), "{results}");
+    assert!(
+        !results.contains("ceo@a.test"),
+        "forged results delivered: {results}"
+    );
+    assert!(!results.contains("bob@b.test"), "{results}");
 
-    // Nothing more arrived for anyone.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(world.b.postfix.mailbox("bob").len(), 2);
-    assert_eq!(world.b.postfix.mailbox("carol").len(), 1);
+    // (3) Replayed to Bob by dave@c.test, asking for a success notice with
+    // the full message: the notice goes to b.test's postmaster, not to him.
+    let transcript = raw_smtp(
+        &world.rt,
+        outside(&world),
+        mx,
+        &[
+            b"EHLO evil.test",
+            b"MAIL FROM:<dave@c.test> RET=FULL",
+            b"RCPT TO:<bob@b.test> NOTIFY=SUCCESS",
+        ],
+        &stolen,
+    );
+    assert!(transcript.contains("250 2.0.0 Ok: queued"), "{transcript}");
+    let bob = world.b.postfix.wait_for_mail("bob", 4, WAIT);
+    assert!(text(&bob[3]).contains(secret));
+    std::thread::sleep(Duration::from_secs(3));
+    for notice in world.c.mailbox("dave") {
+        let notice = text(&notice);
+        assert!(
+            !notice.contains(subject) && !notice.contains(secret),
+            "a notice took the decrypted message to the replayer:\n{notice}"
+        );
+    }
+    assert_eq!(world.b.postfix.mailbox("carol").len(), 2);
 }
 
 /// S/MIME *signed* mail (opaque, `smime-type=signed-data`: readable by
@@ -260,4 +300,82 @@ fn mail_submitted_with_sendmail_leaves_sealed() {
     let wire = text(&world.wire.seen());
     assert!(wire.contains("smime-type=authEnveloped-data"), "{wire}");
     assert!(!wire.contains(secret) && !wire.contains("Local job report"));
+}
+
+/// A process on a.test's host talks to the re-injection listener directly
+/// (it relays anywhere): the milter watches that listener too, so mail for
+/// b.test still leaves sealed.
+#[test]
+fn the_reinjection_listener_is_no_way_around_the_milter() {
+    let world = World::start(Options {
+        a_milter: "[policy.domains.\"b.test\"]\nencrypt = \"require\"\n".into(),
+        ..Options::default()
+    });
+    let secret = "Quarterly numbers: 4711";
+    let m = message(
+        "Alice <alice@a.test>",
+        "Bob <bob@b.test>",
+        "numbers",
+        &format!("{secret}\r\n"),
+    );
+    let reinject = std::net::SocketAddr::new(world.a.ip, ibemail_e2e::REINJECT_PORT);
+    let transcript = raw_smtp(
+        &world.rt,
+        "127.0.0.1".parse().unwrap(),
+        reinject,
+        &[
+            b"EHLO localhost",
+            b"MAIL FROM:<alice@a.test>",
+            b"RCPT TO:<bob@b.test>",
+        ],
+        &m,
+    );
+    assert!(transcript.contains("250 2.0.0 Ok: queued"), "{transcript}");
+    let bob = world.b.postfix.wait_for_mail("bob", 1, WAIT);
+    assert!(text(&bob[0]).contains("x-ibemail=pass"));
+    let wire = text(&world.wire.seen());
+    assert!(!wire.contains(secret), "plaintext crossed the wire");
+    assert!(wire.contains("smime-type=authEnveloped-data"));
+}
+
+/// A recipient written with needless quotes (`"bob"@b.test`) or a source
+/// route: Postfix delivers to `bob@b.test`, so that is the identity sealed
+/// to, and Bob reads his mail.
+#[test]
+fn recipients_are_sealed_to_the_address_postfix_delivers_to() {
+    let world = World::start(Options::default());
+    for (n, rcpt) in [
+        "RCPT TO:<\"bob\"@b.test>",
+        "RCPT TO:<@relay.test:bob@b.test>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let secret = format!("Lunch at noon, take {n}");
+        let m = message(
+            "Alice <alice@a.test>",
+            "Bob <bob@b.test>",
+            "lunch",
+            &format!("{secret}\r\n"),
+        );
+        let transcript = raw_smtp(
+            &world.rt,
+            world.a.ip,
+            world.a.postfix.smtp(),
+            &[
+                b"EHLO client.a.test",
+                b"MAIL FROM:<alice@a.test>",
+                rcpt.as_bytes(),
+            ],
+            &m,
+        );
+        assert!(transcript.contains("250 2.0.0 Ok: queued"), "{transcript}");
+        let bob = world.b.postfix.wait_for_mail("bob", n + 1, WAIT);
+        let copy = text(&bob[n]);
+        assert!(
+            copy.contains(&secret),
+            "{rcpt}: Bob cannot read his mail:\n{copy}"
+        );
+    }
+    assert!(!text(&world.wire.seen()).contains("Lunch at noon"));
 }

@@ -28,8 +28,12 @@ pub struct PostfixConfig {
     pub milters: Vec<String>,
     /// `domain -> smtp:[ip]:port` routes.
     pub transports: Vec<(String, String)>,
-    /// Port of an extra listener without milters (re-injection), if any.
+    /// Port of an extra listener (re-injection), if any.
     pub reinject_port: Option<u16>,
+    /// The milter watching the re-injection listener (ibemail's, which
+    /// recognises it by `{daemon_name}` = `ibemail-reinject`); none: the
+    /// listener runs without milters.
+    pub reinject_milter: Option<String>,
     /// Extra `main.cf` lines.
     pub extra: Vec<String>,
 }
@@ -146,10 +150,19 @@ impl Postfix {
         let ip = config.ip;
         let mut master = format!("{ip}:25 inet n - n - - smtpd\n");
         if let Some(port) = config.reinject_port {
+            let milters = match &config.reinject_milter {
+                Some(milter) => format!(
+                    "-o smtpd_milters={milter} -o milter_macro_daemon_name=ibemail-reinject \
+                     -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks"
+                ),
+                None => "-o smtpd_milters= -o receive_override_options=\
+                         no_unknown_recipient_checks,no_header_body_checks,no_milters"
+                    .into(),
+            };
             writeln!(
                 master,
-                "{ip}:{port} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
-                 -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters -o mynetworks=127.0.0.0/8"
+                "{ip}:{port} inet n - n - - smtpd {milters} -o non_smtpd_milters= \
+                 -o mynetworks=127.0.0.0/8"
             )
             .unwrap();
         }
