@@ -507,3 +507,69 @@ fn a_generation_dns_still_publishes_keeps_its_key() {
     }
     assert!(rt.block_on(client.open(&bob, 1, &capsule)).is_err());
 }
+
+/// Automatic rotation (`--rotate-every`) follows the same rules as a manual
+/// one: the new generation is published at once, signed by the old one,
+/// and signs mail only once DNS has published it for its TTL.
+#[test]
+fn automatic_rotation_publishes_at_once_and_signs_only_once_known() {
+    let knot = knot(Signing::Signed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let key = bind_key(
+        tmp.path(),
+        "update.key",
+        &knot.tsig,
+        &knot.tsig.secret_base64,
+    );
+    let socket = tmp.path().join("kgc.sock");
+    let _daemon = Daemon(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
+            .args([
+                "serve",
+                "--maintenance-interval",
+                "1s",
+                "--rotate-every",
+                "8s",
+            ])
+            .args(["--overlap", "30d", "--dir"])
+            .arg(&dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--publish-server", &knot.addr.to_string()])
+            .arg("--publish-tsig-key")
+            .arg(&key)
+            .args(["--publish-ttl", "3"])
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = KgcClient::new(&socket, Duration::from_secs(10));
+    let signing = || rt.block_on(client.hello()).unwrap()[0].1;
+    wait_for(&knot, "generation 1", |p| p.len() == 1);
+    assert_eq!(signing(), 1);
+    // Rotated and published together.
+    wait_for(&knot, "generation 2 published", |p| p.len() == 2);
+    let published: Vec<Record> = published(&knot)
+        .iter()
+        .map(|t| Record::parse(t).unwrap())
+        .collect();
+    let (newest, older) = if published[0].generation == 2 {
+        (&published[0], &published[1])
+    } else {
+        (&published[1], &published[0])
+    };
+    assert!(newest.continues("a.test", &older.signing.unwrap()));
+    // Still signing with 1: receivers may have generation 1's set cached.
+    assert_eq!(
+        signing(),
+        1,
+        "signing with a generation receivers cannot know yet"
+    );
+    // Seen published for its TTL (3 s): now generation 2 signs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while signing() != 2 {
+        assert!(Instant::now() < deadline, "never switched to generation 2");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -104,11 +104,13 @@ enum Command {
         domain: String,
         #[command(flatten)]
         dns: DnsArgs,
-        /// Pin file (trust on first use); with --pin report or enforce.
+        /// Pin file (the milter's is state_dir/pins): pinned generations and
+        /// the domains' published policies. Read and updated.
         #[arg(long, value_name = "FILE")]
         pins: Option<PathBuf>,
-        /// Pinning policy: off, report or enforce.
-        #[arg(long, default_value = "report")]
+        /// Pinning policy: off, report, policy (honour the domain's published
+        /// policy, as the milter does by default) or enforce.
+        #[arg(long, default_value = "policy")]
         pin: PinPolicy,
     },
     /// Encrypt one message (stdin) for its recipients (stdout).
@@ -200,7 +202,7 @@ fn lookup(
     pin: PinPolicy,
 ) -> Result<(), Failure> {
     let pins = match (&pins, pin) {
-        (Some(path), PinPolicy::Report | PinPolicy::Enforce) => {
+        (Some(path), PinPolicy::Report | PinPolicy::Policy | PinPolicy::Enforce) => {
             Some(Arc::new(PinStore::open(path).map_err(|e| {
                 Failure(Exit::Failed, format!("pin file {}: {e}", path.display()))
             })?))

@@ -485,3 +485,73 @@ fn verify_checks_a_signature_against_the_signers_dns() {
     assert_eq!(code, 75, "{out}");
     assert!(out.starts_with("ibesig=temperror"), "{out}");
 }
+
+/// `lookup`, as the administrator runs it, under an on-path DNS attacker
+/// (the reproduction): once b.test was seen with its published
+/// policy, stripping its record or substituting the attacker's generation
+/// 999 is refused ("mail would be deferred"), never "plaintext".
+#[test]
+fn lookup_under_a_dns_attacker_never_says_plaintext_for_a_domain_with_a_policy() {
+    use ibemail_test_support::dnsproxy::DnsProxy;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = Some(ibemail_params::Policy::require(7 * 86_400));
+    let b = Store::setup(&tmp.path().join("b"), "b.test", now(), policy, &mut OsRng).unwrap();
+    let record = b.records()[0].clone();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let genuine = Knot::start_on(
+        lo,
+        &[Zone::new(
+            "b.test",
+            Signing::Unsigned,
+            &[&format!("_ibemailkey TXT {}", record.zone_rdata())],
+        )],
+    );
+    let evil = Knot::start_on(lo, &[Zone::new("b.test", Signing::Unsigned, &[])]);
+    let proxy = DnsProxy::start(lo, genuine.addr, evil.addr);
+    let pins = tmp.path().join("pins");
+    let args = [
+        "--resolver".to_string(),
+        proxy.addr.to_string(),
+        "--trust-anchor".to_string(),
+        genuine.trust_anchor_file().to_str().unwrap().to_string(),
+        "--timeout".to_string(),
+        "2".to_string(),
+        "--pins".to_string(),
+        pins.to_str().unwrap().to_string(),
+        "--pin".to_string(),
+        "policy".to_string(),
+    ];
+    let (code, out) = lookup(&args, "b.test", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("policy:     require, max-age 604800s"),
+        "{out}"
+    );
+
+    proxy.attack(true);
+    let (code, out) = lookup(&args, "b.test", &[]);
+    assert_eq!(code, 3, "stripped: {out}");
+    assert!(out.contains("refused, mail would be deferred"), "{out}");
+    assert!(!out.contains("plaintext"), "{out}");
+    let substitute = Store::setup(
+        &tmp.path().join("evil"),
+        "b.test",
+        now(),
+        policy,
+        &mut OsRng,
+    )
+    .unwrap()
+    .records()[0]
+        .clone();
+    let mut substitute = substitute;
+    substitute.generation = 999;
+    evil.set_records(
+        "b.test",
+        "_ibemailkey",
+        &[&format!("TXT {}", substitute.zone_rdata())],
+    );
+    let (code, out) = lookup(&args, "b.test", &[]);
+    assert_eq!(code, 3, "substituted: {out}");
+    assert!(out.contains("UNCHAINED: generation 999"), "{out}");
+}

@@ -457,8 +457,9 @@ async fn every_temporary_failure_is_a_tempfail_never_plaintext() {
     // A name server that never answers.
     let silent = Silent::start(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let config = format!(
-        "socket = \"inet:127.0.0.1:0\"\nauthserv_id = \"mx.a.test\"\n\
+        "socket = \"inet:127.0.0.1:0\"\nauthserv_id = \"mx.a.test\"\nstate_dir = \"{}\"\n\
          [dns]\nresolvers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        world.state_dir("silent").display(),
         silent.addr
     );
     let milter = Milter::start(&config).await;
@@ -467,7 +468,8 @@ async fn every_temporary_failure_is_a_tempfail_never_plaintext() {
     milter.stop().await;
     // Mixed recipients without a re-injection target.
     let config = format!(
-        "socket = \"inet:127.0.0.1:0\"\nauthserv_id = \"mx.a.test\"\n{}",
+        "socket = \"inet:127.0.0.1:0\"\nauthserv_id = \"mx.a.test\"\nstate_dir = \"{}\"\n{}",
+        world.state_dir("unsplit").display(),
         world.dns()
     );
     let milter = Milter::start(&config).await;

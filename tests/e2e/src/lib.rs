@@ -58,6 +58,23 @@ pub const DKIM_AUTHSERV_ID: &str = "dkim.mx.b.test";
 
 static NEXT_BLOCK: AtomicU8 = AtomicU8::new(0);
 
+/// Claims a free `127.0.N.0/24` block, also against other processes (test
+/// binaries and demos running at once): a lock file per block, held for the
+/// life of the world.
+fn claim_block() -> (u8, std::fs::File) {
+    for _ in 0..=160 {
+        let block = 10 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) % 160;
+        let path = std::env::temp_dir().join(format!("ibemail-e2e-block-{block}.lock"));
+        let Ok(file) = std::fs::File::create(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            return (block, file);
+        }
+    }
+    panic!("no free 127.0.N.0/24 block for an e2e world");
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -114,6 +131,7 @@ pub struct World {
     pub records_ttl: u32,
     tsig: TsigKey,
     _tmp: tempfile::TempDir,
+    _block_lock: Option<std::fs::File>,
 }
 
 /// Options for [`World::start`].
@@ -208,9 +226,13 @@ impl World {
             .enable_all()
             .build()
             .unwrap();
-        let block = options
-            .block
-            .unwrap_or_else(|| 10 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
+        let (block, block_lock) = match options.block {
+            Some(block) => (block, None),
+            None => {
+                let (block, lock) = claim_block();
+                (block, Some(lock))
+            }
+        };
         let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, block, last));
         let tmp = tempfile::Builder::new()
             .prefix("ibemail-e2e")
@@ -412,6 +434,7 @@ impl World {
             records_ttl: options.records_ttl.unwrap_or(2),
             tsig,
             _tmp: tmp,
+            _block_lock: block_lock,
         };
         world.publish("a.test");
         world.publish("b.test");
