@@ -150,6 +150,11 @@ enum Command {
         /// TTL of the printed zone-file line, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
+        /// The first generation. A domain that lost its store starts above
+        /// every generation it ever published: senders that pinned a
+        /// higher one would take a lower one for a rollback.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        first_generation: u32,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -417,11 +422,19 @@ fn run(cli: Cli) -> Result<u8> {
             domain,
             dir,
             ttl,
+            first_generation,
             policy,
         } => {
-            let store = Store::setup(&dir, &domain, now(), policy.policy(), &mut OsRng)?;
+            let store = Store::setup_at(
+                &dir,
+                &domain,
+                first_generation,
+                now(),
+                policy.policy(),
+                &mut OsRng,
+            )?;
             eprintln!(
-                "Created the key store of {} in {} (generation 1).\nPublish this record in the {} zone:",
+                "Created the key store of {} in {} (generation {first_generation}).\nPublish this record in the {} zone:",
                 store.domain(),
                 dir.display(),
                 store.domain()

@@ -498,6 +498,26 @@ impl Store {
         policy: Option<Policy>,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Store, StoreError> {
+        Self::setup_at(dir, domain, 1, now, policy, rng)
+    }
+
+    /// As [`Store::setup`], starting at generation `first` (a domain that
+    /// lost its store starts above every generation it ever published: a
+    /// lower one would look like a rollback to senders that pinned it).
+    pub fn setup_at(
+        dir: &Path,
+        domain: &str,
+        first: Generation,
+        now: u64,
+        policy: Option<Policy>,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Store, StoreError> {
+        if first == 0 {
+            return Err(StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                problem: "generations start at 1".into(),
+            });
+        }
         let domain = ibemail_ibe::normalize_domain(domain).map_err(|e| StoreError::Corrupt {
             path: dir.to_path_buf(),
             problem: format!("domain {domain:?}: {e}"),
@@ -525,7 +545,7 @@ impl Store {
             format!("format: {STORE_FORMAT}\ndomain: {domain}\n").as_bytes(),
         )?;
         let key = MasterKey::generate(rng);
-        Self::write_key(dir, &domain, 1, now, policy, None, &key)?;
+        Self::write_key(dir, &domain, first, now, policy, None, &key)?;
         Store::open(dir)
     }
 

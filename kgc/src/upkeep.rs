@@ -110,6 +110,23 @@ impl Upkeep {
         now: u64,
     ) -> Result<bool, crate::store::StoreError> {
         let mut store = Store::open(dir)?;
+        // What DNS publishes, before anything is changed.
+        let seen = self.watch(&mut store, now).await;
+        let highest = store.generations().map(|e| e.generation()).max();
+        if let (Some(seen), Some(highest)) = (&seen, highest)
+            && let Some(&above) = seen.iter().filter(|&&g| g > highest).max()
+        {
+            // A store restored from an old backup, or another KGC
+            // publishing for the domain: publishing (or rotating to a
+            // generation number already used with another key) would look
+            // like an attack to every sender that pinned the newer one.
+            error!(
+                "{}: DNS publishes generation {above}, above this store's highest                  ({highest}); not publishing or rotating. Restore the newest store, or                  set up anew with --first-generation {}",
+                store.domain(),
+                above.saturating_add(1)
+            );
+            return Ok(false);
+        }
         let mut changed = self.rotate_if_due(&mut store, now);
         // The daemon serves what it publishes: a store changed on disk by
         // another process (`ibemail-kgc rotate`) is reloaded first.
@@ -124,8 +141,23 @@ impl Upkeep {
             error!("{}: reload failed, not publishing: {e}", store.domain());
             return Ok(false);
         }
+        // DNS lost the records (a zone reloaded from a file that lacks
+        // the dynamic updates, say): publish them again.
+        if let Some(seen) = &seen {
+            let mut wanted: Vec<Generation> = records.iter().map(|r| r.generation).collect();
+            let mut seen = seen.clone();
+            wanted.sort_unstable();
+            seen.sort_unstable();
+            let believed = self.published.get(dir).map(Vec::as_slice) == Some(records.as_slice());
+            if wanted != seen && believed {
+                self.published.remove(dir);
+                warn!(
+                    "{}: DNS publishes generation(s) {seen:?}, not {wanted:?}: publishing again",
+                    store.domain()
+                );
+            }
+        }
         self.publish(dir, &store, &records).await;
-        self.watch(&mut store, now).await;
         changed |= self.retire(dir, &mut store, now);
         Ok(changed)
     }
@@ -196,9 +228,10 @@ impl Upkeep {
         }
     }
 
-    /// Notes which generations DNS publishes now.
-    async fn watch(&self, store: &mut Store, now: u64) {
-        let Some(watch) = &self.watch else { return };
+    /// Notes which generations DNS publishes now, and returns them (`None`
+    /// if nothing watches, or DNS could not be asked).
+    async fn watch(&self, store: &mut Store, now: u64) -> Option<Vec<Generation>> {
+        let watch = self.watch.as_ref()?;
         match watch.published(store.domain()).await {
             Ok(set) => {
                 let generations: Vec<Generation> = set
@@ -207,11 +240,15 @@ impl Upkeep {
                 if let Err(e) = store.note_published(&generations, now) {
                     error!("{}: cannot record what DNS publishes: {e}", store.domain());
                 }
+                Some(generations)
             }
-            Err(e) => warn!(
-                "{}: cannot see what DNS publishes ({e}); no key is destroyed meanwhile",
-                store.domain()
-            ),
+            Err(e) => {
+                warn!(
+                    "{}: cannot see what DNS publishes ({e}); no key is destroyed meanwhile",
+                    store.domain()
+                );
+                None
+            }
         }
     }
 

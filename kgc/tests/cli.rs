@@ -96,6 +96,45 @@ fn setup_refuses_to_overwrite() {
         .stdout(first);
 }
 
+/// A domain that lost its store starts above the generations it published,
+/// and rotates on from there.
+#[test]
+fn setup_can_start_at_a_later_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kgc");
+    let out = kgc()
+        .args([
+            "setup",
+            "--domain",
+            "b.test",
+            "--first-generation",
+            "7",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let record = String::from_utf8(out.stdout).unwrap();
+    assert!(record.contains("n=7;"), "{record}");
+    kgc().args(["rotate", "--dir"]).arg(&dir).assert().success();
+    let records = kgc().args(["record", "--dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8(records.stdout).unwrap();
+    assert!(text.contains("n=8;") && text.contains("n=7;"), "{text}");
+    kgc()
+        .args([
+            "setup",
+            "--domain",
+            "c.test",
+            "--first-generation",
+            "0",
+            "--dir",
+        ])
+        .arg(tmp.path().join("zero"))
+        .assert()
+        .failure();
+}
+
 #[test]
 fn loose_permissions_are_refused_with_the_fix() {
     let tmp = tempfile::tempdir().unwrap();

@@ -323,21 +323,42 @@ fn the_daemon_publishes_at_start_and_after_changes() {
         &knot.tsig,
         &knot.tsig.secret_base64,
     );
-    let socket = tmp.path().join("kgc.sock");
-    let _daemon = Daemon(
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
-            .args(["serve", "--maintenance-interval", "1s", "--dir"])
+    // A backup taken now, at generation 1.
+    let backup = tmp.path().join("backup");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
             .arg(&dir)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--publish-server", &knot.addr.to_string()])
-            .arg("--publish-tsig-key")
-            .arg(&key)
-            .spawn()
-            .unwrap(),
+            .arg(&backup)
+            .status()
+            .unwrap()
+            .success()
     );
+    let socket = tmp.path().join("kgc.sock");
+    let serve = |dir: &Path, stderr: std::process::Stdio| {
+        Daemon(
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
+                .args(["serve", "--maintenance-interval", "1s", "--dir"])
+                .arg(dir)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--publish-server", &knot.addr.to_string()])
+                .arg("--publish-tsig-key")
+                .arg(&key)
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut daemon = serve(&dir, std::process::Stdio::inherit());
     let expected = local_texts(&dir);
     wait_for(&knot, "generation 1 at start", |p| p == expected.as_slice());
+    // The zone loses the record (reloaded from a file without the dynamic
+    // update): the daemon sees it and publishes again.
+    knot.set_records("a.test", "_ibemailkey", &[]);
+    wait_for(&knot, "generation 1 again after the zone lost it", |p| {
+        p == expected.as_slice()
+    });
 
     // A rotation by the command line is noticed at the next tick.
     kgc().args(["rotate", "--dir"]).arg(&dir).assert().success();
@@ -358,6 +379,21 @@ fn the_daemon_publishes_at_start_and_after_changes() {
         .block_on(KgcClient::new(&socket, Duration::from_secs(10)).open(&bob, 2, &capsule))
         .unwrap();
     assert_eq!(opened, secret);
+
+    // The store restored from the old backup: DNS publishes generation 2,
+    // above anything it knows. It must not publish generation 1 alone (a
+    // rollback to every pinned sender), nor rotate to a second "2".
+    drop(daemon);
+    let _ = std::fs::remove_file(&socket);
+    daemon = serve(&backup, std::process::Stdio::piped());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(published(&knot), expected, "DNS left as it was");
+    daemon.0.kill().unwrap();
+    let output = stderr_of(&mut daemon.0);
+    assert!(
+        output.contains("above this store's highest") && output.contains("--first-generation 3"),
+        "{output}"
+    );
 }
 
 #[test]
@@ -388,9 +424,9 @@ fn a_failing_publication_is_retried_and_never_fatal() {
         assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Each round also asks the (absent) server what it publishes, which
-    // times out after 2 s: two rounds fit in 6 s.
-    std::thread::sleep(Duration::from_millis(6000));
+    // Each round first asks the (absent) server what it publishes, which
+    // times out after 2 s, then publishes: two rounds fit in 9 s.
+    std::thread::sleep(Duration::from_millis(9000));
     assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
     let hello = tokio::runtime::Runtime::new()
         .unwrap()

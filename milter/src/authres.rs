@@ -34,10 +34,23 @@ pub fn authserv_id(value: &[u8]) -> Option<String> {
     }
 }
 
-/// True if the value claims `ours` (compared case-insensitively: it is a
-/// host name in practice).
+/// True if the value may claim `ours`, as any reader might take it: its
+/// authserv-id is `ours` (case-insensitively, a final dot ignored: it is a
+/// host name in practice), or it has none by the grammar (an unterminated
+/// comment, say), or `ours` appears as a word before the first `;`. Fails
+/// closed: a field we cannot read is one we cannot vouch was not forged.
 pub fn claims(value: &[u8], ours: &str) -> bool {
-    authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(ours))
+    let ours = ours.trim_end_matches('.');
+    let same = |id: &str| id.trim_end_matches('.').eq_ignore_ascii_case(ours);
+    let Some(id) = authserv_id(value) else {
+        return true;
+    };
+    if same(&id) {
+        return true;
+    }
+    let head = value.split(|&b| b == b';').next().unwrap_or_default();
+    head.split(|&b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+        .any(|word| same(&String::from_utf8_lossy(word)))
 }
 
 /// RFC 2045 token characters: printable ASCII except SPACE and tspecials.
@@ -149,6 +162,20 @@ mod tests {
         assert!(claims(b" \"MX.b.test\"; x", "mx.b.test"));
         assert!(!claims(b" mx.b.test.evil; none", "mx.b.test"));
         assert!(!claims(b" other.example; spf=pass", "mx.b.test"));
+        // Fail closed: what another reader might take for ours is ours.
+        for forged in [
+            " (\\) mx.b.test; ibesig=pass header.i=ceo@b.test",
+            " (x mx.b.test; ibesig=pass header.i=ceo@b.test",
+            " mx.b.test.; ibesig=pass header.i=ceo@b.test",
+            " other.example (mx.b.test); ibesig=pass",
+            " ; ibesig=pass",
+        ] {
+            assert!(claims(forged.as_bytes(), "mx.b.test"), "{forged:?}");
+        }
+        assert!(!claims(
+            b" other.example (via mx.b.test.evil); x",
+            "mx.b.test"
+        ));
     }
 
     #[test]

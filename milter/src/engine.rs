@@ -311,6 +311,27 @@ fn delete_headers(
     actions
 }
 
+/// The pin store of `path`, shared by every engine of the process: a
+/// reload's new engine must not keep a second copy that overwrites the
+/// first's file (the last writer would win, losing pins).
+fn shared_pins(path: &Path) -> Result<Arc<PinStore>, String> {
+    static OPEN: std::sync::Mutex<Vec<(std::path::PathBuf, std::sync::Weak<PinStore>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    open.retain(|(_, store)| store.strong_count() > 0);
+    if let Some(store) = open
+        .iter()
+        .find(|(p, _)| p == path)
+        .and_then(|(_, store)| store.upgrade())
+    {
+        return Ok(store);
+    }
+    let store =
+        Arc::new(PinStore::open(path).map_err(|e| format!("pin file {}: {e}", path.display()))?);
+    open.push((path.to_path_buf(), Arc::downgrade(&store)));
+    Ok(store)
+}
+
 impl Engine {
     /// Builds the engine: resolvers, pins, key access.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Engine, String> {
@@ -324,10 +345,7 @@ impl Engine {
                         path.display()
                     ));
                 }
-                Some(Arc::new(
-                    PinStore::open(path)
-                        .map_err(|e| format!("pin file {}: {e}", path.display()))?,
-                ))
+                Some(shared_pins(path)?)
             }
             None => None,
         };

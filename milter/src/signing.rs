@@ -289,7 +289,7 @@ async fn verify_one(
     now: u64,
 ) -> SigResult {
     let domain = parsed.identity.domain().to_string();
-    let mut found = discovery.lookup(&domain, policy(&domain), now).await;
+    let mut found = discovery.lookup_signer(&domain, policy(&domain), now).await;
     on_lookup(&found);
     let newer = |found: &Lookup| match &found.outcome {
         Outcome::Parameters { published, .. } => {
@@ -301,9 +301,18 @@ async fn verify_one(
         }
         _ => false,
     };
-    if newer(&found) && found.cached {
-        discovery.forget(&domain);
-        found = discovery.lookup(&domain, policy(&domain), now).await;
+    // Just after a rotation the cached record set may lack the generation
+    // the sender now signs with: ask DNS again — for the next generation
+    // only (a signature naming any other cannot flush the cache), and at
+    // most once a minute per domain (Discovery::forget).
+    let next = |found: &Lookup| match &found.outcome {
+        Outcome::Parameters { record, .. } => {
+            record.generation.checked_add(1) == Some(parsed.generation)
+        }
+        _ => false,
+    };
+    if newer(&found) && found.cached && next(&found) && discovery.forget(&domain) {
+        found = discovery.lookup_signer(&domain, policy(&domain), now).await;
         on_lookup(&found);
     }
     if newer(&found) {

@@ -39,13 +39,24 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use ibemail_params::{ParseError, Record, RecordSet, record_name};
 use lru::LruCache;
 use thiserror::Error;
 
 pub use pin::{PinPolicy, PinStatus, PinStore};
+
+/// TXT records read at most from one answer. A domain publishes two or
+/// three during a rotation; each costs parsing and, for pins, a pairing.
+pub const MAX_RECORDS: usize = 8;
+
+/// CNAMEs followed at most from `_ibemailkey.<domain>`.
+const MAX_CNAMES: usize = 8;
+
+/// A cached answer is dropped on request ([`Discovery::forget`]) at most
+/// this often per domain.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where the DNSSEC trust anchors come from.
 #[derive(Clone, Debug, Default)]
@@ -251,6 +262,16 @@ pub enum DiscoveryError {
     Resolver(String),
 }
 
+/// What a lookup is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Sending to the domain: pins are made and checked.
+    Send,
+    /// Verifying a signature the domain's mail claims: pins are checked
+    /// but never made.
+    Verify,
+}
+
 /// What DNS said, before policy: cached per domain and validation mode.
 #[derive(Clone, Debug)]
 enum Answer {
@@ -272,6 +293,8 @@ pub struct Discovery {
     validating: TokioResolver,
     plain: TokioResolver,
     cache: Mutex<LruCache<(String, bool), CacheEntry>>,
+    /// When each domain's answer was last dropped on request.
+    forgotten: Mutex<LruCache<String, Instant>>,
     pins: Option<Arc<PinStore>>,
     config: DiscoveryConfig,
 }
@@ -402,6 +425,9 @@ impl Discovery {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(config.cache_capacity).unwrap_or(NonZeroUsize::MIN),
             )),
+            forgotten: Mutex::new(LruCache::new(
+                NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            )),
             pins,
             config,
         })
@@ -414,16 +440,29 @@ impl Discovery {
         self.plain.clear_cache();
     }
 
-    /// Forgets `domain`'s cached answers: the next lookup asks DNS (a
-    /// signature naming a generation newer than the cached record set).
-    pub fn forget(&self, domain: &str) {
+    /// Forgets `domain`'s cached answers, so that the next lookup asks DNS
+    /// (a signature naming a generation newer than the cached record set).
+    /// Mail from anyone can ask for this, so it is done at most once a
+    /// minute per domain: false if refused (or the domain is invalid).
+    pub fn forget(&self, domain: &str) -> bool {
         let Ok(domain) = ibemail_ibe::normalize_domain(domain) else {
-            return;
+            return false;
         };
+        {
+            let mut forgotten = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+            if forgotten
+                .get(&domain)
+                .is_some_and(|at| at.elapsed() < FORGET_INTERVAL)
+            {
+                return false;
+            }
+            forgotten.put(domain.clone(), Instant::now());
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for validate in [false, true] {
             cache.pop(&(domain.clone(), validate));
         }
+        true
     }
 
     /// What DNS publishes at `_ibemailkey.<domain>` right now, uncached and
@@ -438,9 +477,30 @@ impl Discovery {
         }
     }
 
-    /// Looks up `domain`'s parameters under `policy`; `now_unix` decides
-    /// which published generations have expired.
+    /// Looks up `domain`'s parameters under `policy`, to send to it;
+    /// `now_unix` decides which published generations have expired.
     pub async fn lookup(&self, domain: &str, policy: DomainPolicy, now_unix: u64) -> Lookup {
+        self.lookup_for(domain, policy, now_unix, Purpose::Send)
+            .await
+    }
+
+    /// Looks up `domain`'s parameters to verify a signature its mail
+    /// claims. Anyone can send mail naming any domain, so a domain without
+    /// pins is not pinned from here (the pin store does not grow with
+    /// strangers' domains); a pinned one is checked as for sending, and
+    /// only its pinned generations are returned.
+    pub async fn lookup_signer(&self, domain: &str, policy: DomainPolicy, now_unix: u64) -> Lookup {
+        self.lookup_for(domain, policy, now_unix, Purpose::Verify)
+            .await
+    }
+
+    async fn lookup_for(
+        &self,
+        domain: &str,
+        policy: DomainPolicy,
+        now_unix: u64,
+        purpose: Purpose,
+    ) -> Lookup {
         let domain = match ibemail_ibe::normalize_domain(domain) {
             Ok(d) => d,
             Err(e) => {
@@ -491,7 +551,7 @@ impl Discovery {
                 }
             },
         };
-        self.apply_policy(domain, entry, from_cache, policy, now_unix)
+        self.apply_policy(domain, entry, from_cache, policy, now_unix, purpose)
     }
 
     fn apply_policy(
@@ -501,6 +561,7 @@ impl Discovery {
         cached: bool,
         policy: DomainPolicy,
         now_unix: u64,
+        purpose: Purpose,
     ) -> Lookup {
         let ttl = entry.expires.saturating_duration_since(Instant::now());
         let mut lookup = Lookup {
@@ -512,7 +573,11 @@ impl Discovery {
             pin: PinStatus::NotChecked,
         };
         let secure = entry.dnssec == DnssecStatus::Secure;
-        let pins = self.pins.as_ref().filter(|_| policy.pin != PinPolicy::Off);
+        let pins = self
+            .pins
+            .as_ref()
+            .filter(|_| policy.pin != PinPolicy::Off)
+            .filter(|p| purpose == Purpose::Send || p.knows(&lookup.domain));
         // The domain's published policy, if this sender honours it and it
         // is still in force.
         let policy_until = pins
@@ -528,7 +593,7 @@ impl Discovery {
             // Provably (DNSSEC) no record: the domain ended its policy.
             Answer::NxDomain | Answer::NoData if secure => {
                 if let Some(pins) = pins {
-                    pins.end_policy(&lookup.domain);
+                    pins.end_policy(&lookup.domain, now_unix);
                 }
                 Outcome::NotIbe(match entry.answer {
                     Answer::NxDomain => NotIbeReason::NxDomain,
@@ -546,6 +611,7 @@ impl Discovery {
                     Outcome::Refused(RefusedReason::DnssecRequired(entry.dnssec))
                 }
                 Some(record) => {
+                    let mut set = set;
                     if let Some(pins) = pins {
                         lookup.pin = pins.check(&lookup.domain, &set, &record, secure, now_unix);
                     }
@@ -563,6 +629,9 @@ impl Discovery {
                         {
                             // No policy in force: trust on first use again.
                             pins.repin(&lookup.domain, &set, &record, now_unix);
+                        }
+                        if let (false, Some(pins)) = (lookup.pin.is_violation(), pins) {
+                            pins.retain_pinned(&lookup.domain, &mut set);
                         }
                         Outcome::Parameters {
                             record,
@@ -582,15 +651,41 @@ impl Discovery {
             &self.plain
         };
         let name = format!("{}.", record_name(domain));
+        let qname = Name::from_ascii(&name).map_err(|e| format!("{domain}: {e}"))?;
         let now = Instant::now();
         match resolver.lookup(name.as_str(), RecordType::TXT).await {
             Ok(lookup) => {
-                let txts: Vec<_> = lookup
-                    .answers()
+                // Only the records on the chain from the name asked count
+                // (an attacker may append other, validly signed RRsets), and
+                // every link of the chain counts towards the DNSSEC status
+                // (a CNAME from an unsigned zone into a signed one is no
+                // secure answer).
+                let answers = lookup.answers();
+                let mut owner = qname;
+                let mut proofs = Vec::new();
+                for _ in 0..MAX_CNAMES {
+                    let alias = answers.iter().find_map(|r| match &r.data {
+                        RData::CNAME(target) if r.name == owner => {
+                            Some((r.proof, target.0.clone()))
+                        }
+                        _ => None,
+                    });
+                    let Some((proof, target)) = alias else { break };
+                    proofs.push(proof);
+                    owner = target;
+                }
+                let txts: Vec<_> = answers
                     .iter()
-                    .filter(|r| r.record_type() == RecordType::TXT)
+                    .filter(|r| r.name == owner && r.record_type() == RecordType::TXT)
                     .collect();
-                let dnssec = combine_proofs(txts.iter().map(|r| r.proof), validate);
+                let dnssec = if txts.is_empty() {
+                    DnssecStatus::Unchecked
+                } else {
+                    combine_proofs(
+                        proofs.into_iter().chain(txts.iter().map(|r| r.proof)),
+                        validate,
+                    )
+                };
                 if dnssec == DnssecStatus::Bogus {
                     return Ok(self.negative(Answer::Bogus, dnssec, 0));
                 }
@@ -604,18 +699,32 @@ impl Discovery {
                 if rdata.is_empty() {
                     return Ok(self.negative(Answer::NoData, dnssec, 60));
                 }
+                if rdata.len() > MAX_RECORDS {
+                    return Err(format!(
+                        "{domain}: {} TXT records at {name}; at most {MAX_RECORDS} are read",
+                        rdata.len()
+                    ));
+                }
                 let ttl = lookup
                     .valid_until()
                     .saturating_duration_since(now)
                     .min(self.config.max_ttl);
+                // Parsing builds tables for each record: not on a runtime
+                // worker.
+                let set = tokio::task::spawn_blocking(move || RecordSet::from_txt_records(&rdata))
+                    .await
+                    .map_err(|e| format!("{domain}: parsing the records: {e}"))?;
                 Ok(CacheEntry {
-                    answer: Answer::Records(RecordSet::from_txt_records(&rdata)),
+                    answer: Answer::Records(set),
                     dnssec,
                     expires: now + ttl,
                 })
             }
             Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
-                let dnssec = combine_proofs(none.soa.iter().map(|s| s.proof), validate);
+                let mut dnssec = combine_proofs(none.soa.iter().map(|s| s.proof), validate);
+                if dnssec == DnssecStatus::Secure {
+                    dnssec = self.unaliased(&name).await;
+                }
                 let ttl = none
                     .negative_ttl
                     .or_else(|| none.soa.as_ref().map(|s| s.ttl.min(s.data.minimum)))
@@ -630,7 +739,10 @@ impl Discovery {
             Err(NetError::Dns(DnsError::Nsec {
                 proof, response, ..
             })) => {
-                let dnssec = combine_proofs(std::iter::once(proof), validate);
+                let mut dnssec = combine_proofs(std::iter::once(proof), validate);
+                if dnssec == DnssecStatus::Secure {
+                    dnssec = self.unaliased(&name).await;
+                }
                 let answer = if response.metadata.response_code == ResponseCode::NXDomain {
                     Answer::NxDomain
                 } else {
@@ -648,6 +760,24 @@ impl Discovery {
                 "{domain}: no answer from the name servers (timeout)"
             )),
             Err(e) => Err(format!("{domain}: {e}")),
+        }
+    }
+
+    /// The DNSSEC status of a "no such record" for `name` that validated as
+    /// secure. The resolver follows CNAMEs, so the denial may be of the
+    /// alias's target — provable in any signed zone, and no word of the
+    /// domain's: ask for a CNAME at `name` itself. Secure only if provably
+    /// there is none.
+    async fn unaliased(&self, name: &str) -> DnssecStatus {
+        match self.validating.lookup(name, RecordType::CNAME).await {
+            Ok(_) => DnssecStatus::Insecure,
+            Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
+                combine_proofs(none.soa.iter().map(|s| s.proof), true)
+            }
+            Err(NetError::Dns(DnsError::Nsec { proof, .. })) => {
+                combine_proofs(std::iter::once(proof), true)
+            }
+            Err(_) => DnssecStatus::Insecure,
         }
     }
 

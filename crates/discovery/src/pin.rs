@@ -3,40 +3,55 @@
 //!
 //! Per domain the store keeps:
 //!
-//! - every generation seen: `SHA-256(X ‖ Y)` and the signing parameter `S`
-//!   (whole, so that the next generation's continuity signature can be
-//!   checked even after this one left DNS);
+//! - the highest few generations seen ([`MAX_GENERATIONS`]): `SHA-256(X ‖ Y)`
+//!   and the signing parameter `S` (whole, so that the next generation's
+//!   continuity signature can be checked even after this one left DNS);
 //! - until when the domain's published policy (`p=require; ma=`) requires
-//!   encryption.
+//!   encryption, and the max-age it was last vouched for with.
 //!
-//! A new generation is accepted only if its record carries a valid
-//! continuity signature by a generation already pinned (or by one accepted
-//! that way in the same answer: a chain), or if the answer is DNSSEC-secure.
-//! Anything else — a pinned generation published with other parameters, a
-//! tampered record, a highest generation below one already seen, a higher
-//! generation without a valid chain — is a violation. What a violation
-//! costs is the caller's [`PinPolicy`]: `enforce` refuses it always,
-//! `policy` while the domain's published policy is in force, `report` never.
+//! Trust flows only from what was pinned *before* an answer arrived:
+//!
+//! - On first use every published generation is pinned (trust on first use).
+//! - Later, a generation above the highest pinned one is accepted only with
+//!   a valid continuity signature from a pinned generation (or from one
+//!   accepted that way in the same answer: a chain). Generations below the
+//!   highest pinned one are never added: an attacker cannot slip in a
+//!   forged predecessor and then sign with its key.
+//! - A pinned generation published with other parameters, or whose
+//!   continuity signature fails against its pinned predecessor, is
+//!   `Changed`; a highest usable generation below the pinned one is a
+//!   `Rollback`; a newer generation without a valid chain is `Unchained`.
+//!   What a violation costs is the caller's [`PinPolicy`]: `enforce` refuses
+//!   it always, `policy` while the domain's published policy is in force,
+//!   `report` never.
+//! - A DNSSEC-secure answer replaces pins it contradicts (a domain that lost
+//!   its key recovers this way), except that it never rolls back to a lower
+//!   generation: a replayed, still validly signed old RRset must not undo a
+//!   rotation.
 //!
 //! The published policy is taken from the generation a sender would use.
-//! It can always be raised (a longer max-age, or `p=require` where there
-//! was none: the worst an attacker gains is deferred mail, which dropping
-//! packets gains too), but lowered only by a record whose continuity
-//! signature verifies from a pinned generation (the signature covers the
-//! policy) or by a DNSSEC-secure answer; otherwise it runs out `ma`
-//! seconds after it was last seen. A DNSSEC-secure "no such record" ends
-//! it: the domain provably stopped publishing.
+//! A record *vouched for* — DNSSEC-secure, or carrying a continuity
+//! signature that verifies from a generation pinned earlier (the signature
+//! covers the policy) — sets it: raises, lowers or ends it. Any other record
+//! can only extend it, and by no more than the max-age last vouched for (or
+//! a day when none was): one spoofed answer cannot impose a year-long
+//! policy, nor shorten one. A DNSSEC-secure "no such record" ends it.
 //!
 //! The file (if any) holds `domain generation sha256(X‖Y) [S=<base64>]`
-//! and `domain policy <unix time>` lines, rewritten atomically on change.
-//! Files of the previous format (`domain generation sha256(X‖Y)
-//! [sha256(S)]`) are read; their `S` is learned when next published.
+//! and `domain policy <unix time> [max-age]` lines, rewritten atomically
+//! (one writer at a time, a fresh temporary file, fsync, rename, fsync of
+//! the directory) when pins change or a policy's deadline moved by more
+//! than a quarter of its max-age. Lines that do not parse are skipped with
+//! a warning rather than stopping the milter. Files of the previous format
+//! (`domain generation sha256(X‖Y) [sha256(S)]`) are read; a hashed `S` is
+//! learned when a record matching it is published.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -44,6 +59,16 @@ use ibemail_ibe::SigningParams;
 use ibemail_params::{Policy, Record, RecordSet};
 use sha2::{Digest, Sha256};
 
+/// Generations pinned per domain (the highest ones).
+pub const MAX_GENERATIONS: usize = 4;
+
+/// Domains pinned at most. Past it a new domain replaces one whose policy
+/// is not in force, or is not pinned at all.
+pub const MAX_DOMAINS: usize = 100_000;
+
+/// How long a policy may be extended by an answer that is not vouched for,
+/// when no max-age was ever vouched for.
+pub const UNVOUCHED_POLICY_CAP: u64 = 86_400;
 /// Per-domain pinning policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PinPolicy {
@@ -164,7 +189,7 @@ impl std::fmt::Display for PinStatus {
 /// What is pinned of a generation's signing parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SigningPin {
-    /// Pinned before the record had `S=`: any `S` is learned on sight.
+    /// Pinned from a record without `S=`: it vouches for no successor.
     Unknown,
     /// A pin file of the previous format: the hash only.
     Hash([u8; 32]),
@@ -201,12 +226,30 @@ impl Pin {
         params != self.params || signing
     }
 
-    fn signing(&self) -> Option<SigningParams> {
+    /// The signing parameter this pin vouches for: the pinned one, or the
+    /// published one when the pin holds its hash. `Unknown` vouches for
+    /// nothing (learning `S` from the same answer that uses it would let an
+    /// attacker bring his own).
+    fn vouching(&self, published: Option<&Record>) -> Option<SigningParams> {
         match self.signing {
             SigningPin::Known(s) => Some(s),
-            _ => None,
+            SigningPin::Hash(h) => published?
+                .signing
+                .filter(|s| Sha256::digest(s.to_bytes()).as_slice() == h),
+            SigningPin::Unknown => None,
         }
     }
+}
+
+/// How far an answer is trusted to set a domain's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trust {
+    /// DNSSEC-secure, or vouched for by a pinned generation.
+    Vouched,
+    /// The first answer seen for the domain.
+    FirstUse,
+    /// Anything else.
+    Unvouched,
 }
 
 /// One domain's pins.
@@ -215,41 +258,78 @@ struct DomainPins {
     generations: BTreeMap<u32, Pin>,
     /// Until when the published policy requires encryption.
     policy_until: Option<u64>,
+    /// The max-age last vouched for: how far an unvouched answer may
+    /// extend the policy.
+    policy_max_age: Option<u64>,
+    /// `policy_until` as last written to the file.
+    saved_until: Option<u64>,
 }
 
 impl DomainPins {
-    /// The signing parameter of `generation`, from the pins or, when its
-    /// pin matches, from the published record.
-    fn signing(&self, generation: u32, published: &RecordSet) -> Option<SigningParams> {
-        let pin = self.generations.get(&generation)?;
-        pin.signing().or_else(|| {
-            let record = published.generation(generation)?;
-            (!pin.contradicts(record)).then_some(record.signing?)
-        })
+    fn highest(&self) -> Option<u32> {
+        self.generations.keys().next_back().copied()
     }
 
-    /// Takes the policy of the record a sender uses: raised always,
-    /// lowered only when `authenticated`.
-    fn take_policy(&mut self, policy: Option<&Policy>, authenticated: bool, now: u64) {
+    /// The signing parameter that pinned `generation` vouches for.
+    fn signing(&self, generation: u32, published: &RecordSet) -> Option<SigningParams> {
+        self.generations
+            .get(&generation)?
+            .vouching(published.generation(generation))
+    }
+
+    /// Takes the policy of the record a sender uses, as far as `trust`
+    /// allows.
+    fn take_policy(&mut self, policy: Option<&Policy>, trust: Trust, now: u64) {
+        let fresh =
+            trust == Trust::Vouched || (trust == Trust::FirstUse && self.policy_until.is_none());
         match policy {
-            Some(p) => {
-                let until = now.saturating_add(p.max_age);
-                self.policy_until = Some(if authenticated {
-                    until
-                } else {
-                    self.policy_until.unwrap_or(0).max(until)
-                });
+            Some(p) if fresh => {
+                self.policy_until = Some(now.saturating_add(p.max_age));
+                self.policy_max_age = Some(p.max_age);
             }
-            None if authenticated => self.policy_until = None,
+            Some(p) => {
+                let allowed = p
+                    .max_age
+                    .min(self.policy_max_age.unwrap_or(UNVOUCHED_POLICY_CAP));
+                let until = now.saturating_add(allowed);
+                self.policy_until = Some(self.policy_until.unwrap_or(0).max(until));
+            }
+            None if trust == Trust::Vouched => {
+                self.policy_until = None;
+                self.policy_max_age = None;
+            }
             None => {}
         }
     }
 
-    /// Pins every record of `published` (learning `S` where only its hash
-    /// or nothing was known).
-    fn pin_all(&mut self, published: &RecordSet) {
+    /// Pins the highest [`MAX_GENERATIONS`] records of `published`.
+    fn pin_published(&mut self, published: &RecordSet) {
         for record in &published.records {
             self.generations.insert(record.generation, Pin::of(record));
+        }
+        self.trim();
+    }
+
+    /// Keeps the highest [`MAX_GENERATIONS`] generations.
+    fn trim(&mut self) {
+        while self.generations.len() > MAX_GENERATIONS {
+            self.generations.pop_first();
+        }
+    }
+
+    /// True if the file must be rewritten to hold `self` instead of `old`.
+    fn needs_save(&self, old: Option<&DomainPins>) -> bool {
+        let Some(old) = old else { return true };
+        if old.generations != self.generations || old.policy_max_age != self.policy_max_age {
+            return true;
+        }
+        match (old.saved_until, self.policy_until) {
+            (None, None) => false,
+            (Some(saved), Some(until)) => {
+                let slack = self.policy_max_age.unwrap_or(UNVOUCHED_POLICY_CAP) / 4;
+                until < saved || until - saved > slack
+            }
+            _ => true,
         }
     }
 }
@@ -262,6 +342,9 @@ pub struct PinStore {
     path: Option<PathBuf>,
     pins: Mutex<Pins>,
     verified: Verified,
+    /// Held while the file is written: one writer at a time, each writing
+    /// a snapshot taken after it got here, so the last write is the newest.
+    writing: Mutex<()>,
 }
 
 /// Continuity signatures already verified (a pairing each), so that a
@@ -281,8 +364,12 @@ impl Verified {
         hash.update(previous.to_bytes());
         hash.update(record.to_text().as_bytes());
         let key: [u8; 32] = hash.finalize().into();
-        let seen = |set: &mut std::collections::HashSet<[u8; 32]>| set.contains(&key);
-        if seen(&mut self.0.lock().unwrap_or_else(|e| e.into_inner())) {
+        if self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
             return true;
         }
         let valid = record.continues(domain, previous);
@@ -314,10 +401,21 @@ fn hex(bytes: &[u8]) -> String {
 
 /// One line of a pin file.
 fn parse_line(pins: &mut Pins, fields: &[&str]) -> Option<()> {
-    let domain = pins.entry(fields.first()?.to_string()).or_default();
+    let name = fields.first()?;
     if fields.get(1) == Some(&"policy") {
-        domain.policy_until = Some(fields.get(2)?.parse().ok()?);
-        return (fields.len() == 3).then_some(());
+        let until: u64 = fields.get(2)?.parse().ok()?;
+        let max_age: Option<u64> = match fields.get(3) {
+            Some(f) => Some(f.parse().ok()?),
+            None => None,
+        };
+        if fields.len() > 4 {
+            return None;
+        }
+        let domain = pins.entry(name.to_string()).or_default();
+        domain.policy_until = Some(until);
+        domain.saved_until = Some(until);
+        domain.policy_max_age = max_age;
+        return Some(());
     }
     let generation: u32 = fields.get(1)?.parse().ok()?;
     let params = parse_hex32(fields.get(2)?)?;
@@ -333,10 +431,21 @@ fn parse_line(pins: &mut Pins, fields: &[&str]) -> Option<()> {
     if fields.len() > 4 {
         return None;
     }
+    let domain = pins.entry(name.to_string()).or_default();
     domain
         .generations
         .insert(generation, Pin { params, signing });
+    domain.trim();
     Some(())
+}
+
+/// A fresh name for a temporary file next to `path`.
+fn temporary(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
 
 impl PinStore {
@@ -346,11 +455,12 @@ impl PinStore {
             path: None,
             pins: Mutex::new(BTreeMap::new()),
             verified: Verified::default(),
+            writing: Mutex::new(()),
         }
     }
 
     /// A store persisted in `path` (created on first change; its directory
-    /// must exist).
+    /// must exist). Lines that do not parse are skipped with a warning.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let mut pins: Pins = BTreeMap::new();
         match std::fs::read_to_string(path) {
@@ -360,17 +470,14 @@ impl PinStore {
                     if fields.is_empty() || fields[0].starts_with('#') {
                         continue;
                     }
-                    parse_line(&mut pins, &fields).ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!(
-                                "{}:{}: not `domain generation fingerprint [S=signing]` \
-                                 or `domain policy time`",
-                                path.display(),
-                                n + 1
-                            ),
-                        )
-                    })?;
+                    if parse_line(&mut pins, &fields).is_none() {
+                        tracing::warn!(
+                            "{}:{}: skipped: not `domain generation fingerprint [S=signing]` \
+                             or `domain policy time [max-age]`",
+                            path.display(),
+                            n + 1
+                        );
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -380,6 +487,7 @@ impl PinStore {
             path: Some(path.to_path_buf()),
             pins: Mutex::new(pins),
             verified: Verified::default(),
+            writing: Mutex::new(()),
         })
     }
 
@@ -388,17 +496,40 @@ impl PinStore {
         self.path.as_deref()
     }
 
+    /// Domains pinned.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True if no domain is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Pins> {
         self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn save(&self, pins: &Pins) {
+    fn snapshot(&self, domain: &str) -> Option<DomainPins> {
+        self.lock().get(domain).cloned()
+    }
+
+    /// Writes the pins as they are now.
+    fn save(&self) {
         let Some(path) = &self.path else { return };
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = {
+            let mut pins = self.lock();
+            for entry in pins.values_mut() {
+                entry.saved_until = entry.policy_until;
+            }
+            pins.clone()
+        };
         let mut text = String::from(
-            "# ibemail parameter pins 2: domain generation sha256(X||Y) [S=base64]; \
-             domain policy require-until\n",
+            "# ibemail parameter pins 3: domain generation sha256(X||Y) [S=base64]; \
+             domain policy require-until [max-age]\n",
         );
-        for (domain, entry) in pins {
+        for (domain, entry) in &snapshot {
             for (generation, pin) in &entry.generations {
                 text.push_str(&format!("{domain} {generation} {}", hex(&pin.params)));
                 match pin.signing {
@@ -411,30 +542,71 @@ impl PinStore {
                 text.push('\n');
             }
             if let Some(until) = entry.policy_until {
-                text.push_str(&format!("{domain} policy {until}\n"));
+                text.push_str(&format!("{domain} policy {until}"));
+                if let Some(max_age) = entry.policy_max_age {
+                    text.push_str(&format!(" {max_age}"));
+                }
+                text.push('\n');
             }
         }
-        let temp = path.with_extension("tmp");
+        let temp = temporary(path);
         let result = std::fs::File::create(&temp)
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()
             })
-            .and_then(|()| std::fs::rename(&temp, path));
+            .and_then(|()| std::fs::rename(&temp, path))
+            .and_then(|()| match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+                _ => Ok(()),
+            });
         if let Err(e) = result {
+            let _ = std::fs::remove_file(&temp);
             tracing::warn!("cannot save pins to {}: {e}", path.display());
         }
     }
 
-    /// Stores `entry` for `domain` if it changed.
-    fn update(&self, mut pins: std::sync::MutexGuard<'_, Pins>, domain: &str, entry: DomainPins) {
-        if pins.get(domain) == Some(&entry) {
-            return;
+    /// Replaces `domain`'s pins by `entry` if they are still `expected`
+    /// (false otherwise: another lookup changed them meanwhile).
+    fn replace(
+        &self,
+        domain: &str,
+        expected: Option<&DomainPins>,
+        mut entry: DomainPins,
+        now: u64,
+    ) -> bool {
+        let mut pins = self.lock();
+        let current = pins.get(domain);
+        if current != expected {
+            return false;
+        }
+        if current == Some(&entry) {
+            return true;
+        }
+        let save = entry.needs_save(current);
+        entry.saved_until = current.and_then(|c| c.saved_until);
+        if current.is_none() && pins.len() >= MAX_DOMAINS {
+            // Make room: a domain whose policy is not in force.
+            let idle = pins
+                .iter()
+                .find(|(_, d)| d.policy_until.is_none_or(|until| until <= now))
+                .map(|(name, _)| name.clone());
+            match idle {
+                Some(name) => {
+                    pins.remove(&name);
+                }
+                None => {
+                    tracing::warn!("pin store full ({MAX_DOMAINS} domains): {domain} not pinned");
+                    return true;
+                }
+            }
         }
         pins.insert(domain.to_string(), entry);
-        let snapshot = pins.clone();
         drop(pins);
-        self.save(&snapshot);
+        if save {
+            self.save();
+        }
+        true
     }
 
     /// Until when `domain`'s published policy requires encryption, if a
@@ -443,22 +615,36 @@ impl PinStore {
         self.lock().get(domain).and_then(|d| d.policy_until)
     }
 
+    /// True if `domain` has pins.
+    pub fn knows(&self, domain: &str) -> bool {
+        self.lock().contains_key(domain)
+    }
+
     /// A DNSSEC-secure answer proved that `domain` publishes no record: its
     /// policy ends (the domain's own, signed word).
-    pub fn end_policy(&self, domain: &str) {
-        let pins = self.lock();
-        let Some(mut entry) = pins.get(domain).cloned() else {
-            return;
-        };
-        entry.policy_until = None;
-        self.update(pins, domain, entry);
+    pub fn end_policy(&self, domain: &str, now: u64) {
+        loop {
+            let Some(old) = self.snapshot(domain) else {
+                return;
+            };
+            let mut entry = old.clone();
+            entry.policy_until = None;
+            entry.policy_max_age = None;
+            if self.replace(domain, Some(&old), entry, now) {
+                return;
+            }
+        }
     }
 
     /// Checks `published` (of which `selected` is the generation a sender
     /// would use) against the pins of `domain` at `now`, and pins what is
-    /// acceptable: new generations with a valid chain, the policy. `secure`:
-    /// the answer is DNSSEC-secure, which is accepted whatever the pins say
-    /// (and replaces them). On a violation nothing is changed.
+    /// acceptable: new generations with a valid chain, the policy.
+    /// `secure`: the answer is DNSSEC-secure, which replaces pins it
+    /// contradicts (but never rolls back a generation). On a violation
+    /// nothing is changed.
+    ///
+    /// The pairings are done outside the store's lock: a long chain of one
+    /// domain does not hold up the others' lookups.
     pub fn check(
         &self,
         domain: &str,
@@ -467,129 +653,183 @@ impl PinStore {
         secure: bool,
         now: u64,
     ) -> PinStatus {
-        let pins = self.lock();
-        let old = pins.get(domain).cloned().unwrap_or_default();
-        let judged = judge(&self.verified, domain, &old, published, selected);
-        let mut entry = old.clone();
-        let status = match judged {
-            Judgement::Violation(status) if !secure => return status,
-            Judgement::Violation(_) => {
-                entry.generations.clear();
-                entry.pin_all(published);
-                PinStatus::Replaced
+        loop {
+            let old = self.snapshot(domain);
+            let (status, entry) = judge(
+                &self.verified,
+                domain,
+                old.as_ref(),
+                published,
+                selected,
+                secure,
+                now,
+            );
+            let Some(entry) = entry else { return status };
+            if self.replace(domain, old.as_ref(), entry, now) {
+                return status;
             }
-            Judgement::Accepted { status, .. } => {
-                entry.pin_all(published);
-                status
-            }
-        };
-        // A record vouched for by a pinned generation may lower the policy.
-        let authenticated =
-            secure || continues(&self.verified, domain, &entry, published, selected);
-        entry.take_policy(selected.policy.as_ref(), authenticated, now);
-        self.update(pins, domain, entry);
-        status
+        }
     }
 
     /// Pins `published` afresh after a violation the caller's policy lets
-    /// through (trust on first use again): the old pins are dropped, the
-    /// policy is the selected record's.
+    /// through (trust on first use again): the old pins are dropped; the
+    /// selected record's policy is taken as an unvouched one (at most
+    /// [`UNVOUCHED_POLICY_CAP`]), so an attacker's substitute cannot
+    /// impose a long policy.
     pub fn repin(&self, domain: &str, published: &RecordSet, selected: &Record, now: u64) {
+        loop {
+            let old = self.snapshot(domain);
+            let mut entry = DomainPins::default();
+            entry.pin_published(published);
+            entry.take_policy(selected.policy.as_ref(), Trust::Unvouched, now);
+            if self.replace(domain, old.as_ref(), entry, now) {
+                return;
+            }
+        }
+    }
+
+    /// Drops from `published` the generations of `domain` that are not
+    /// pinned (below the highest pinned one, never vouched for), so that
+    /// nothing uses them — e.g. to verify a signature. A domain without
+    /// pins is left alone.
+    pub fn retain_pinned(&self, domain: &str, published: &mut RecordSet) {
         let pins = self.lock();
-        let mut entry = DomainPins::default();
-        entry.pin_all(published);
-        entry.take_policy(selected.policy.as_ref(), false, now);
-        self.update(pins, domain, entry);
+        let Some(entry) = pins.get(domain) else {
+            return;
+        };
+        published.records.retain(|r| {
+            entry
+                .generations
+                .get(&r.generation)
+                .is_some_and(|pin| !pin.contradicts(r))
+        });
     }
 }
 
-/// The outcome of comparing an answer with the pins.
-enum Judgement {
-    Accepted { status: PinStatus },
-    Violation(PinStatus),
-}
-
-/// True if `record`'s continuity signature verifies from the (pinned or
-/// pinned-and-published) signing parameter of the generation before it.
-fn continues(
-    verified: &Verified,
-    domain: &str,
-    pins: &DomainPins,
-    published: &RecordSet,
-    record: &Record,
-) -> bool {
-    record
-        .generation
-        .checked_sub(1)
-        .and_then(|previous| pins.signing(previous, published))
-        .is_some_and(|s| verified.continues(domain, &s, record))
-}
-
+/// The outcome of comparing an answer with the pins: the status, and the
+/// pins to store (none on a violation).
 fn judge(
     verified: &Verified,
     domain: &str,
-    pins: &DomainPins,
+    old: Option<&DomainPins>,
     published: &RecordSet,
     selected: &Record,
-) -> Judgement {
-    let Some(&highest) = pins.generations.keys().next_back() else {
-        return Judgement::Accepted {
-            status: PinStatus::FirstUse,
-        };
+    secure: bool,
+    now: u64,
+) -> (PinStatus, Option<DomainPins>) {
+    let fresh = |trust: Trust| {
+        let mut entry = old.cloned().unwrap_or_default();
+        entry.generations.clear();
+        entry.pin_published(published);
+        entry.take_policy(selected.policy.as_ref(), trust, now);
+        entry
     };
-    // Pinned generations: same parameters, and a record whose continuity
-    // signature can be checked must carry a valid one (else it was altered,
-    // e.g. its policy lowered).
+    let Some(old) = old.filter(|o| !o.generations.is_empty()) else {
+        let trust = if secure {
+            Trust::Vouched
+        } else {
+            Trust::FirstUse
+        };
+        return (PinStatus::FirstUse, Some(fresh(trust)));
+    };
+    let violation = |status: PinStatus| {
+        // A secure answer is the domain's signed word — but a replayed one
+        // must not undo a rotation.
+        if secure && !matches!(status, PinStatus::Rollback { .. }) {
+            (PinStatus::Replaced, Some(fresh(Trust::Vouched)))
+        } else {
+            (status, None)
+        }
+    };
+    let highest = old.highest().unwrap_or(0);
+    // Pinned generations: same parameters, and a continuity signature that
+    // can be checked against the pinned predecessor must verify (else the
+    // record was altered, e.g. its policy lowered).
+    let mut vouched_pinned = Vec::new();
     for record in &published.records {
-        let Some(pin) = pins.generations.get(&record.generation) else {
+        let Some(pin) = old.generations.get(&record.generation) else {
             continue;
         };
-        let checkable = record.continuity.is_some()
-            && record
-                .generation
-                .checked_sub(1)
-                .and_then(|p| pins.signing(p, published))
-                .is_some();
-        if pin.contradicts(record)
-            || (checkable && !continues(verified, domain, pins, published, record))
-        {
-            return Judgement::Violation(PinStatus::Changed {
+        if pin.contradicts(record) {
+            return violation(PinStatus::Changed {
                 generation: record.generation,
             });
         }
+        let predecessor = record
+            .generation
+            .checked_sub(1)
+            .and_then(|p| old.signing(p, published));
+        if let (Some(s), Some(_)) = (predecessor, &record.continuity) {
+            if !verified.continues(domain, &s, record) {
+                return violation(PinStatus::Changed {
+                    generation: record.generation,
+                });
+            }
+            vouched_pinned.push(record.generation);
+        }
     }
     if selected.generation < highest {
-        return Judgement::Violation(PinStatus::Rollback {
+        return violation(PinStatus::Rollback {
             pinned: highest,
             published: selected.generation,
         });
     }
     // Newer generations: each signed by the one before, from a pinned one.
-    let mut chain = pins.clone();
-    let mut newest = highest;
     let mut newer: Vec<&Record> = published
         .records
         .iter()
         .filter(|r| r.generation > highest)
         .collect();
     newer.sort_by_key(|r| r.generation);
+    let mut accepted: Vec<&Record> = Vec::new();
     for record in newer {
-        if !continues(verified, domain, &chain, published, record) {
-            return Judgement::Violation(PinStatus::Unchained {
+        let previous = record.generation - 1;
+        let signing = match accepted.last() {
+            Some(last) if last.generation == previous => last.signing,
+            _ => old.signing(previous, published),
+        };
+        if !signing.is_some_and(|s| verified.continues(domain, &s, record)) {
+            return violation(PinStatus::Unchained {
                 generation: record.generation,
                 pinned: highest,
             });
         }
-        chain.generations.insert(record.generation, Pin::of(record));
-        newest = record.generation;
+        accepted.push(record);
     }
-    Judgement::Accepted {
-        status: if newest > highest {
-            PinStatus::NewGeneration { previous: highest }
-        } else {
-            PinStatus::Match
-        },
+    let mut entry = old.clone();
+    for record in &accepted {
+        entry.generations.insert(record.generation, Pin::of(record));
     }
+    // Learn a hashed S that the published record matches; an S never
+    // pinned only from an answer that brings no new generation.
+    for (generation, pin) in entry.generations.iter_mut() {
+        let Some(record) = published.generation(*generation) else {
+            continue;
+        };
+        let learn = match pin.signing {
+            SigningPin::Hash(_) => pin.vouching(Some(record)),
+            SigningPin::Unknown if accepted.is_empty() => record.signing,
+            _ => None,
+        };
+        if let Some(s) = learn {
+            pin.signing = SigningPin::Known(s);
+        }
+    }
+    entry.trim();
+    let vouched = secure
+        || accepted.iter().any(|r| r.generation == selected.generation)
+        || vouched_pinned.contains(&selected.generation);
+    let trust = if vouched {
+        Trust::Vouched
+    } else {
+        Trust::Unvouched
+    };
+    entry.take_policy(selected.policy.as_ref(), trust, now);
+    let status = match accepted.last() {
+        Some(_) => PinStatus::NewGeneration { previous: highest },
+        None => PinStatus::Match,
+    };
+    (status, Some(entry))
 }
 
 #[cfg(test)]
@@ -730,19 +970,33 @@ mod tests {
             check(&store, &[&raised], 5 * DAY),
             PinStatus::Changed { generation: 3 }
         );
-        // Raising needs no chain: generation 1 with a longer max-age.
+        // An unvouched record extends the policy by at most the max-age
+        // last vouched for: one spoofed answer cannot impose a long one.
         let fresh = PinStore::in_memory();
         check(
             &fresh,
             &[&record(1, 1, Some(Policy::require(DAY)), None)],
             0,
         );
-        check(&fresh, &[&record(1, 1, Some(week), None)], 0);
-        assert_eq!(fresh.policy_until("b.test"), Some(7 * DAY));
+        check(&fresh, &[&record(1, 1, Some(week), None)], DAY / 2);
+        assert_eq!(fresh.policy_until("b.test"), Some(DAY + DAY / 2));
+        let year = Policy::require(365 * DAY);
+        let fresh = PinStore::in_memory();
+        check(&fresh, &[&record(1, 1, None, None)], 0);
+        check(&fresh, &[&record(1, 1, Some(year), None)], 10);
+        assert_eq!(
+            fresh.policy_until("b.test"),
+            Some(10 + UNVOUCHED_POLICY_CAP),
+            "a policy spoofed onto a pinned domain lasts a day at most"
+        );
+        // A chained record may raise it: that is the domain's word.
+        let g2_year = record(2, 2, Some(year), Some(&key(1)));
+        check(&fresh, &[&g2_year, &record(1, 1, None, None)], 20);
+        assert_eq!(fresh.policy_until("b.test"), Some(20 + 365 * DAY));
         // A DNSSEC-secure denial ends the policy.
         let fresh = PinStore::in_memory();
         check(&fresh, &[&g1], 0);
-        fresh.end_policy("b.test");
+        fresh.end_policy("b.test", 0);
         assert_eq!(fresh.policy_until("b.test"), None);
     }
 
@@ -816,7 +1070,177 @@ mod tests {
         let swapped = record(1, 1, None, None).with_signing(key(9).signing_params());
         let store = PinStore::open(&path).unwrap();
         assert!(check(&store, &[&swapped], 20).is_violation());
-        std::fs::write(&path, "b.test one zz\n").unwrap();
-        assert!(PinStore::open(&path).is_err());
+        // A damaged line is skipped, not fatal: the milter still starts.
+        std::fs::write(&path, "b.test one zz\nc.test policy 99 7\n").unwrap();
+        let store = PinStore::open(&path).unwrap();
+        assert_eq!(store.policy_until("c.test"), Some(99));
+        assert!(!store.knows("b.test"));
+    }
+
+    /// A sender pinned generation 2 first (1 had left DNS). An attacker
+    /// publishes the genuine 2 without its policy and with a continuity
+    /// signature of his own, next to a forged generation 1 carrying his key.
+    /// Nothing of it is pinned and the policy stands.
+    #[test]
+    fn a_forged_predecessor_neither_joins_the_pins_nor_lowers_the_policy() {
+        let store = PinStore::in_memory();
+        let week = Some(Policy::require(7 * DAY));
+        let g2 = record(2, 2, week, Some(&key(1)));
+        assert_eq!(check(&store, &[&g2], 0), PinStatus::FirstUse);
+        let evil = key(66);
+        let fake1 = record(1, 66, None, None);
+        let mut doctored = g2.clone().with_policy(None);
+        let bytes = Policy::signed_bytes(None);
+        doctored.continuity =
+            Some(evil.sign_successor(&doctored.successor("b.test", &bytes).unwrap()));
+        assert!(!check(&store, &[&doctored, &fake1], 60).is_violation());
+        assert_eq!(store.policy_until("b.test"), Some(7 * DAY), "policy kept");
+        let mut published = set(&[&doctored, &fake1]);
+        store.retain_pinned("b.test", &mut published);
+        assert_eq!(
+            published
+                .records
+                .iter()
+                .map(|r| r.generation)
+                .collect::<Vec<_>>(),
+            vec![2],
+            "the forged generation 1 is not pinned"
+        );
+        // Its key cannot vouch for a successor either.
+        let g3 = record(3, 77, None, Some(&evil));
+        assert_eq!(
+            check(&store, &[&g3, &fake1], 120),
+            PinStatus::Unchained {
+                generation: 3,
+                pinned: 2
+            }
+        );
+    }
+
+    /// A pin of the format before `S=`: the attacker publishes the pinned
+    /// generation with its genuine X, Y and his own S, and a successor
+    /// signed with it. An S never pinned vouches for nothing.
+    #[test]
+    fn a_pin_without_s_vouches_for_no_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let g2 = record(2, 2, None, Some(&key(1)));
+        std::fs::write(
+            &path,
+            format!("b.test 2 {}\n", hex(&Sha256::digest(g2.params.to_bytes()))),
+        )
+        .unwrap();
+        let store = PinStore::open(&path).unwrap();
+        let evil = key(66);
+        let mut with_evil_s = g2.clone().with_signing(evil.signing_params());
+        with_evil_s.continuity = None;
+        let evil3 = record(3, 77, Some(Policy::require(7 * DAY)), Some(&evil));
+        assert!(check(&store, &[&evil3, &with_evil_s], 0).is_violation());
+    }
+
+    /// A replayed, still validly signed RRset of an older generation must
+    /// not undo a rotation; a secure answer replaces pins otherwise.
+    #[test]
+    fn a_secure_answer_never_rolls_back() {
+        let store = PinStore::in_memory();
+        let week = Some(Policy::require(7 * DAY));
+        let g1 = record(1, 1, week, None);
+        let g2 = record(2, 2, week, Some(&key(1)));
+        check(&store, &[&g1], 0);
+        check(&store, &[&g2, &g1], 10);
+        let old = set(&[&g1]);
+        assert_eq!(
+            store.check("b.test", &old, &g1, true, 20),
+            PinStatus::Rollback {
+                pinned: 2,
+                published: 1
+            }
+        );
+        let again = record(3, 50, None, None);
+        let published = set(&[&again]);
+        assert_eq!(
+            store.check("b.test", &published, &again, true, 30),
+            PinStatus::Replaced
+        );
+    }
+
+    /// Lower generations are not pinned after first use, and at most
+    /// MAX_GENERATIONS are kept: the file stays small.
+    #[test]
+    fn pins_per_domain_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let store = PinStore::open(&path).unwrap();
+        let junk: Vec<Record> = (1..=20)
+            .map(|n| record(n, u64::from(n), None, None))
+            .collect();
+        let top = record(1000, 100, None, None);
+        let mut first: Vec<&Record> = vec![&top];
+        first.extend(junk.iter());
+        assert_eq!(check(&store, &first, 0), PinStatus::FirstUse);
+        for round in 0..5u32 {
+            let lower: Vec<Record> = junk
+                .iter()
+                .map(|r| Record {
+                    generation: 40 + r.generation + round * 10,
+                    ..r.clone()
+                })
+                .collect();
+            let mut all: Vec<&Record> = vec![&top];
+            all.extend(lower.iter());
+            assert_eq!(check(&store, &all, u64::from(round)), PinStatus::Match);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            MAX_GENERATIONS
+        );
+    }
+
+    /// Lookups of several domains at once, each saving: every save leaves a
+    /// readable file, and the last one holds everything.
+    #[test]
+    fn concurrent_saves_neither_corrupt_nor_lose_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let store = std::sync::Arc::new(PinStore::open(&path).unwrap());
+        let g1 = record(1, 1, Some(Policy::require(DAY)), None);
+        for round in 0..20u32 {
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let store = store.clone();
+                    let r = g1.clone();
+                    std::thread::spawn(move || {
+                        let published = set(&[&r]);
+                        store.check(&format!("d{round}-{t}.test"), &published, &r, false, 0);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let reread = PinStore::open(&path).unwrap();
+            assert_eq!(reread.len(), 8 * (round as usize + 1));
+        }
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary files left behind");
+    }
+
+    /// A policy's deadline moving forward a little on every lookup does not
+    /// rewrite the file each time.
+    #[test]
+    fn extending_a_policy_is_saved_sparingly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let store = PinStore::open(&path).unwrap();
+        let g1 = record(1, 1, Some(Policy::require(4 * DAY)), None);
+        check(&store, &[&g1], 0);
+        let written = |path: &Path| std::fs::read_to_string(path).unwrap();
+        let first = written(&path);
+        check(&store, &[&g1], 60);
+        assert_eq!(written(&path), first);
+        assert_eq!(store.policy_until("b.test"), Some(60 + 4 * DAY));
+        check(&store, &[&g1], DAY + 1);
+        assert!(written(&path).contains(&format!("policy {}", 5 * DAY + 1)));
     }
 }

@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ibemail_discovery::{
-    Discovery, DiscoveryConfig, DnssecPolicy, DomainPolicy, Lookup, Outcome, PinPolicy, PinStatus,
-    PinStore, RefusedReason, TrustAnchor,
+    Discovery, DiscoveryConfig, DnssecPolicy, DnssecStatus, DomainPolicy, Lookup, Outcome,
+    PinPolicy, PinStatus, PinStore, RefusedReason, TrustAnchor,
 };
 use ibemail_ibe::MasterKey;
 use ibemail_params::{Policy, Record};
@@ -259,4 +259,211 @@ async fn without_a_published_policy_pins_report_but_do_not_hold_mail() {
     let l = lab.lookup(domain, PinPolicy::Policy).await;
     assert!(l.pin.is_violation(), "{}", l.summary());
     assert_eq!(generation(&l), 5);
+}
+
+/// The sender first met ub.test at generation 2 (1 had left DNS) and
+/// pinned its week-long policy. The attacker publishes the genuine 2 with
+/// the policy removed and a continuity signature of his own, next to a
+/// forged generation 1 carrying his key; then strips the record, or
+/// substitutes his own. Trust comes only from pins made before: the
+/// forged predecessor vouches for nothing, the policy stands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_predecessor_cannot_end_a_policy() {
+    let lab = Lab::start();
+    let domain = "ub.test";
+    let g2 = record(domain, 2, 2, Some(&key(1)));
+    lab.genuine
+        .set_txt(domain, "_ibemailkey", &[&g2.zone_rdata()]);
+    assert_eq!(generation(&lab.lookup(domain, PinPolicy::Policy).await), 2);
+
+    lab.proxy.attack(true);
+    let evil = key(66);
+    let fake1 = record(domain, 1, 66, None).with_policy(None);
+    let mut doctored = g2.clone().with_policy(None);
+    let bytes = Policy::signed_bytes(None);
+    doctored.continuity = Some(evil.sign_successor(&doctored.successor(domain, &bytes).unwrap()));
+    lab.attacker
+        .set_records(domain, "_ibemailkey", &[&txt(&doctored), &txt(&fake1)]);
+    let l = lab.lookup(domain, PinPolicy::Policy).await;
+    assert_eq!(generation(&l), 2, "{}", l.summary());
+    // Stripped: still held.
+    lab.attacker.set_records(domain, "_ibemailkey", &[]);
+    assert_held(&lab.lookup(domain, PinPolicy::Policy).await, "strip");
+    // Substituted by the attacker's own generation: refused.
+    let mine = record(domain, 999, 77, None);
+    lab.attacker
+        .set_records(domain, "_ibemailkey", &[&txt(&mine)]);
+    assert_held(&lab.lookup(domain, PinPolicy::Policy).await, "substitute");
+    // The genuine record is used again as soon as the attack stops.
+    lab.proxy.attack(false);
+    assert_eq!(generation(&lab.lookup(domain, PinPolicy::Policy).await), 2);
+}
+
+/// The attacker answers the victim's name with a CNAME into a zone he
+/// signs himself (eb.test), or to a name that does not exist there. A
+/// chain is only as secure as its weakest link: the unsigned CNAME makes
+/// the answer insecure, so pins and policy hold — and for a signed victim
+/// the forged CNAME is bogus.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cname_into_a_signed_zone_is_no_secure_answer() {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 185, 1));
+    let zones = [
+        Zone::new("eb.test", Signing::Signed, &["www A 192.0.2.1"]),
+        Zone::new("ub.test", Signing::Unsigned, &["www A 192.0.2.1"]),
+        Zone::new("sb.test", Signing::Signed, &["www A 192.0.2.1"]),
+    ];
+    let genuine = Knot::start_on(ip, &zones);
+    let attacker = Knot::start_on(
+        ip,
+        &[
+            Zone::new("ub.test", Signing::Unsigned, &[]),
+            Zone::new("sb.test", Signing::Unsigned, &[]),
+        ],
+    );
+    let proxy = DnsProxy::start(ip, genuine.addr, attacker.addr);
+    proxy.attack_only(&["_ibemailkey.ub.test", "_ibemailkey.sb.test"]);
+    let evil = record("eb.test", 1, 66, None);
+    genuine.set_txt("eb.test", "_ibemailkey", &[&evil.zone_rdata()]);
+    for (domain, dnssec) in [
+        ("ub.test", DnssecPolicy::Prefer),
+        ("sb.test", DnssecPolicy::Require),
+    ] {
+        let discovery = sender(&genuine, &proxy);
+        let policy = DomainPolicy {
+            dnssec,
+            pin: PinPolicy::Enforce,
+        };
+        let genuine_record = record(domain, 1, 1, None);
+        genuine.set_txt(domain, "_ibemailkey", &[&genuine_record.zone_rdata()]);
+        proxy.attack(false);
+        let l = discovery.lookup(domain, policy, NOW).await;
+        assert_eq!(generation(&l), 1, "{}", l.summary());
+        proxy.attack(true);
+        for target in ["_ibemailkey.eb.test.", "_nothing-here.eb.test."] {
+            attacker.set_records(domain, "_ibemailkey", &[&format!("CNAME {target}")]);
+            let l = discovery.lookup(domain, policy, NOW + 10).await;
+            assert_held(&l, &format!("{domain} CNAME {target}"));
+            assert_ne!(l.dnssec, DnssecStatus::Secure, "{}", l.summary());
+        }
+    }
+}
+
+/// The attacker appends his own validly signed `_ibemailkey` RRset (of
+/// eb.test, a signed zone he owns) to the genuine signed answer for a
+/// signed victim. Only records owned by the name asked count.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_another_name_in_the_answer_are_ignored() {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 186, 1));
+    let genuine = Knot::start_on(
+        ip,
+        &[
+            Zone::new("eb.test", Signing::Signed, &["www A 192.0.2.1"]),
+            Zone::new("sb.test", Signing::Signed, &["www A 192.0.2.1"]),
+        ],
+    );
+    let victim = record("sb.test", 1, 1, None);
+    let evil = record("eb.test", 999, 66, None);
+    genuine.set_txt("eb.test", "_ibemailkey", &[&evil.zone_rdata()]);
+    genuine.set_txt("sb.test", "_ibemailkey", &[&victim.zone_rdata()]);
+    let merging = merging_proxy(
+        ip,
+        genuine.addr,
+        "_ibemailkey.sb.test.",
+        "_ibemailkey.eb.test.",
+    );
+    let discovery = Discovery::new(
+        DiscoveryConfig {
+            servers: vec![merging],
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+            trust_anchor: TrustAnchor::File(genuine.trust_anchor_file()),
+            recursion_desired: false,
+            max_ttl: Duration::ZERO,
+            max_negative_ttl: Duration::ZERO,
+            ..DiscoveryConfig::default()
+        },
+        Some(std::sync::Arc::new(PinStore::in_memory())),
+    )
+    .unwrap();
+    let policy = DomainPolicy {
+        dnssec: DnssecPolicy::Require,
+        pin: PinPolicy::Enforce,
+    };
+    let l = discovery.lookup("sb.test", policy, NOW).await;
+    assert_eq!(generation(&l), 1, "{}", l.summary());
+    assert_eq!(l.dnssec, DnssecStatus::Secure);
+    match &l.outcome {
+        Outcome::Parameters { published, .. } => assert_eq!(published.records.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A UDP proxy to `genuine` that appends to every answer for `victim` the
+/// answer section of the same query for `extra`.
+fn merging_proxy(
+    ip: IpAddr,
+    genuine: std::net::SocketAddr,
+    victim: &'static str,
+    extra: &'static str,
+) -> std::net::SocketAddr {
+    use hickory_resolver::proto::op::Message;
+    use hickory_resolver::proto::rr::Name;
+    use std::net::{SocketAddr, UdpSocket};
+    fn ask(to: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+        let out = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).ok()?;
+        out.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        out.send_to(query, to).ok()?;
+        let mut answer = [0u8; 65_535];
+        let (n, _) = out.recv_from(&mut answer).ok()?;
+        Some(answer[..n].to_vec())
+    }
+    let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+    let addr = udp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_535];
+        loop {
+            let Ok((n, client)) = udp.recv_from(&mut buf) else {
+                continue;
+            };
+            let query = buf[..n].to_vec();
+            let Some(answer) = ask(genuine, &query) else {
+                continue;
+            };
+            let parsed = Message::from_vec(&query).unwrap();
+            let name = parsed.queries[0].name().to_ascii().to_ascii_lowercase();
+            let reply = if name == victim {
+                let mut other = parsed.clone();
+                other.queries[0].set_name(Name::from_ascii(extra).unwrap());
+                let added =
+                    Message::from_vec(&ask(genuine, &other.to_vec().unwrap()).unwrap()).unwrap();
+                let mut merged = Message::from_vec(&answer).unwrap();
+                merged.answers.extend(added.answers);
+                merged.to_vec().unwrap()
+            } else {
+                answer
+            };
+            let _ = udp.send_to(&reply, client);
+        }
+    });
+    addr
+}
+
+/// A domain (or an attacker) publishing many records: more than
+/// MAX_RECORDS are not parsed at all — each would cost parsing and, for
+/// pins, a pairing, on every uncached lookup.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_of_too_many_records_is_not_parsed() {
+    let lab = Lab::start();
+    let domain = "ub.test";
+    let records: Vec<Record> = (1..=ibemail_discovery::MAX_RECORDS as u32 + 1)
+        .map(|n| record(domain, n, u64::from(n), None))
+        .collect();
+    let rdata: Vec<String> = records.iter().map(|r| r.zone_rdata()).collect();
+    let refs: Vec<&str> = rdata.iter().map(String::as_str).collect();
+    lab.genuine.set_txt(domain, "_ibemailkey", &refs);
+    let l = lab.lookup(domain, PinPolicy::Policy).await;
+    match &l.outcome {
+        Outcome::Temporary(reason) => assert!(reason.contains("at most"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -20,7 +20,24 @@ pub struct DnsProxy {
     pub addr: SocketAddr,
     attacking: Arc<AtomicBool>,
     attacker: Arc<Mutex<Option<SocketAddr>>>,
+    /// If set, only these query names go to the attacker.
+    only: Arc<Mutex<Option<Vec<String>>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// The first question's name, lower case, without the final dot.
+fn query_name(query: &[u8]) -> String {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    while let Some(&len) = query.get(at) {
+        if len == 0 || len & 0xc0 != 0 {
+            break;
+        }
+        let label = query.get(at + 1..at + 1 + usize::from(len)).unwrap_or(&[]);
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        at += 1 + usize::from(len);
+    }
+    labels.join(".")
 }
 
 /// True if the query's first question name starts with `_ibemailkey`.
@@ -46,12 +63,17 @@ impl DnsProxy {
             .unwrap();
         let attacking = Arc::new(AtomicBool::new(false));
         let attacker = Arc::new(Mutex::new(Some(attacker)));
+        let only: Arc<Mutex<Option<Vec<String>>>> = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let upstream = {
-            let (attacking, attacker) = (attacking.clone(), attacker.clone());
+            let (attacking, attacker, only) = (attacking.clone(), attacker.clone(), only.clone());
             move |query: &[u8]| -> SocketAddr {
+                let chosen = match &*only.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(names) => names.contains(&query_name(query)),
+                    None => is_target(query),
+                };
                 match *attacker.lock().unwrap_or_else(|e| e.into_inner()) {
-                    Some(evil) if attacking.load(Ordering::SeqCst) && is_target(query) => evil,
+                    Some(evil) if attacking.load(Ordering::SeqCst) && chosen => evil,
                     _ => genuine,
                 }
             }
@@ -102,6 +124,7 @@ impl DnsProxy {
             addr,
             attacking,
             attacker,
+            only,
             stop,
         }
     }
@@ -109,6 +132,14 @@ impl DnsProxy {
     /// Starts (or stops) answering `_ibemailkey` from the attacker.
     pub fn attack(&self, on: bool) {
         self.attacking.store(on, Ordering::SeqCst);
+    }
+
+    /// Takes over only these query names (e.g. `_ibemailkey.ub.test`), all
+    /// types; every other query, including other `_ibemailkey` names, goes
+    /// to the genuine server.
+    pub fn attack_only(&self, names: &[&str]) {
+        *self.only.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(names.iter().map(|n| n.to_ascii_lowercase()).collect());
     }
 }
 
