@@ -22,6 +22,7 @@ use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy, TrustAnchor};
 use ibemail_ibe::Identity;
 use ibemail_kgc::check::{CheckStatus, check};
 use ibemail_kgc::duration::parse_duration;
+use ibemail_kgc::logging::{self, LogFormat};
 use ibemail_kgc::publish::{UpdateTarget, publish};
 use ibemail_kgc::server::{ServerConfig, serve};
 use ibemail_kgc::service::KeyService;
@@ -50,10 +51,24 @@ use tracing::{error, info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on standard error: text (coloured only on a terminal,
+    /// never with NO_COLOR set) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "IBEMAIL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 /// Exit status for temporary failures (sysexits EX_TEMPFAIL), as the milter.
 const EXIT_TEMPFAIL: u8 = 75;
+
+/// Exit status when `serve` cannot start (sysexits EX_CONFIG): the units
+/// do not restart it (RestartPreventExitStatus), since a store with the
+/// wrong owner or an unreadable TSIG key stays so until someone fixes it.
+const EXIT_CONFIG: u8 = 78;
 
 /// Where dynamic updates go (`publish`, and `serve --publish-server`).
 #[derive(Args, Clone, Debug)]
@@ -229,7 +244,9 @@ enum Command {
     },
     /// Run the key daemon: open capsules for the milter over a Unix socket.
     Serve {
-        /// Key store(s), one per domain served.
+        /// Key store(s), one per domain served; or a directory of key stores
+        /// (every subdirectory that is one, as /var/lib/ibemail/kgc in the
+        /// packages). A store added there is served after a restart.
         #[arg(long, required = true)]
         dir: Vec<PathBuf>,
         /// Unix socket to listen on (a stale one is replaced).
@@ -254,6 +271,10 @@ enum Command {
         /// How often to retire expired generations and check for rotation.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         maintenance_interval: u64,
+        /// Serve Prometheus metrics (key uses by outcome) over HTTP on this
+        /// loopback ADDR:PORT.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<SocketAddr>,
         #[command(flatten)]
         publish: ServePublishArgs,
     },
@@ -298,6 +319,7 @@ fn humanize(secs: u64) -> String {
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Setup { domain, dir, ttl } => {
+            as_store_owner(&dir)?;
             let store = Store::setup(&dir, &domain, now(), &mut OsRng)?;
             eprintln!(
                 "Created the key store of {} in {} (generation 1).\nPublish this record in the {} zone:",
@@ -337,6 +359,7 @@ fn run(cli: Cli) -> Result<u8> {
             println!("{}", STANDARD.encode(key.to_bytes().as_ref()));
         }
         Command::Rotate { dir, overlap, ttl } => {
+            as_store_owner(&dir)?;
             let mut store = Store::open(&dir)?;
             let generation = store.rotate(overlap, now(), &mut OsRng)?;
             eprintln!(
@@ -345,6 +368,7 @@ fn run(cli: Cli) -> Result<u8> {
             print_records(&store, ttl);
         }
         Command::Retire { dir } => {
+            as_store_owner(&dir)?;
             let mut store = Store::open(&dir)?;
             let retired = store.retire_expired(now())?;
             if retired.is_empty() {
@@ -436,10 +460,19 @@ fn run(cli: Cli) -> Result<u8> {
             rotate_every,
             overlap,
             maintenance_interval,
+            metrics,
             publish,
         } => {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
+            let dir = match dir
+                .iter()
+                .map(|d| Store::find(d))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(found) => found.concat(),
+                Err(e) => return startup_failure(e.into()),
+            };
             let mut config = ServerConfig::default();
             if !allow_uid.is_empty() {
                 config.allowed_uids = allow_uid;
@@ -449,7 +482,10 @@ fn run(cli: Cli) -> Result<u8> {
                     server,
                     zone: publish.publish_zone,
                     ttl: publish.publish_ttl,
-                    key: TsigKey::load(&key)?,
+                    key: match TsigKey::load(&key) {
+                        Ok(key) => key,
+                        Err(e) => return startup_failure(e.into()),
+                    },
                     published: HashMap::new(),
                 }),
                 _ => None,
@@ -461,6 +497,7 @@ fn run(cli: Cli) -> Result<u8> {
                 mode,
                 config,
                 cache_size,
+                metrics,
                 Maintenance {
                     rotate_every,
                     overlap,
@@ -581,11 +618,22 @@ async fn daemon(
     mode: u32,
     config: ServerConfig,
     cache_size: usize,
+    metrics: Option<SocketAddr>,
     mut periodic: Maintenance,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let service = Arc::new(KeyService::load(&dirs, cache_size)?);
+    let service = Arc::new(KeyService::load(&dirs, cache_size).map_err(StartupFailure::from)?);
     let listener = bind(socket, mode).await?;
+    if let Some(addr) = metrics {
+        let listener = ibemail_kgc::metrics::bind(addr)
+            .await
+            .with_context(|| format!("metrics {addr}"))?;
+        let service = service.clone();
+        tokio::spawn(ibemail_kgc::metrics::serve(listener, move || {
+            service.metrics().render()
+        }));
+        info!(%addr, "metrics endpoint listening");
+    }
     for (domain, generation) in service.hello() {
         info!("serving {domain} (active generation {generation})");
     }
@@ -672,23 +720,55 @@ fn maintenance(service: &KeyService, rotate_every: Option<u64>, overlap: u64) {
     }
 }
 
+/// As root, re-runs this command as the owner of the key store `dir` (or
+/// of the directory it will be created in), so the files it writes stay
+/// readable by the daemon. Read-only commands need no switch: root may
+/// read any store.
+fn as_store_owner(dir: &Path) -> Result<()> {
+    if let Some((uid, gid)) = ibemail_kgc::accounts::owner_of_store(dir) {
+        ibemail_kgc::accounts::become_user(uid, gid).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// A reason `serve` cannot start that a restart will not cure.
+#[derive(Debug)]
+struct StartupFailure(anyhow::Error);
+
+impl std::fmt::Display for StartupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StartupFailure {}
+
+impl From<ibemail_kgc::store::StoreError> for StartupFailure {
+    fn from(e: ibemail_kgc::store::StoreError) -> Self {
+        StartupFailure(e.into())
+    }
+}
+
+/// Reports a start-up failure of `serve` and exits with EX_CONFIG.
+fn startup_failure(e: anyhow::Error) -> Result<u8> {
+    Err(StartupFailure(e).into())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IBEMAIL_LOG")
-                // hickory's DNSSEC validator logs every failed proof at
-                // error level, with whole messages; `check` reports the
-                // outcome itself. IBEMAIL_LOG=debug shows everything.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,hickory_net=off,hickory_resolver=off,hickory_proto=off",
-                    )
-                }),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // hickory's DNSSEC validator logs every failed proof at error level,
+    // with whole messages; `check` reports the outcome itself.
+    // IBEMAIL_LOG=debug shows everything.
+    logging::init(
+        cli.log_format,
+        "info,hickory_net=off,hickory_resolver=off,hickory_proto=off",
+    );
+    match run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is::<StartupFailure>() => {
+            eprintln!("ibemail-kgc: cannot start: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("ibemail-kgc: {e:#}");
             ExitCode::FAILURE

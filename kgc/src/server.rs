@@ -106,6 +106,7 @@ async fn handle_connection(
         .uid
         .is_some_and(|uid| config.allowed_uids.contains(&uid))
     {
+        service.metrics().refused_connection();
         warn!(
             target: "ibemail_kgc::audit",
             "refused connection from uid {} pid {}: not in the allow-list",

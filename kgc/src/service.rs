@@ -11,6 +11,7 @@ use lru::LruCache;
 use rand_core::OsRng;
 use tracing::{info, warn};
 
+use crate::metrics::KgcMetrics;
 use crate::protocol::{Response, Status};
 use crate::store::{Store, StoreError};
 
@@ -28,6 +29,7 @@ pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
     signing_cache: Mutex<KeyCache<SigningKey>>,
+    metrics: KgcMetrics,
 }
 
 /// Derived keys by (identity, generation).
@@ -64,7 +66,13 @@ impl KeyService {
             signing_cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
             )),
+            metrics: KgcMetrics::default(),
         })
+    }
+
+    /// Key uses and refusals so far (every audit line is counted).
+    pub fn metrics(&self) -> &KgcMetrics {
+        &self.metrics
     }
 
     fn open_all(dirs: &[PathBuf]) -> Result<Vec<Arc<Store>>, StoreError> {
@@ -161,7 +169,7 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.sign_inner(identity, generation, message);
-        audit("sign", identity, generation, &response, peer);
+        self.audit("sign", identity, generation, &response, peer);
         response
     }
 
@@ -232,7 +240,7 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.open_inner(identity, generation, capsule);
-        audit("open", identity, generation, &response, peer);
+        self.audit("open", identity, generation, &response, peer);
         response
     }
 
@@ -274,9 +282,31 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-/// One audit line per key use: operation, identity, generation, outcome and
-/// peer — never key material. Successes at info, everything else at warn.
-fn audit(operation: &str, identity: &str, generation: Generation, response: &Response, peer: Peer) {
+impl KeyService {
+    /// One audit line per key use: operation, identity, generation, outcome
+    /// and peer — never key material; successes at info, everything else at
+    /// warn. The outcome is also counted in [`KeyService::metrics`].
+    fn audit(
+        &self,
+        operation: &str,
+        identity: &str,
+        generation: Generation,
+        response: &Response,
+        peer: Peer,
+    ) {
+        let outcome = audit(operation, identity, generation, response, peer);
+        self.metrics.request(operation, outcome);
+    }
+}
+
+/// Writes the audit line; returns the outcome word.
+fn audit(
+    operation: &str,
+    identity: &str,
+    generation: Generation,
+    response: &Response,
+    peer: Peer,
+) -> &'static str {
     let outcome = match response {
         Response::Opened(_) => "opened",
         Response::Signed(..) => "signed",
@@ -297,6 +327,7 @@ fn audit(operation: &str, identity: &str, generation: Generation, response: &Res
     } else {
         warn!(target: "ibemail_kgc::audit", "{line}");
     }
+    outcome
 }
 
 /// Maps a SIGN response to a signature.

@@ -57,15 +57,20 @@ impl fmt::Debug for TsigKey {
 #[non_exhaustive]
 pub enum TsigKeyError {
     /// The file cannot be read.
-    #[error("TSIG key {path}: {source}")]
+    #[error("TSIG key {path}: {source}{hint}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
         source: io::Error,
+        /// What to do about it, when that is clear (`; ...`), or nothing.
+        hint: String,
     },
     /// The file is readable or writable by group or others.
-    #[error("TSIG key {path}: {problem}; a TSIG key is a secret, fix with: chmod 600 {path}")]
+    #[error(
+        "TSIG key {path}: {problem}; a TSIG key is a secret, readable only by the user that \
+         runs ibemail-kgc (ibemail-kgc for the packaged daemon): chmod 600 {path}"
+    )]
     InsecurePermissions {
         /// The file.
         path: PathBuf,
@@ -113,8 +118,18 @@ impl TsigKey {
 
     /// Reads a key file, refusing one that group or others can access.
     pub fn load(path: &Path) -> Result<Self, TsigKeyError> {
-        let io_err = |source| TsigKeyError::Io {
+        let io_err = |source: io::Error| TsigKeyError::Io {
             path: path.to_path_buf(),
+            hint: if source.kind() == io::ErrorKind::PermissionDenied {
+                format!(
+                    "; the key must belong to the user that runs ibemail-kgc ({}; the packaged \
+                     daemon runs as ibemail-kgc): chown ibemail-kgc: {p} && chmod 600 {p}",
+                    crate::accounts::describe_uid(crate::accounts::current_uid()),
+                    p = path.display()
+                )
+            } else {
+                String::new()
+            },
             source,
         };
         let meta = fs::metadata(path).map_err(io_err)?;

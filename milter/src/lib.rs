@@ -11,6 +11,8 @@
 //! - [`milter`]: the indymilter callbacks and [`milter::run`];
 //! - [`reinject`]: the SMTP client for plaintext copies;
 //! - [`metrics`]: Prometheus counters and histograms;
+//! - [`doctor`]: the setup check of a live installation and the
+//!   explanation of a configuration (`doctor`, `--check-config`);
 //! - [`offline`]: the `lookup`, `encrypt` and `decrypt` commands' logic
 //!   (the paper's encrypter and decrypter, usable from procmail or Sieve).
 
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod metrics;
 pub mod milter;

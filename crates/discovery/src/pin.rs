@@ -195,6 +195,15 @@ impl PinStore {
         })
     }
 
+    /// The pins in `path`, held in memory only: lookups through it check
+    /// against them but never change the file (for `lookup --config`, which
+    /// must not rewrite the milter's pins as another user).
+    pub fn snapshot(path: &Path) -> std::io::Result<Self> {
+        let mut store = Self::open(path)?;
+        store.path = None;
+        Ok(store)
+    }
+
     fn save(&self, pins: &Pins) {
         let Some(path) = &self.path else { return };
         let mut text =
