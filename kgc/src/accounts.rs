@@ -4,9 +4,9 @@
 //! `ibemail`. Administrators type commands as root; a key store that root
 //! rotated would hold root-owned files the daemon cannot read. So root runs
 //! commands that write a store as the store's owner, and the milter's setup
-//! check as the milter's user: the command re-executes itself through
-//! `setpriv(1)` (util-linux, always present on Debian), because the
-//! standard library cannot change a process's user without unsafe code.
+//! check as the milter's user: the command re-executes itself as that user
+//! (the standard library sets the ids between fork and exec; a process
+//! cannot change its own user without unsafe code).
 //!
 //! Names come from `/etc/passwd` (system accounts are local; no NSS).
 
@@ -88,9 +88,9 @@ pub fn owner_of_store(dir: &Path) -> Option<(u32, u32)> {
 }
 
 /// When this process is root and `uid` is not, replaces it with the same
-/// command run as `uid`/`gid` (supplementary groups from `/etc/group` if
-/// the account exists). Returns `Ok(())` without doing anything otherwise;
-/// returns only on failure when it re-executes.
+/// command run as `uid`/`gid` (without supplementary groups). Returns
+/// `Ok(())` without doing anything otherwise; returns only on failure when
+/// it re-executes.
 pub fn become_user(uid: u32, gid: u32) -> Result<(), String> {
     if current_uid() != 0 || uid == 0 {
         return Ok(());
@@ -103,24 +103,15 @@ pub fn become_user(uid: u32, gid: u32) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let groups = if by_uid(uid).is_some() {
-        "--init-groups"
-    } else {
-        "--clear-groups"
-    };
-    let error = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg(groups)
-        .arg("--")
-        .arg(exe)
+    // The standard library switches group, then user, between fork and
+    // exec, and as root drops the supplementary groups.
+    let error = Command::new(exe)
         .args(args)
         .env(REEXECUTED, uid.to_string())
+        .gid(gid)
+        .uid(uid)
         .exec();
-    Err(format!(
-        "cannot run as {}: setpriv: {error} (install util-linux, or run the command as that user)",
-        describe_uid(uid)
-    ))
+    Err(format!("cannot run as {}: {error}", describe_uid(uid)))
 }
 
 #[cfg(test)]

@@ -415,6 +415,66 @@ impl Postfix {
         )
     }
 
+    /// Submits `message` on this host with Postfix's sendmail(1), as a local
+    /// program would: it goes through postdrop, pickup and cleanup (the
+    /// non_smtpd_milters). Panics if sendmail fails.
+    pub fn sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
+        use std::io::Write as _;
+        let mut child = Command::new(require_program("sendmail", "postfix"))
+            .arg("-C")
+            .arg(self.dir.join("conf"))
+            .args(["-f", from, "-i", "--"])
+            .args(to)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "sendmail failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Wakes pickup, which takes mail left in the maildrop (as after a
+    /// temporary failure) without waiting for its next periodic scan.
+    pub fn kick_pickup(&self) {
+        let _ = Command::new(require_program("postkick", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .args(["public", "pickup", "W"])
+            .output();
+    }
+
+    /// Files waiting in the maildrop (submitted, not yet picked up).
+    pub fn maildrop(&self) -> usize {
+        std::fs::read_dir(self.dir.join("queue/maildrop"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
+    /// Sets `name = value` in main.cf (`postconf -e`) and reloads.
+    pub fn postconf(&self, setting: &str) {
+        let out = Command::new(require_program("postconf", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .arg("-e")
+            .arg(setting)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postconf -e {setting}: {out:?}");
+        let out = postfix_cmd(&self.dir, &["reload"]);
+        assert!(out.status.success(), "postfix reload: {out:?}");
+    }
+
+    /// The configuration directory (for `postconf -c`).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf")
+    }
+
     /// Postfix's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
