@@ -138,7 +138,15 @@ impl Postfix {
             domain = config.domain,
             ip = config.ip,
         );
+        // An extra line replaces the setting of the same name (Postfix would
+        // take the last one too, but warn about it in every process's log).
         for line in &config.extra {
+            let name = line.split('=').next().unwrap_or("").trim();
+            main = main
+                .lines()
+                .filter(|l| name.is_empty() || l.split('=').next().unwrap_or("").trim() != name)
+                .map(|l| format!("{l}\n"))
+                .collect();
             writeln!(main, "{line}").unwrap();
         }
         std::fs::write(dir.join("conf/main.cf"), main).unwrap();
@@ -456,18 +464,21 @@ impl Postfix {
             .unwrap_or(0)
     }
 
-    /// Sets `name = value` in main.cf (`postconf -e`) and reloads.
-    pub fn postconf(&self, setting: &str) {
-        let out = Command::new(require_program("postconf", "postfix"))
+    /// Sets `name = value` in main.cf (`postconf -e`) and restarts the
+    /// instance (queued mail stays). Not `postfix reload`: under reload,
+    /// Postfix 3.7's `master -t` has been seen to block for good on the
+    /// postlogd socket.
+    pub fn postconf(&mut self, setting: &str) {
+        let status = Command::new(require_program("postconf", "postfix"))
             .arg("-c")
             .arg(self.dir.join("conf"))
             .arg("-e")
             .arg(setting)
-            .output()
+            .status()
             .unwrap();
-        assert!(out.status.success(), "postconf -e {setting}: {out:?}");
-        let out = postfix_cmd(&self.dir, &["reload"]);
-        assert!(out.status.success(), "postfix reload: {out:?}");
+        assert!(status.success(), "postconf -e {setting}: {status}");
+        self.stop();
+        self.start_again();
     }
 
     /// The configuration directory (for `postconf -c`).
