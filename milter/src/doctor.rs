@@ -372,33 +372,44 @@ fn smtp_greeting(address: SocketAddr) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&line).trim_end().to_string())
 }
 
-/// Connects to the milter and negotiates (SMFIC_OPTNEG), which only a
+/// Connects to the milter and negotiates (SMFIC_OPTNEG, offering what
+/// Postfix offers: protocol 6, every action and protocol step), which only a
 /// milter answers.
 fn check_milter_socket(report: &mut Report, socket: &str) {
-    // length 13, 'O', version 6, all actions, no protocol steps skipped.
-    let negotiate: [u8; 17] = [0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0];
-    let exchange = |stream: &mut dyn ReadWrite| -> std::io::Result<bool> {
-        stream.write_all(&negotiate)?;
-        let mut answer = [0u8; 5];
-        stream.read_exact(&mut answer)?;
-        Ok(answer[4] == b'O')
-    };
-    let result = if let Some(address) = socket.strip_prefix("inet:") {
-        address
-            .parse::<SocketAddr>()
-            .map_err(|_| std::io::Error::other("not ADDRESS:PORT"))
-            .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)))
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                exchange(&mut s)
+    // length 13, 'O', version 6, actions 0x1ff, protocol steps 0x1fffff.
+    let negotiate: [u8; 17] = [
+        0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0x1f, 0xff, 0xff,
+    ];
+    let exchange = |stream: &mut dyn ReadWrite| -> Result<bool, String> {
+        stream
+            .write_all(&negotiate)
+            .and_then(|()| {
+                let mut answer = [0u8; 5];
+                stream.read_exact(&mut answer).map(|()| answer[4] == b'O')
             })
-    } else {
-        let path = socket.trim_start_matches("unix:");
-        std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            exchange(&mut s)
-        })
+            .map_err(|e| format!("it accepted the connection but did not negotiate: {e}"))
     };
+    let connected: std::io::Result<Box<dyn ReadWrite>> =
+        if let Some(address) = socket.strip_prefix("inet:") {
+            address
+                .parse::<SocketAddr>()
+                .map_err(|_| std::io::Error::other("not ADDRESS:PORT"))
+                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)))
+                .and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    Ok(Box::new(s) as Box<dyn ReadWrite>)
+                })
+        } else {
+            std::os::unix::net::UnixStream::connect(socket.trim_start_matches("unix:")).and_then(
+                |s| {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    Ok(Box::new(s) as Box<dyn ReadWrite>)
+                },
+            )
+        };
+    let result = connected
+        .map_err(|e| format!("nothing answers: {e}"))
+        .and_then(|mut stream| exchange(&mut *stream));
     match result {
         Ok(true) => report.ok("milter", format!("{socket} answers the milter protocol")),
         Ok(false) => report.error(
@@ -408,7 +419,7 @@ fn check_milter_socket(report: &mut Report, socket: &str) {
         ),
         Err(e) => report.error(
             "milter",
-            format!("nothing answers on {socket}: {e}"),
+            format!("{socket}: {e}"),
             "start the milter (systemctl start ibemail-milter; journalctl -u ibemail-milter \
              says why it stopped)"
                 .into(),

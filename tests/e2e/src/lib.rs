@@ -495,7 +495,13 @@ pub const SAMPLE_CONFIG: &str = include_str!("../../../packaging/ibemail-milter.
 /// A milter configuration made as an administrator makes one: the packaged
 /// sample with this server's settings, then `extra` (TOML) on top.
 pub fn milter_config_from_sample(settings: &[(&str, toml::Value)], extra: &str) -> String {
-    let mut table: toml::Table = SAMPLE_CONFIG.parse().unwrap();
+    configure(SAMPLE_CONFIG, settings, extra)
+}
+
+/// `sample` (a milter configuration) with `settings` (dotted keys) set and
+/// `extra` (TOML) merged on top.
+pub fn configure(sample: &str, settings: &[(&str, toml::Value)], extra: &str) -> String {
+    let mut table: toml::Table = sample.parse().unwrap();
     for (key, value) in settings {
         set(&mut table, key, value.clone());
     }
@@ -506,7 +512,8 @@ pub fn milter_config_from_sample(settings: &[(&str, toml::Value)], extra: &str) 
     toml::to_string(&table).unwrap()
 }
 
-fn strings(items: &[String]) -> toml::Value {
+/// A TOML array of strings.
+pub fn strings(items: &[String]) -> toml::Value {
     toml::Value::Array(
         items
             .iter()
