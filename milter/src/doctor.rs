@@ -389,24 +389,23 @@ fn check_milter_socket(report: &mut Report, socket: &str) {
             })
             .map_err(|e| format!("it accepted the connection but did not negotiate: {e}"))
     };
-    let connected: std::io::Result<Box<dyn ReadWrite>> =
-        if let Some(address) = socket.strip_prefix("inet:") {
-            address
-                .parse::<SocketAddr>()
-                .map_err(|_| std::io::Error::other("not ADDRESS:PORT"))
-                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)))
-                .and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    Ok(Box::new(s) as Box<dyn ReadWrite>)
-                })
-        } else {
-            std::os::unix::net::UnixStream::connect(socket.trim_start_matches("unix:")).and_then(
-                |s| {
-                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    Ok(Box::new(s) as Box<dyn ReadWrite>)
-                },
-            )
-        };
+    let connected: std::io::Result<Box<dyn ReadWrite>> = if let Some(address) =
+        socket.strip_prefix("inet:")
+    {
+        address
+            .parse::<SocketAddr>()
+            .map_err(|_| std::io::Error::other("not ADDRESS:PORT"))
+            .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)))
+            .and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                Ok(Box::new(s) as Box<dyn ReadWrite>)
+            })
+    } else {
+        std::os::unix::net::UnixStream::connect(socket.trim_start_matches("unix:")).and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            Ok(Box::new(s) as Box<dyn ReadWrite>)
+        })
+    };
     let result = connected
         .map_err(|e| format!("nothing answers: {e}"))
         .and_then(|mut stream| exchange(&mut *stream));
