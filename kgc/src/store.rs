@@ -51,12 +51,13 @@ const RETIRED_FORMAT: &str = "ibemail-kgc-retired 1";
 #[non_exhaustive]
 pub enum StoreError {
     /// I/O on a store file.
-    #[error("{path}: {source}")]
+    // Not a `source`: the text is in the message, and a chain would repeat it.
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// `setup` on a directory that already holds something.
     #[error("{0} already exists and is not empty; refusing to overwrite a key store")]
@@ -125,9 +126,9 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -244,15 +245,22 @@ fn check_private(dir: &Path, path: &Path, is_dir: bool) -> Result<(), StoreError
         let me = crate::accounts::describe_uid(euid);
         let me_name = crate::accounts::by_uid(euid).map_or(format!("{euid}"), |a| a.name);
         let owner = crate::accounts::describe_uid(meta.uid());
+        let give = format!("chown -R {me_name}: {}", dir.display());
         return Err(insecure(
             format!("owned by {owner}, not by this process's user, {me}"),
-            format!(
-                "run ibemail-kgc as the store's owner ({} ibemail-kgc ...), or, \
-                 if {me} should own the store (the daemon's user, ibemail-kgc in the packages), \
-                 give it the whole store: chown -R {me_name}: {}",
-                crate::accounts::run_as_hint(meta.uid()),
-                dir.display()
-            ),
+            if meta.uid() == 0 {
+                // Root made it (setup run by root in a root-owned place).
+                format!(
+                    "give the whole store to the user that serves it (ibemail-kgc for the \
+                     packaged daemon): {give}"
+                )
+            } else {
+                format!(
+                    "run ibemail-kgc as the store's owner ({} ibemail-kgc ...), or give the \
+                     whole store to {me}: {give}",
+                    crate::accounts::run_as_hint(meta.uid())
+                )
+            },
         ));
     }
     if meta.mode() & 0o077 != 0 {
@@ -402,11 +410,24 @@ impl Store {
     /// every subdirectory of it that is one (sorted), as in the packaged
     /// layout `/var/lib/ibemail/kgc/<domain>`. None is an error.
     pub fn find(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-        if dir.join(STORE_FILE).exists() {
-            return Ok(vec![dir.to_path_buf()]);
+        // A directory this user may not enter: say whose it is and what to
+        // do (a store root created for the daemon, typically).
+        let denied = |e: io::Error| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                check_private(dir, dir, true)
+                    .err()
+                    .unwrap_or_else(|| io_err(dir)(e))
+            } else {
+                io_err(dir)(e)
+            }
+        };
+        match fs::symlink_metadata(dir.join(STORE_FILE)) {
+            Ok(_) => return Ok(vec![dir.to_path_buf()]),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(denied(e)),
+            Err(_) => {}
         }
         let mut stores: Vec<PathBuf> = fs::read_dir(dir)
-            .map_err(io_err(dir))?
+            .map_err(denied)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.join(STORE_FILE).exists())
             .collect();

@@ -57,12 +57,13 @@ impl fmt::Debug for TsigKey {
 #[non_exhaustive]
 pub enum TsigKeyError {
     /// The file cannot be read.
-    #[error("TSIG key {path}: {source}{hint}")]
+    // Not a `source`: the text is in the message, and a chain would repeat it.
+    #[error("TSIG key {path}: {error}{hint}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
         /// What to do about it, when that is clear (`; ...`), or nothing.
         hint: String,
     },
@@ -118,9 +119,9 @@ impl TsigKey {
 
     /// Reads a key file, refusing one that group or others can access.
     pub fn load(path: &Path) -> Result<Self, TsigKeyError> {
-        let io_err = |source: io::Error| TsigKeyError::Io {
+        let io_err = |error: io::Error| TsigKeyError::Io {
             path: path.to_path_buf(),
-            hint: if source.kind() == io::ErrorKind::PermissionDenied {
+            hint: if error.kind() == io::ErrorKind::PermissionDenied {
                 format!(
                     "; the key must belong to the user that runs ibemail-kgc ({}; the packaged \
                      daemon runs as ibemail-kgc): chown ibemail-kgc: {p} && chmod 600 {p}",
@@ -130,7 +131,7 @@ impl TsigKey {
             } else {
                 String::new()
             },
-            source,
+            error,
         };
         let meta = fs::metadata(path).map_err(io_err)?;
         if !meta.is_file() {
