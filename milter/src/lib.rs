@@ -10,6 +10,8 @@
 //!   temporary trouble;
 //! - [`milter`]: the indymilter callbacks and [`milter::run`];
 //! - [`reinject`]: the SMTP client for plaintext copies;
+//! - [`message_log`]: the one log line per message (queue id, direction,
+//!   recipients' domains, outcome, signature);
 //! - [`metrics`]: Prometheus counters and histograms;
 //! - [`doctor`]: the setup check of a live installation and the
 //!   explanation of a configuration (`doctor`, `--check-config`);
@@ -22,6 +24,7 @@
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod message_log;
 pub mod metrics;
 pub mod milter;
 pub mod offline;
