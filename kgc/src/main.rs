@@ -40,11 +40,12 @@ use tracing::{error, info, warn};
     long_about = "Key generation center (KGC) for ibemail.\n\n\
         A KGC holds a domain's master key. Senders find its public parameters in DNS at \
         _ibemailkey.<domain>; the KGC derives each user's private key from the master key \
-        when the milter needs to open a message. First steps:\n\n  \
-        ibemail-kgc setup --domain example.org --dir /var/lib/ibemail/kgc\n  \
+        when the milter needs to open a message. First steps, as root with the packages \
+        installed (commands that change a store run as its owner, ibemail-kgc):\n\n  \
+        ibemail-kgc setup --domain example.org --dir /var/lib/ibemail/kgc/example.org\n  \
         (publish the printed TXT record in the example.org zone)\n  \
-        ibemail-kgc check --dir /var/lib/ibemail/kgc\n  \
-        ibemail-kgc serve --dir /var/lib/ibemail/kgc --socket /run/ibemail/kgc.sock\n\n\
+        ibemail-kgc check --dir /var/lib/ibemail/kgc/example.org\n  \
+        systemctl enable --now ibemail-kgc   (serve --dir /var/lib/ibemail/kgc)\n\n\
         Instead of editing the zone by hand, `ibemail-kgc publish` sends the records to the \
         zone's primary server as a TSIG-signed dynamic update. See ibemail-kgc(8)."
 )]
@@ -193,7 +194,7 @@ enum Command {
     ///
     /// To ask the zone's primary directly, before secondaries and caches
     /// catch up, pass it with --resolver, e.g.
-    /// `ibemail-kgc check --dir /var/lib/ibemail/kgc --resolver 192.0.2.53:53`.
+    /// `ibemail-kgc check --dir /var/lib/ibemail/kgc/example.org --resolver 192.0.2.53:53`.
     Check {
         /// The key store.
         #[arg(long)]
@@ -226,14 +227,16 @@ enum Command {
     /// A signed zone is re-signed by the server.
     ///
     /// Create the key with `tsig-keygen ibemail-update > FILE` (BIND) or
-    /// `keymgr -t ibemail-update > FILE` (Knot), `chmod 600 FILE`, and add
+    /// `keymgr -t ibemail-update > FILE` (Knot), give it to the user that
+    /// publishes (`chown ibemail-kgc: FILE; chmod 600 FILE`: the packaged
+    /// daemon publishes as ibemail-kgc, and root may read it too), and add
     /// the same key to the name server's configuration.
     ///
     /// Exit status: 0 published; 1 refused (bad key, not allowed, wrong zone)
     /// or another error; 75 temporary failure (no connection, timeout,
     /// SERVFAIL). Run `ibemail-kgc check` afterwards.
     ///
-    /// Example: `ibemail-kgc publish --dir /var/lib/ibemail/kgc --server
+    /// Example: `ibemail-kgc publish --dir /var/lib/ibemail/kgc/example.org --server
     /// 192.0.2.53:53 --tsig-key /etc/ibemail/update.key`
     Publish {
         /// The key store.
