@@ -115,6 +115,21 @@ fn root_reads_any_store_and_writes_it_as_its_owner() {
     );
 }
 
+/// `ibemail-kgc serve --dir DIR --socket RUN/kgc.sock EXTRA` as nobody, as
+/// the packaged unit runs it as ibemail-kgc; expected to stop at start.
+fn serve_as_nobody(dir: &Path, run: &Path, extra: &[&str]) -> Output {
+    Command::new(KGC)
+        .args(["serve", "--dir"])
+        .arg(dir)
+        .arg("--socket")
+        .arg(run.join("kgc.sock"))
+        .args(extra)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_store_the_daemon_cannot_use_is_reported_with_the_fix_and_status_78() {
     let tmp = open_tempdir();
@@ -122,15 +137,7 @@ fn a_store_the_daemon_cannot_use_is_reported_with_the_fix_and_status_78() {
     let dir = tmp.path().join("root-store");
     Store::setup(&dir, "x.test", now(), &mut OsRng).unwrap();
     let run = nobodys_dir(&tmp.path().join("run"));
-    let out = Command::new(KGC)
-        .args(["serve", "--dir"])
-        .arg(&dir)
-        .arg("--socket")
-        .arg(run.join("kgc.sock"))
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let out = serve_as_nobody(&dir, &run, &[]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot start"), "{stderr}");
@@ -154,17 +161,16 @@ fn a_store_the_daemon_cannot_use_is_reported_with_the_fix_and_status_78() {
         store.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = Command::new(KGC)
-        .args(["serve", "--dir"])
-        .arg(&mine)
-        .arg("--socket")
-        .arg(run.join("kgc.sock"))
-        .args(["--publish-server", "127.0.0.1:53", "--publish-tsig-key"])
-        .arg(&key)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let out = serve_as_nobody(
+        &mine,
+        &run,
+        &[
+            "--publish-server",
+            "127.0.0.1:53",
+            "--publish-tsig-key",
+            key.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Permission denied"), "{stderr}");

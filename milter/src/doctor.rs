@@ -887,24 +887,4 @@ mod tests {
             "ERROR    postfix: milter_default_action = accept; fix: postconf -e 'milter_default_action = tempfail'"
         );
     }
-
-    #[test]
-    fn the_description_names_the_sockets_and_the_trust_anchor() {
-        let config = Config::parse(
-            "socket = \"inet:127.0.0.1:8895\"\nauthserv_id = \"mx.a.test\"\n\
-             local_domains = [\"a.test\"]\n[kgc]\nsocket = \"/run/ibemail/kgc.sock\"\n",
-        )
-        .unwrap();
-        let text = describe(&config);
-        assert!(
-            text.contains("socket:            inet:127.0.0.1:8895"),
-            "{text}"
-        );
-        assert!(
-            text.contains("the KGC daemon at /run/ibemail/kgc.sock"),
-            "{text}"
-        );
-        assert!(text.contains("lab zone"), "{text}");
-        assert!(text.contains("deferred (no reinject.address)"), "{text}");
-    }
 }

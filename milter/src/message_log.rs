@@ -99,30 +99,29 @@ pub fn message_processed(
     let recipients = recipients(config, &message.recipients);
     let outcome = verdict.kind.label();
     let signature = signature.unwrap_or("-");
+    // One set of fields, at info for accepted mail and at warn (with the
+    // reason) for mail that is not.
+    macro_rules! line {
+        ($level:ident, $text:literal $($extra:tt)*) => {
+            $level!(
+                target: "ibemail_milter::message",
+                queue_id = %message.queue_id,
+                direction,
+                recipients = %recipients,
+                outcome,
+                signature,
+                detail,
+                size = message.size,
+                $($extra)*
+                $text
+            )
+        };
+    }
     match &verdict.reply {
-        Reply::Continue => info!(
-            target: "ibemail_milter::message",
-            queue_id = %message.queue_id,
-            direction,
-            recipients = %recipients,
-            outcome,
-            signature,
-            detail,
-            size = message.size,
-            "message"
-        ),
-        Reply::Tempfail(reason) | Reply::Reject(reason) => warn!(
-            target: "ibemail_milter::message",
-            queue_id = %message.queue_id,
-            direction,
-            recipients = %recipients,
-            outcome,
-            signature,
-            detail,
-            size = message.size,
-            reason = %reason,
-            "message not accepted"
-        ),
+        Reply::Continue => line!(info, "message"),
+        Reply::Tempfail(reason) | Reply::Reject(reason) => {
+            line!(warn, "message not accepted" reason = %reason,)
+        }
     }
 }
 
@@ -168,6 +167,78 @@ mod tests {
             recipients(&config("[log]\naddresses = true\n"), &list),
             "bob@B.test,carol@c.test,dave@b.test"
         );
+    }
+
+    /// Log lines written while `f` runs, as JSON objects.
+    fn captured(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer(Arc::new(Mutex::new(Vec::new())));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn one_line_per_message_with_domains_outcome_and_the_reason_when_deferred() {
+        let c = config("");
+        let message = Message {
+            queue_id: "4Xk2".into(),
+            recipients: rcpts(&["bob@b.test", "carol@c.test"]),
+            size: 1234,
+            ..Message::default()
+        };
+        let accepted = Verdict {
+            reply: Reply::Continue,
+            actions: Vec::new(),
+            kind: Kind::Split,
+        };
+        let line = captured(|| {
+            message_processed(
+                &c,
+                &message,
+                Origin::Internal,
+                &accepted,
+                Some("signed"),
+                "x",
+            )
+        });
+        for field in [
+            "\"level\":\"INFO\"",
+            "\"queue_id\":\"4Xk2\"",
+            "\"direction\":\"outbound\"",
+            "\"recipients\":\"b.test,c.test\"",
+            "\"outcome\":\"split\"",
+            "\"signature\":\"signed\"",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        assert!(!line.contains("bob@"), "{line}");
+        let deferred = Verdict {
+            reply: Reply::Tempfail("KGC unavailable".into()),
+            actions: Vec::new(),
+            kind: Kind::Tempfail,
+        };
+        let line =
+            captured(|| message_processed(&c, &message, Origin::External, &deferred, None, ""));
+        assert!(line.contains("\"level\":\"WARN\""), "{line}");
+        assert!(line.contains("\"reason\":\"KGC unavailable\""), "{line}");
     }
 
     #[test]

@@ -556,6 +556,8 @@ fn check_config_explains_a_valid_file_and_names_the_key_of_a_mistake() {
         "{text}"
     );
     assert!(text.contains("configuration OK"), "{text}");
+    // The built-in trust anchor is explained where a trial will read it.
+    assert!(text.contains("lab zone"), "{text}");
     // The same with `run`, as systemd's ExecStart names it.
     milter()
         .args(["run", "--check-config", "--config"])

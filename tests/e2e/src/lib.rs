@@ -436,18 +436,28 @@ fn spawn_daemon(
         command.gid(user.1).uid(user.0);
     }
     let mut child = command.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
+    wait_until_ready(
+        &mut child,
+        log,
+        &format!("{program} {}", args.join(" ")),
+        ready,
+    );
+    child
+}
+
+/// Waits until `ready` says the daemon `child` serves; panics with its
+/// `log` if it exits first or 30 s pass.
+pub fn wait_until_ready(child: &mut Child, log: &Path, what: &str, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {
         let exited = child.try_wait().unwrap();
         assert!(
             exited.is_none() && Instant::now() < deadline,
-            "{program} {} did not start ({exited:?}):\n{}",
-            args.join(" "),
+            "{what} did not start ({exited:?}):\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
 }
 
 /// Gives `path` and everything below it to `owner`.

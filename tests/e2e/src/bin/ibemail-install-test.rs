@@ -33,7 +33,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ibemail_e2e::{REINJECT_PORT, configure, delivered_original, message, strings};
+use ibemail_e2e::{
+    REINJECT_PORT, configure, delivered_original, message, strings, wait_until_ready,
+};
 use ibemail_kgc::accounts::{Account, by_name};
 use ibemail_test_support::knot::{Knot, Signing, Zone};
 use ibemail_test_support::postfix::{Postfix, PostfixConfig};
@@ -271,20 +273,6 @@ fn split_words(line: &str, env: &[(String, String)]) -> Vec<String> {
     }
     words.extend(word);
     words
-}
-
-/// Waits for `ready`, panicking with `log` if `child` exits or 30 s pass.
-fn wait_until(child: &mut Child, log: &Path, what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        let exited = child.try_wait().unwrap();
-        assert!(
-            exited.is_none() && Instant::now() < deadline,
-            "{what} did not start ({exited:?}):\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The daemons started from units; stopped when dropped, so a failed check
@@ -529,7 +517,7 @@ fn main() {
         let unit = Unit::load(file, instance);
         let name = format!("{}.log", unit.name);
         let mut child = unit.start(&log(&name));
-        wait_until(&mut child, &log(&name), &unit.name, || {
+        wait_until_ready(&mut child, &log(&name), &unit.name, || {
             std::os::unix::net::UnixStream::connect(socket).is_ok()
         });
         assert_eq!(mode(socket), (0o660, kgc.uid, kgc.gid), "{socket}");
@@ -602,7 +590,7 @@ fn main() {
         let unit = Unit::load(file, instance);
         let name = format!("{}.log", unit.name);
         let mut child = unit.start(&log(&name));
-        wait_until(&mut child, &log(&name), &unit.name, || {
+        wait_until_ready(&mut child, &log(&name), &unit.name, || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
         daemons.0.push(child);
