@@ -9,6 +9,7 @@
 //!   Unix socket and its client, so the milter never holds a key;
 //! - [`accounts`]: system accounts; root running a command as a store's
 //!   owner;
+//! - [`socket`]: Unix sockets that appear with their final mode;
 //! - [`check`]: comparing the published `_ibemailkey` records with the store;
 //! - [`publish`], [`tsig`]: publishing them by TSIG-signed DNS UPDATE;
 //! - [`duration`]: `30d`-style durations of the command line;
@@ -34,5 +35,6 @@ pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod service;
+pub mod socket;
 pub mod store;
 pub mod tsig;

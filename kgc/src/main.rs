@@ -601,7 +601,6 @@ struct Maintenance {
 
 /// Binds the socket, replacing a stale one but never a live daemon's.
 async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
     if socket.exists() {
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
             bail!("{} is in use by a running daemon", socket.display());
@@ -609,9 +608,12 @@ async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(socket)
             .with_context(|| format!("removing stale socket {}", socket.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(socket)
+    let listener = ibemail_kgc::socket::bind_with_mode(socket, mode)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
         .with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 

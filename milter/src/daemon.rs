@@ -23,9 +23,11 @@ async fn bind(socket: &str) -> Result<EitherListener<TcpListener, UnixListener>,
     } else if let Some(path) = socket.strip_prefix("unix:") {
         let path = Path::new(path);
         replace_stale(path)?;
-        let listener = UnixListener::bind(path).map_err(|e| format!("socket {socket}: {e}"))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        let listener = ibemail_kgc::socket::bind_with_mode(path, 0o660)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l)
+            })
             .map_err(|e| format!("socket {socket}: {e}"))?;
         Ok(EitherListener::Unix(listener))
     } else {

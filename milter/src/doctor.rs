@@ -825,8 +825,10 @@ pub fn describe(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
-        "undecryptable:     {:?}; messages over {} bytes: {:?}",
-        config.undecryptable, config.max_message_size, config.oversize
+        "undecryptable:     {}; messages over {} bytes: {}",
+        format!("{:?}", config.undecryptable).to_lowercase(),
+        config.max_message_size,
+        format!("{:?}", config.oversize).to_lowercase()
     );
     let _ = writeln!(
         out,
@@ -837,8 +839,8 @@ pub fn describe(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
-        "log:               {:?} lines; recipients shown as {}",
-        config.log_format,
+        "log:               {} lines; recipients shown as {}",
+        format!("{:?}", config.log_format).to_lowercase(),
         if config.log_addresses {
             "addresses"
         } else {

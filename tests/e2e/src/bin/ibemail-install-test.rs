@@ -516,12 +516,12 @@ fn main() {
     ] {
         let unit = Unit::load(file, instance);
         let name = format!("{}.log", unit.name);
-        let mut child = unit.start(&log(&name));
-        wait_until_ready(&mut child, &log(&name), &unit.name, || {
+        daemons.0.push(unit.start(&log(&name)));
+        let child = daemons.0.last_mut().unwrap();
+        wait_until_ready(child, &log(&name), &unit.name, || {
             std::os::unix::net::UnixStream::connect(socket).is_ok()
         });
         assert_eq!(mode(socket), (0o660, kgc.uid, kgc.gid), "{socket}");
-        daemons.0.push(child);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while knot.query_txt("_ibemailkey.a.test").is_empty() {
@@ -589,11 +589,11 @@ fn main() {
     ] {
         let unit = Unit::load(file, instance);
         let name = format!("{}.log", unit.name);
-        let mut child = unit.start(&log(&name));
-        wait_until_ready(&mut child, &log(&name), &unit.name, || {
+        daemons.0.push(unit.start(&log(&name)));
+        let child = daemons.0.last_mut().unwrap();
+        wait_until_ready(child, &log(&name), &unit.name, || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
-        daemons.0.push(child);
     }
 
     step("Postfix for a.test and b.test, with the packaged snippets");
