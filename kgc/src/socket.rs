@@ -1,34 +1,30 @@
 //! Unix sockets that appear with their final permissions.
 //!
 //! `bind(2)` creates the socket file with the process's umask (0077 under
-//! the packaged units) and `chmod` can only follow: a client of another
-//! user connecting in between is refused. So the socket is bound under a
-//! temporary name in the same directory, given its mode, and renamed into
-//! place; a listener keeps working when its file is renamed.
+//! the packaged units), and a `chmod` can only follow: a client of another
+//! user connecting in between would be refused. So the umask is set to the
+//! wanted mode's complement for the `bind` alone. (Binding under another
+//! name and renaming would do too, but the kernel, `ss` and `lsof` would go
+//! on naming the socket by its first name.) The daemons bind before they
+//! create any other file, so the brief change of the process-wide umask
+//! affects nothing else; files are created with explicit modes anyway.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-/// Binds `path` with permissions `mode`. Whatever is at `path` is replaced
-/// (callers check first that it is a stale socket).
+use rustix::fs::Mode;
+
+/// Binds `path` with permissions `mode` from the start.
 pub fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a socket path needs a name"))?;
-    let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(name);
-    temporary_name.push(format!(".{}", std::process::id()));
-    let temporary = path.with_file_name(temporary_name);
-    let _ = std::fs::remove_file(&temporary);
-    let listener = UnixListener::bind(&temporary)?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
+    let previous = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = bound?;
+    // Bits the umask cannot grant (none for a socket, created 0777) and
+    // any doubt: the mode is set once more.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
@@ -48,8 +44,6 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o660);
         let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
         assert!(listener.accept().is_ok());
-        // Only the socket is left in the directory.
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -713,3 +713,33 @@ fn main() {
     clean_up();
     println!("==> install test passed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::split_words;
+
+    #[test]
+    fn unit_command_lines_split_and_expand_as_systemd_does() {
+        let env = [(
+            "KGC_OPTS".to_string(),
+            "--metrics 127.0.0.1:9101".to_string(),
+        )];
+        assert_eq!(
+            split_words(
+                r#"/bin/sh -c 'exec serve --allow-uid "$(id -u ibemail)" $KGC_OPTS' $$x ${KGC_OPTS}"#,
+                &env
+            ),
+            [
+                "/bin/sh",
+                "-c",
+                r#"exec serve --allow-uid "$(id -u ibemail)" --metrics 127.0.0.1:9101"#,
+                "$x",
+                "--metrics 127.0.0.1:9101",
+            ]
+        );
+        assert_eq!(
+            split_words("IBEMAIL_LOG=info NO_COLOR=1", &[]),
+            ["IBEMAIL_LOG=info", "NO_COLOR=1"]
+        );
+    }
+}
