@@ -402,7 +402,9 @@ pub async fn check(
         }
         DnssecStatus::Bogus => {
             problems.push("DNSSEC bogus".into());
-            "DNSSEC: BOGUS (does not validate from the trust anchor: validating senders defer mail)"
+            "DNSSEC: BOGUS (does not validate from the trust anchor: validating senders defer \
+             mail; a zone not chained to the root, such as a lab zone, validates only from its \
+             own anchor: --trust-anchor FILE with its DNSKEY, or --dnssec off for a trial)"
                 .to_string()
         }
         DnssecStatus::Unchecked if !validated => "DNSSEC: not validated (--dnssec off)".into(),

@@ -7,9 +7,16 @@
 //!   keys derived on demand (cached);
 //! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
 //!   Unix socket and its client, so the milter never holds a key;
+//! - [`accounts`]: system accounts; root running a command as a store's
+//!   owner;
+//! - [`socket`]: Unix sockets that appear with their final mode;
 //! - [`check`]: comparing the published `_ibemailkey` records with the store;
 //! - [`publish`], [`tsig`]: publishing them by TSIG-signed DNS UPDATE;
-//! - [`duration`]: `30d`-style durations of the command line.
+//! - [`duration`]: `30d`-style durations of the command line;
+//! - [`metrics`]: the daemon's Prometheus counters and the HTTP endpoint
+//!   both daemons serve them on;
+//! - [`logging`]: log lines of both daemons (text or JSON, colour only on a
+//!   terminal).
 //!
 //! The binary `ibemail-kgc` (`src/main.rs`) wraps these as the commands
 //! `setup`, `record`, `status`, `extract`, `rotate`, `retire`, `check`, `publish`
@@ -18,13 +25,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod check;
 pub mod client;
 pub mod duration;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod service;
+pub mod socket;
 pub mod store;
 pub mod tsig;
 pub mod upkeep;

@@ -21,6 +21,7 @@ use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy, TrustAnchor};
 use ibemail_ibe::Identity;
 use ibemail_kgc::check::{CheckStatus, check};
 use ibemail_kgc::duration::parse_duration;
+use ibemail_kgc::logging::{self, LogFormat};
 use ibemail_kgc::publish::{UpdateTarget, publish};
 use ibemail_kgc::server::{Grant, ServerConfig, serve};
 use ibemail_kgc::service::{KeyService, SigningSwitch};
@@ -39,21 +40,36 @@ use tracing::{error, info};
     long_about = "Key generation center (KGC) for ibemail.\n\n\
         A KGC holds a domain's master key. Senders find its public parameters in DNS at \
         _ibemailkey.<domain>; the KGC derives each user's private key from the master key \
-        when the milter needs to open a message. First steps:\n\n  \
-        ibemail-kgc setup --domain example.org --dir /var/lib/ibemail/kgc\n  \
+        when the milter needs to open a message. First steps, as root with the packages \
+        installed (commands that change a store run as its owner, ibemail-kgc):\n\n  \
+        ibemail-kgc setup --domain example.org --dir /var/lib/ibemail/kgc/example.org\n  \
         (publish the printed TXT record in the example.org zone)\n  \
-        ibemail-kgc check --dir /var/lib/ibemail/kgc\n  \
-        ibemail-kgc serve --dir /var/lib/ibemail/kgc --socket /run/ibemail/kgc.sock\n\n\
+        ibemail-kgc check --dir /var/lib/ibemail/kgc/example.org\n  \
+        systemctl enable --now ibemail-kgc   (serve --dir /var/lib/ibemail/kgc)\n\n\
         Instead of editing the zone by hand, `ibemail-kgc publish` sends the records to the \
         zone's primary server as a TSIG-signed dynamic update. See ibemail-kgc(8)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on standard error: text (coloured only on a terminal,
+    /// never with NO_COLOR set) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "IBEMAIL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 /// Exit status for temporary failures (sysexits EX_TEMPFAIL), as the milter.
 const EXIT_TEMPFAIL: u8 = 75;
+
+/// Exit status when `serve` cannot start (sysexits EX_CONFIG): the units
+/// do not restart it (RestartPreventExitStatus), since a store with the
+/// wrong owner or an unreadable TSIG key stays so until someone fixes it.
+const EXIT_CONFIG: u8 = 78;
 
 /// Where dynamic updates go (`publish`, and `serve --publish-server`).
 #[derive(Args, Clone, Debug)]
@@ -136,6 +152,8 @@ impl RetentionArgs {
     }
 }
 
+// Parsed once per run: boxing `serve`'s options would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Create a key store with a new master key (generation 1) and print the
@@ -250,7 +268,7 @@ enum Command {
     ///
     /// To ask the zone's primary directly, before secondaries and caches
     /// catch up, pass it with --resolver, e.g.
-    /// `ibemail-kgc check --dir /var/lib/ibemail/kgc --resolver 192.0.2.53:53`.
+    /// `ibemail-kgc check --dir /var/lib/ibemail/kgc/example.org --resolver 192.0.2.53:53`.
     Check {
         /// The key store.
         #[arg(long)]
@@ -283,14 +301,16 @@ enum Command {
     /// A signed zone is re-signed by the server.
     ///
     /// Create the key with `tsig-keygen ibemail-update > FILE` (BIND) or
-    /// `keymgr -t ibemail-update > FILE` (Knot), `chmod 600 FILE`, and add
+    /// `keymgr -t ibemail-update > FILE` (Knot), give it to the user that
+    /// publishes (`chown ibemail-kgc: FILE; chmod 600 FILE`: the packaged
+    /// daemon publishes as ibemail-kgc, and root may read it too), and add
     /// the same key to the name server's configuration.
     ///
     /// Exit status: 0 published; 1 refused (bad key, not allowed, wrong zone)
     /// or another error; 75 temporary failure (no connection, timeout,
     /// SERVFAIL). Run `ibemail-kgc check` afterwards.
     ///
-    /// Example: `ibemail-kgc publish --dir /var/lib/ibemail/kgc --server
+    /// Example: `ibemail-kgc publish --dir /var/lib/ibemail/kgc/example.org --server
     /// 192.0.2.53:53 --tsig-key /etc/ibemail/update.key`
     Publish {
         /// The key store.
@@ -301,7 +321,9 @@ enum Command {
     },
     /// Run the key daemon: open capsules for the milter over a Unix socket.
     Serve {
-        /// Key store(s), one per domain served.
+        /// Key store(s), one per domain served; or a directory of key stores
+        /// (every subdirectory that is one, as /var/lib/ibemail/kgc in the
+        /// packages). A store added there is served after a restart.
         #[arg(long, required = true)]
         dir: Vec<PathBuf>,
         /// Unix socket to listen on (a stale one is replaced).
@@ -336,6 +358,10 @@ enum Command {
         /// How often to check for rotation, watch DNS and retire.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         maintenance_interval: u64,
+        /// Serve Prometheus metrics (key uses by outcome) over HTTP on this
+        /// loopback ADDR:PORT.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<SocketAddr>,
         #[command(flatten)]
         publish: ServePublishArgs,
         /// Name server to watch for what is published, ADDR:PORT (default:
@@ -425,6 +451,7 @@ fn run(cli: Cli) -> Result<u8> {
             first_generation,
             policy,
         } => {
+            as_store_owner(&dir)?;
             let store = Store::setup_at(
                 &dir,
                 &domain,
@@ -489,6 +516,7 @@ fn run(cli: Cli) -> Result<u8> {
             policy,
             retention,
         } => {
+            as_store_owner(&dir)?;
             let mut store = Store::open(&dir)?;
             let policy = policy.policy();
             let floor = retention
@@ -517,6 +545,7 @@ fn run(cli: Cli) -> Result<u8> {
             retention,
             force,
         } => {
+            as_store_owner(&dir)?;
             let mut store = Store::open(&dir)?;
             let now = now();
             if let Some(generation) = force {
@@ -632,12 +661,21 @@ fn run(cli: Cli) -> Result<u8> {
             rotate_every,
             overlap,
             maintenance_interval,
+            metrics,
             publish,
             watch_server,
             retention,
         } => {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
+            let dir = match dir
+                .iter()
+                .map(|d| Store::find(d))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(found) => found.concat(),
+                Err(e) => return startup_failure(e.into()),
+            };
             let mut config = ServerConfig::default();
             if !(allow_uid.is_empty() && allow_open.is_empty() && allow_sign.is_empty()) {
                 config.grants.clear();
@@ -669,7 +707,10 @@ fn run(cli: Cli) -> Result<u8> {
                     server,
                     zone: publish.publish_zone,
                     ttl: publish.publish_ttl,
-                    key: TsigKey::load(&key)?,
+                    key: match TsigKey::load(&key) {
+                        Ok(key) => key,
+                        Err(e) => return startup_failure(e.into()),
+                    },
                 }),
                 _ => None,
             };
@@ -679,10 +720,12 @@ fn run(cli: Cli) -> Result<u8> {
             upkeep.rotate_every = rotate_every;
             upkeep.overlap = overlap;
             upkeep.publication = publication;
-            let service = KeyService::load(&dir, cache_size)?.with_signing_switch(SigningSwitch {
-                ttl: u64::from(publish.publish_ttl),
-                ..SigningSwitch::default()
-            });
+            let service = KeyService::load(&dir, cache_size)
+                .map_err(StartupFailure::from)?
+                .with_signing_switch(SigningSwitch {
+                    ttl: u64::from(publish.publish_ttl),
+                    ..SigningSwitch::default()
+                });
             runtime.block_on(async {
                 upkeep.watch = watch.map(watcher).transpose()?;
                 daemon(
@@ -690,6 +733,7 @@ fn run(cli: Cli) -> Result<u8> {
                     &socket,
                     mode,
                     config,
+                    metrics,
                     upkeep,
                     Duration::from_secs(maintenance_interval.max(1)),
                 )
@@ -702,7 +746,6 @@ fn run(cli: Cli) -> Result<u8> {
 
 /// Binds the socket, replacing a stale one but never a live daemon's.
 async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
     if socket.exists() {
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
             bail!("{} is in use by a running daemon", socket.display());
@@ -710,9 +753,12 @@ async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(socket)
             .with_context(|| format!("removing stale socket {}", socket.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(socket)
+    let listener = ibemail_kgc::socket::bind_with_mode(socket, mode)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
         .with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
@@ -729,12 +775,23 @@ async fn daemon(
     socket: &Path,
     mode: u32,
     config: ServerConfig,
+    metrics: Option<SocketAddr>,
     mut upkeep: Upkeep,
     interval: Duration,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let service = Arc::new(service);
     let listener = bind(socket, mode).await?;
+    if let Some(addr) = metrics {
+        let listener = ibemail_kgc::metrics::bind(addr)
+            .await
+            .with_context(|| format!("metrics {addr}"))?;
+        let service = service.clone();
+        tokio::spawn(ibemail_kgc::metrics::serve(listener, move || {
+            service.metrics().render()
+        }));
+        info!(%addr, "metrics endpoint listening");
+    }
     for (domain, generation) in service.hello() {
         info!("serving {domain} (signing with generation {generation})");
     }
@@ -816,23 +873,55 @@ fn store_policy(store: &Store) -> Option<Policy> {
         .and_then(|e| e.policy().copied())
 }
 
+/// As root, re-runs this command as the owner of the key store `dir` (or
+/// of the directory it will be created in), so the files it writes stay
+/// readable by the daemon. Read-only commands need no switch: root may
+/// read any store.
+fn as_store_owner(dir: &Path) -> Result<()> {
+    if let Some((uid, gid)) = ibemail_kgc::accounts::owner_of_store(dir) {
+        ibemail_kgc::accounts::become_user(uid, gid).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// A reason `serve` cannot start that a restart will not cure.
+#[derive(Debug)]
+struct StartupFailure(anyhow::Error);
+
+impl std::fmt::Display for StartupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StartupFailure {}
+
+impl From<ibemail_kgc::store::StoreError> for StartupFailure {
+    fn from(e: ibemail_kgc::store::StoreError) -> Self {
+        StartupFailure(e.into())
+    }
+}
+
+/// Reports a start-up failure of `serve` and exits with EX_CONFIG.
+fn startup_failure(e: anyhow::Error) -> Result<u8> {
+    Err(StartupFailure(e).into())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IBEMAIL_LOG")
-                // hickory's DNSSEC validator logs every failed proof at
-                // error level, with whole messages; `check` reports the
-                // outcome itself. IBEMAIL_LOG=debug shows everything.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,hickory_net=off,hickory_resolver=off,hickory_proto=off",
-                    )
-                }),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // hickory's DNSSEC validator logs every failed proof at error level,
+    // with whole messages; `check` reports the outcome itself.
+    // IBEMAIL_LOG=debug shows everything.
+    logging::init(
+        cli.log_format,
+        "info,hickory_net=off,hickory_resolver=off,hickory_proto=off",
+    );
+    match run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is::<StartupFailure>() => {
+            eprintln!("ibemail-kgc: cannot start: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("ibemail-kgc: {e:#}");
             ExitCode::FAILURE

@@ -165,6 +165,7 @@ async fn handle_connection(
         }
     };
     if grant.is_empty() {
+        service.metrics().refused_connection();
         warn!(
             target: "ibemail_kgc::audit",
             "refused connection from uid {} pid {}: no grant",

@@ -11,6 +11,7 @@ use lru::LruCache;
 use rand_core::OsRng;
 use tracing::{info, warn};
 
+use crate::metrics::KgcMetrics;
 use crate::protocol::{Response, Status};
 use crate::store::{Store, StoreError};
 
@@ -29,6 +30,7 @@ pub struct KeyService {
     stores: RwLock<Vec<Arc<Store>>>,
     signing_cache: Mutex<KeyCache<SigningKey>>,
     switch: SigningSwitch,
+    metrics: KgcMetrics,
 }
 
 /// When a new generation starts signing mail: once DNS has been seen
@@ -93,7 +95,13 @@ impl KeyService {
                 NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN),
             )),
             switch: SigningSwitch::default(),
+            metrics: KgcMetrics::default(),
         })
+    }
+
+    /// Key uses and refusals so far (every audit line is counted).
+    pub fn metrics(&self) -> &KgcMetrics {
+        &self.metrics
     }
 
     /// The service with another signing switch (the daemon's records TTL).
@@ -201,7 +209,7 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.sign_inner(identity, generation, message);
-        audit("sign", identity, generation, &response, peer);
+        self.audit("sign", identity, generation, &response, peer);
         response
     }
 
@@ -272,7 +280,7 @@ impl KeyService {
         peer: Peer,
     ) -> Response {
         let response = self.open_inner(identity, generation, capsule);
-        audit("open", identity, generation, &response, peer);
+        self.audit("open", identity, generation, &response, peer);
         response
     }
 
@@ -314,9 +322,31 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-/// One audit line per key use: operation, identity, generation, outcome and
-/// peer — never key material. Successes at info, everything else at warn.
-fn audit(operation: &str, identity: &str, generation: Generation, response: &Response, peer: Peer) {
+impl KeyService {
+    /// One audit line per key use: operation, identity, generation, outcome
+    /// and peer — never key material; successes at info, everything else at
+    /// warn. The outcome is also counted in [`KeyService::metrics`].
+    fn audit(
+        &self,
+        operation: &str,
+        identity: &str,
+        generation: Generation,
+        response: &Response,
+        peer: Peer,
+    ) {
+        let outcome = audit(operation, identity, generation, response, peer);
+        self.metrics.request(operation, outcome);
+    }
+}
+
+/// Writes the audit line; returns the outcome word.
+fn audit(
+    operation: &str,
+    identity: &str,
+    generation: Generation,
+    response: &Response,
+    peer: Peer,
+) -> &'static str {
     let outcome = match response {
         Response::Opened(_) => "opened",
         Response::Signed(..) => "signed",
@@ -337,6 +367,7 @@ fn audit(operation: &str, identity: &str, generation: Generation, response: &Res
     } else {
         warn!(target: "ibemail_kgc::audit", "{line}");
     }
+    outcome
 }
 
 /// Maps a SIGN response to a signature.

@@ -139,26 +139,43 @@ impl fmt::Display for Wait {
 #[non_exhaustive]
 pub enum StoreError {
     /// I/O on a store file.
-    #[error("{path}: {source}")]
+    // Not a `source`: the text is in the message, and a chain would repeat it.
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// `setup` on a directory that already holds something.
     #[error("{0} already exists and is not empty; refusing to overwrite a key store")]
     AlreadyExists(PathBuf),
     /// A store file or the directory is readable or writable by others, or
     /// owned by another user.
-    #[error("{path}: {problem}; fix with: chown <kgc-user> {path} && chmod {mode} {path}")]
+    #[error("{path}: {problem}; {fix}")]
     InsecurePermissions {
         /// The file or directory.
         path: PathBuf,
         /// What is wrong.
         problem: String,
-        /// The mode it should have.
-        mode: &'static str,
+        /// What to do about it.
+        fix: String,
+    },
+    /// A write to a store that belongs to another user (root writing a
+    /// store would leave files its daemon cannot read).
+    #[error(
+        "{dir} belongs to {owner}; changing it as {writer} would leave files that {owner} \
+         cannot read. Run it as the owner: {run_as} ibemail-kgc ..."
+    )]
+    NotOwner {
+        /// The store.
+        dir: PathBuf,
+        /// Its owner, described.
+        owner: String,
+        /// The command prefix that runs a command as the owner.
+        run_as: String,
+        /// Who tried to write, described.
+        writer: String,
     },
     /// A store file does not parse.
     #[error("{path}: {problem}")]
@@ -170,7 +187,8 @@ pub enum StoreError {
     },
     /// The directory has no `kgc.store`: not a key store.
     #[error(
-        "{0} is not an ibemail KGC key store (no kgc.store); create one with `ibemail-kgc setup`"
+        "{0} is not an ibemail KGC key store (no kgc.store) and holds none; create one with \
+         `ibemail-kgc setup --domain DOMAIN --dir DIR`"
     )]
     NotAStore(PathBuf),
     /// No such generation was ever created.
@@ -196,9 +214,9 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -355,37 +373,54 @@ fn state_file(generation: Generation) -> String {
     format!("gen-{generation:08}.state")
 }
 
-/// Checks that `path` is owned by us and has no group/other permissions.
-fn check_private(path: &Path, is_dir: bool) -> Result<(), StoreError> {
+/// Checks that `path` (in the store `dir`) has no group/other permissions
+/// and is owned by this process's user, or that this process is root, which
+/// may read any store (its write commands run as the owner: [`Store::lock`]).
+fn check_private(dir: &Path, path: &Path, is_dir: bool) -> Result<(), StoreError> {
     let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
     let mode = if is_dir { "0700" } else { "0600" };
+    let insecure = |problem: String, fix: String| StoreError::InsecurePermissions {
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    };
     if meta.file_type().is_symlink() {
-        return Err(StoreError::InsecurePermissions {
-            path: path.to_path_buf(),
-            problem: "is a symbolic link".into(),
-            mode,
-        });
+        return Err(insecure(
+            "is a symbolic link".into(),
+            "a key store holds its files itself: replace the link by the file it points to".into(),
+        ));
     }
-    let euid = rustix::process::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(StoreError::InsecurePermissions {
-            path: path.to_path_buf(),
-            problem: format!(
-                "owned by uid {}, not by this process (uid {euid})",
-                meta.uid()
-            ),
-            mode,
-        });
+    let euid = crate::accounts::current_uid();
+    if meta.uid() != euid && euid != 0 {
+        let me = crate::accounts::describe_uid(euid);
+        let me_name = crate::accounts::by_uid(euid).map_or(format!("{euid}"), |a| a.name);
+        let owner = crate::accounts::describe_uid(meta.uid());
+        let give = format!("chown -R {me_name}: {}", dir.display());
+        return Err(insecure(
+            format!("owned by {owner}, not by this process's user, {me}"),
+            if meta.uid() == 0 {
+                // Root made it (setup run by root in a root-owned place).
+                format!(
+                    "give the whole store to the user that serves it (ibemail-kgc for the \
+                     packaged daemon): {give}"
+                )
+            } else {
+                format!(
+                    "run ibemail-kgc as the store's owner ({} ibemail-kgc ...), or give the \
+                     whole store to {me}: {give}",
+                    crate::accounts::run_as_hint(meta.uid())
+                )
+            },
+        ));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(StoreError::InsecurePermissions {
-            path: path.to_path_buf(),
-            problem: format!(
+        return Err(insecure(
+            format!(
                 "mode {:04o} gives access to group or others",
                 meta.mode() & 0o7777
             ),
-            mode,
-        });
+            format!("fix with: chmod {mode} {}", path.display()),
+        ));
     }
     Ok(())
 }
@@ -537,7 +572,7 @@ impl Store {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        check_private(dir, true)?;
+        check_private(dir, dir, true)?;
         let _lock = Self::lock(dir)?;
         write_atomic(
             dir,
@@ -549,14 +584,46 @@ impl Store {
         Store::open(dir)
     }
 
+    /// The key stores `dir` names: `dir` itself if it is one, otherwise
+    /// every subdirectory of it that is one (sorted), as in the packaged
+    /// layout `/var/lib/ibemail/kgc/<domain>`. None is an error.
+    pub fn find(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        // A directory this user may not enter: say whose it is and what to
+        // do (a store root created for the daemon, typically).
+        let denied = |e: io::Error| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                check_private(dir, dir, true)
+                    .err()
+                    .unwrap_or_else(|| io_err(dir)(e))
+            } else {
+                io_err(dir)(e)
+            }
+        };
+        match fs::symlink_metadata(dir.join(STORE_FILE)) {
+            Ok(_) => return Ok(vec![dir.to_path_buf()]),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(denied(e)),
+            Err(_) => {}
+        }
+        let mut stores: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(denied)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.join(STORE_FILE).exists())
+            .collect();
+        if stores.is_empty() {
+            return Err(StoreError::NotAStore(dir.to_path_buf()));
+        }
+        stores.sort();
+        Ok(stores)
+    }
+
     /// Loads the store in `dir`, refusing insecure permissions.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        check_private(dir, true)?;
+        check_private(dir, dir, true)?;
         let store_path = dir.join(STORE_FILE);
         if !store_path.exists() {
             return Err(StoreError::NotAStore(dir.to_path_buf()));
         }
-        check_private(&store_path, false)?;
+        check_private(dir, &store_path, false)?;
         let text = fs::read_to_string(&store_path).map_err(io_err(&store_path))?;
         let fields = parse_fields(&store_path, &text)?;
         if field(&store_path, &fields, "format")? != STORE_FORMAT {
@@ -578,7 +645,7 @@ impl Store {
                 .strip_prefix("gen-")
                 .and_then(|r| r.strip_suffix(".key"))
             {
-                check_private(&path, false)?;
+                check_private(dir, &path, false)?;
                 let generation = number(&path, n, "file name")?;
                 let loaded = Self::read_key(&path, &domain, generation)?;
                 generations.insert(generation, loaded);
@@ -765,7 +832,19 @@ impl Store {
         write_atomic(dir, &key_file(generation), text.as_bytes())
     }
 
+    /// Takes the writer lock. Only the store's owner writes: root may read
+    /// any store, but files it wrote would be unreadable to the daemon.
     fn lock(dir: &Path) -> Result<WriteLock, StoreError> {
+        let owner = fs::metadata(dir).map_err(io_err(dir))?.uid();
+        let writer = crate::accounts::current_uid();
+        if owner != writer {
+            return Err(StoreError::NotOwner {
+                dir: dir.to_path_buf(),
+                owner: crate::accounts::describe_uid(owner),
+                run_as: crate::accounts::run_as_hint(owner),
+                writer: crate::accounts::describe_uid(writer),
+            });
+        }
         let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .write(true)

@@ -57,15 +57,21 @@ impl fmt::Debug for TsigKey {
 #[non_exhaustive]
 pub enum TsigKeyError {
     /// The file cannot be read.
-    #[error("TSIG key {path}: {source}")]
+    // Not a `source`: the text is in the message, and a chain would repeat it.
+    #[error("TSIG key {path}: {error}{hint}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
+        /// What to do about it, when that is clear (`; ...`), or nothing.
+        hint: String,
     },
     /// The file is readable or writable by group or others.
-    #[error("TSIG key {path}: {problem}; a TSIG key is a secret, fix with: chmod 600 {path}")]
+    #[error(
+        "TSIG key {path}: {problem}; a TSIG key is a secret, readable only by the user that \
+         runs ibemail-kgc (ibemail-kgc for the packaged daemon): chmod 600 {path}"
+    )]
     InsecurePermissions {
         /// The file.
         path: PathBuf,
@@ -113,9 +119,19 @@ impl TsigKey {
 
     /// Reads a key file, refusing one that group or others can access.
     pub fn load(path: &Path) -> Result<Self, TsigKeyError> {
-        let io_err = |source| TsigKeyError::Io {
+        let io_err = |error: io::Error| TsigKeyError::Io {
             path: path.to_path_buf(),
-            source,
+            hint: if error.kind() == io::ErrorKind::PermissionDenied {
+                format!(
+                    "; the key must belong to the user that runs ibemail-kgc ({}; the packaged \
+                     daemon runs as ibemail-kgc): chown ibemail-kgc: {p} && chmod 600 {p}",
+                    crate::accounts::describe_uid(crate::accounts::current_uid()),
+                    p = path.display()
+                )
+            } else {
+                String::new()
+            },
+            error,
         };
         let meta = fs::metadata(path).map_err(io_err)?;
         if !meta.is_file() {

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ibemail_discovery::{DnssecPolicy, DomainPolicy, PinPolicy};
+use ibemail_discovery::{DiscoveryConfig, DnssecPolicy, DomainPolicy, PinPolicy, TrustAnchor};
+use ibemail_kgc::logging::LogFormat;
 use serde::Deserialize;
 
 /// Where the milter keeps its state unless `state_dir` says otherwise (the
@@ -211,6 +212,11 @@ pub struct Config {
     pub sign: SignPolicy,
     /// Per-local-domain signing policies.
     pub sign_domains: BTreeMap<String, SignPolicy>,
+    /// How log lines are written (`--log-format` overrides it).
+    pub log_format: LogFormat,
+    /// Whether per-message log lines name recipients' addresses (otherwise
+    /// only their domains).
+    pub log_addresses: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +245,15 @@ struct RawConfig {
     reinject: RawReinject,
     #[serde(default)]
     signing: RawSigning,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    addresses: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -412,7 +427,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let socket = raw
             .socket
-            .ok_or("socket: required (inet:127.0.0.1:8891 or unix:/run/ibemail/milter.sock)")?;
+            .ok_or("socket: required (inet:127.0.0.1:8895 or unix:/run/ibemail/milter.sock)")?;
         if !(socket.starts_with("inet:") || socket.starts_with("unix:")) {
             return Err(format!("socket: {socket:?} must start with inet: or unix:"));
         }
@@ -630,7 +645,53 @@ impl Config {
             state_dir,
             sign,
             sign_domains,
+            log_format: field("log.format", raw.log.format.as_ref(), LogFormat::Text)?,
+            log_addresses: raw.log.addresses.unwrap_or(false),
         })
+    }
+
+    /// The settings that differ between `self` (running) and `new` but
+    /// that only a restart applies: one sentence each, for the reload log.
+    pub fn needs_restart(&self, new: &Config) -> Vec<String> {
+        let show = |value: Option<String>| value.unwrap_or_else(|| "unset".into());
+        let mut changed = Vec::new();
+        if self.socket != new.socket {
+            changed.push(format!(
+                "socket changed from {} to {}",
+                self.socket, new.socket
+            ));
+        }
+        if self.metrics != new.metrics {
+            changed.push(format!(
+                "metrics changed from {} to {}",
+                show(self.metrics.map(|a| a.to_string())),
+                show(new.metrics.map(|a| a.to_string()))
+            ));
+        }
+        if self.log_format != new.log_format {
+            changed.push(format!(
+                "log.format changed from {:?} to {:?}",
+                self.log_format, new.log_format
+            ));
+        }
+        changed
+    }
+
+    /// The resolver settings of `[dns]`, for tools that look up parameters
+    /// as the milter does (`lookup --config`, `doctor`).
+    pub fn discovery_config(&self) -> DiscoveryConfig {
+        DiscoveryConfig {
+            servers: self.resolvers.clone(),
+            timeout: self.dns_timeout,
+            attempts: self.dns_attempts,
+            max_ttl: self.dns_max_cache,
+            max_negative_ttl: self.dns_max_cache.min(std::time::Duration::from_secs(3600)),
+            trust_anchor: self
+                .trust_anchor
+                .clone()
+                .map_or(TrustAnchor::Root, TrustAnchor::File),
+            ..DiscoveryConfig::default()
+        }
     }
 
     /// The policy for a remote domain (normalised name).
@@ -669,7 +730,7 @@ mod tests {
 
     use super::*;
 
-    const MINIMAL: &str = "socket = \"inet:127.0.0.1:8891\"\nauthserv_id = \"mx.a.test\"\n";
+    const MINIMAL: &str = "socket = \"inet:127.0.0.1:8895\"\nauthserv_id = \"mx.a.test\"\n";
 
     #[test]
     fn minimal_config_has_safe_defaults() {
@@ -771,6 +832,7 @@ mod tests {
                 &format!("{MINIMAL}[policy]\nsignature = \"maybe\"\n"),
                 "policy.signature",
             ),
+            (&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{err:?} should name {key}");
@@ -789,6 +851,22 @@ mod tests {
             "\"sometimes\": expected never or always"
         );
         assert_eq!("require".parse(), Ok(SignaturePolicy::Require));
+    }
+
+    #[test]
+    fn settings_that_need_a_restart_are_named() {
+        let running = Config::parse(MINIMAL).unwrap();
+        let same = Config::parse(&format!("{MINIMAL}[policy]\nencrypt = \"require\"\n")).unwrap();
+        assert!(running.needs_restart(&same).is_empty());
+        let moved = Config::parse(
+            "socket = \"inet:127.0.0.1:1\"\nauthserv_id = \"x\"\nmetrics = \"127.0.0.1:9100\"\n\
+             [log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let changed = running.needs_restart(&moved);
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert!(changed[1].contains("metrics changed from unset to 127.0.0.1:9100"));
+        assert!(changed[2].starts_with("log.format"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ibemail_discovery::{Discovery, DiscoveryConfig, Outcome, PinStore, TrustAnchor};
+use ibemail_discovery::{Discovery, Outcome, PinStore};
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::service::KeyService;
@@ -187,6 +187,18 @@ pub struct Verdict {
     pub actions: Vec<Action>,
     /// For logs and metrics.
     pub kind: Kind,
+    /// What the per-message log line says beyond the outcome.
+    pub note: Note,
+}
+
+/// What the per-message log line says beyond the outcome: the signature
+/// made or checked, and what was done for which domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Note {
+    /// `signed n=G`, or the `ibesig=` word and the signer's domain.
+    pub signature: Option<String>,
+    /// What was done, per domain.
+    pub detail: String,
 }
 
 impl Verdict {
@@ -195,6 +207,7 @@ impl Verdict {
             reply: Reply::Continue,
             actions,
             kind: Kind::Untouched,
+            note: Note::default(),
         }
     }
 
@@ -203,6 +216,7 @@ impl Verdict {
             reply: Reply::Tempfail(reason.into()),
             actions: Vec::new(),
             kind: Kind::Tempfail,
+            note: Note::default(),
         }
     }
 }
@@ -219,6 +233,7 @@ fn unencryptable(rcpt: &str, domain: &str) -> Verdict {
         )),
         actions: Vec::new(),
         kind: Kind::Rejected,
+        note: Note::default(),
     }
 }
 
@@ -349,22 +364,8 @@ impl Engine {
             }
             None => None,
         };
-        let discovery = Discovery::new(
-            DiscoveryConfig {
-                servers: config.resolvers.clone(),
-                timeout: config.dns_timeout,
-                attempts: config.dns_attempts,
-                max_ttl: config.dns_max_cache,
-                max_negative_ttl: config.dns_max_cache.min(Duration::from_secs(3600)),
-                trust_anchor: config
-                    .trust_anchor
-                    .clone()
-                    .map_or(TrustAnchor::Root, TrustAnchor::File),
-                ..DiscoveryConfig::default()
-            },
-            pins,
-        )
-        .map_err(|e| e.to_string())?;
+        let discovery =
+            Discovery::new(config.discovery_config(), pins).map_err(|e| e.to_string())?;
         let keys = match &config.keys {
             None => Keys::None,
             Some(KeySource::Dirs(dirs)) => Keys::InProcess(Arc::new(
@@ -411,24 +412,7 @@ impl Engine {
         let verdict = self.decide(message, origin).await;
         self.metrics
             .observe(verdict.kind, started.elapsed().as_secs_f64());
-        let recipients = message.recipients.len();
-        match &verdict.reply {
-            Reply::Continue => info!(
-                queue_id = %message.queue_id,
-                outcome = verdict.kind.label(),
-                recipients,
-                size = message.size,
-                "message processed"
-            ),
-            Reply::Tempfail(reason) | Reply::Reject(reason) => warn!(
-                queue_id = %message.queue_id,
-                outcome = verdict.kind.label(),
-                recipients,
-                size = message.size,
-                reason = %reason,
-                "message not accepted"
-            ),
-        }
+        crate::message_log::message_processed(&self.config, message, origin, &verdict);
         verdict
     }
 
@@ -476,6 +460,7 @@ impl Engine {
                     reply: Reply::Reject(reason),
                     actions: Vec::new(),
                     kind: Kind::Rejected,
+                    note: Note::default(),
                 },
                 _ => Verdict::tempfail(reason),
             };
@@ -524,6 +509,8 @@ impl Engine {
         let now = now();
         let mut sealed_for: Vec<IbeRecipient> = Vec::new();
         let mut plain: Vec<String> = local.iter().map(|r| r.arg.clone()).collect();
+        // Remote domains that get the message in clear, for the log.
+        let mut clear_domains: Vec<String> = Vec::new();
         for rcpt in remote {
             // No domain (a bare name, an address literal): no policy to
             // look up; it gets what it would get without ibemail.
@@ -534,6 +521,7 @@ impl Engine {
             let policy = self.config.policy_for(domain);
             if policy.encrypt == EncryptPolicy::Never {
                 plain.push(rcpt.arg.clone());
+                clear_domains.push(domain.to_string());
                 continue;
             }
             if rcpt.identity.is_none() && policy.encrypt == EncryptPolicy::Require {
@@ -555,6 +543,7 @@ impl Engine {
                 (Outcome::Parameters { .. }, None) => return unencryptable(&rcpt.arg, domain),
                 (Outcome::NotIbe(_), _) if policy.encrypt == EncryptPolicy::Opportunistic => {
                     plain.push(rcpt.arg.clone());
+                    clear_domains.push(domain.to_string());
                 }
                 (Outcome::NotIbe(_), _) => {
                     return Verdict::tempfail(format!(
@@ -566,6 +555,11 @@ impl Engine {
                 }
             }
         }
+        let signature_note = signer
+            .as_ref()
+            .map(|s| format!("signed n={}", s.generation));
+        clear_domains.sort();
+        clear_domains.dedup();
         if sealed_for.is_empty() {
             let actions = match &signer {
                 None => Vec::new(),
@@ -587,8 +581,19 @@ impl Engine {
                 reply: Reply::Continue,
                 actions,
                 kind: Kind::Plaintext,
+                note: Note {
+                    signature: signature_note,
+                    detail: format!("sent in clear to {}", clear_domains.join(",")),
+                },
             };
         }
+        let mut sealed_domains: Vec<String> = sealed_for
+            .iter()
+            .map(|r| format!("{} (generation {})", r.identity.domain(), r.generation))
+            .collect();
+        sealed_domains.sort();
+        sealed_domains.dedup();
+        let mut detail = format!("sealed for {}", sealed_domains.join(", "));
         // Unsigned, the sealing task and the re-injected copy share one
         // copy of a possibly large message.
         let raw = Arc::new(raw);
@@ -636,6 +641,10 @@ impl Engine {
                 return verdict;
             }
             actions.extend(plain.into_iter().map(Action::DeleteRecipient));
+            detail.push_str("; plaintext copy re-injected");
+            if !clear_domains.is_empty() {
+                detail.push_str(&format!(" for {}", clear_domains.join(",")));
+            }
             Kind::Split
         } else {
             Kind::Encrypted
@@ -656,6 +665,10 @@ impl Engine {
             reply: Reply::Continue,
             actions,
             kind,
+            note: Note {
+                signature: signature_note,
+                detail,
+            },
         }
     }
 
@@ -811,7 +824,18 @@ impl Engine {
                 // envelope sender, whom a replay chooses: they go to a
                 // local address instead.
                 actions.push(Action::ChangeSender(self.bounce_address(local)));
-                self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted)
+                let mut domains: Vec<&str> =
+                    local.iter().filter_map(|r| r.domain.as_deref()).collect();
+                domains.sort_unstable();
+                domains.dedup();
+                let mut verdict =
+                    self.apply_signature_policy(message, policy, &signed, actions, Kind::Decrypted);
+                verdict.note.detail = format!(
+                    "opened for {} (generation {})",
+                    domains.join(","),
+                    opened.generation
+                );
+                verdict
             }
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
             // Someone else's S/MIME, or not for our recipients: deliver as is.
@@ -837,17 +861,20 @@ impl Engine {
                             reply: Reply::Continue,
                             actions,
                             kind: Kind::Undecryptable,
+                            note: Note::default(),
                         }
                     }
                     FailureAction::Tempfail => Verdict {
                         reply: Reply::Tempfail(reason),
                         actions: Vec::new(),
                         kind: Kind::Undecryptable,
+                        note: Note::default(),
                     },
                     FailureAction::Reject => Verdict {
                         reply: Reply::Reject(reason),
                         actions: Vec::new(),
                         kind: Kind::Undecryptable,
+                        note: Note::default(),
                     },
                 }
             }
@@ -1034,11 +1061,25 @@ impl Engine {
         mut actions: Vec<Action>,
         kind: Kind,
     ) -> Verdict {
+        let note = Note {
+            signature: match result {
+                SigResult::None => None,
+                SigResult::Pass { identity, .. } => Some(format!(
+                    "ibesig=pass {}",
+                    identity
+                        .rsplit_once('@')
+                        .map_or(identity.as_str(), |(_, d)| d)
+                )),
+                other => Some(format!("ibesig={}", other.word())),
+            },
+            detail: String::new(),
+        };
         match (policy, result) {
             (SignaturePolicy::Report, _) | (_, SigResult::Pass { .. }) => Verdict {
                 reply: Reply::Continue,
                 actions,
                 kind,
+                note,
             },
             (SignaturePolicy::Require, SigResult::TempError(reason)) => {
                 Verdict::tempfail(format!("signature check incomplete: {reason}"))
@@ -1054,6 +1095,7 @@ impl Engine {
                     reply: Reply::Continue,
                     actions,
                     kind: Kind::Unsigned,
+                    note,
                 }
             }
         }

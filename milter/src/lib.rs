@@ -13,7 +13,11 @@
 //!   which keeps a retried transaction from re-injecting its copy twice;
 //! - [`transit`]: which outer header fields survive decryption;
 //! - [`authres`]: reading and writing `Authentication-Results`;
+//! - [`message_log`]: the one log line per message (queue id, direction,
+//!   recipients' domains, outcome, signature);
 //! - [`metrics`]: Prometheus counters and histograms;
+//! - [`doctor`]: the setup check of a live installation and the
+//!   explanation of a configuration (`doctor`, `--check-config`);
 //! - [`offline`]: the `lookup`, `encrypt` and `decrypt` commands' logic
 //!   (the paper's encrypter and decrypter, usable from procmail or Sieve).
 
@@ -23,8 +27,10 @@
 pub mod address;
 pub mod authres;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod ledger;
+pub mod message_log;
 pub mod metrics;
 pub mod milter;
 pub mod offline;

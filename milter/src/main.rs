@@ -20,9 +20,13 @@ use ibemail_discovery::{
     TrustAnchor,
 };
 use ibemail_ibe::Identity;
+use ibemail_kgc::accounts;
 use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::logging::LogFormat;
 use ibemail_kgc::service::KeyService;
 use ibemail_message::{IbeRecipient, Limits, Recipient};
+use ibemail_milter::config::Config;
+use ibemail_milter::doctor::{Severity, describe};
 use ibemail_milter::offline::{Exit, RecordBook, lookup_exit, lookup_report};
 use ibemail_milter::signing::{SigResult, verify_signatures};
 use rand_core::OsRng;
@@ -49,11 +53,30 @@ struct Cli {
     /// Configuration file (the same as `run --config FILE`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check the configuration file (--config) and print what it means,
+    /// then exit: 0 if it is valid, 1 if not (as `opendkim -n`).
+    #[arg(long, global = true)]
+    check_config: bool,
+    /// Log lines on standard error: text (coloured only on a terminal,
+    /// never with NO_COLOR set) or json (one object per line). Overrides
+    /// the configuration's log.format.
+    #[arg(
+        long,
+        global = true,
+        env = "IBEMAIL_LOG_FORMAT",
+        value_name = "text|json"
+    )]
+    log_format: Option<LogFormat>,
 }
 
 /// DNS options shared by the commands that look up parameters.
 #[derive(Args, Clone)]
 struct DnsArgs {
+    /// Take the resolvers, trust anchor, timeouts and the domain's DNSSEC
+    /// and pin policy from the milter's configuration file (the options
+    /// below override them), so a lookup sees what the milter sees.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53).
     #[arg(long = "resolver", value_name = "ADDR:PORT")]
     resolvers: Vec<SocketAddr>,
@@ -61,25 +84,56 @@ struct DnsArgs {
     #[arg(long, value_name = "FILE")]
     trust_anchor: Option<PathBuf>,
     /// DNSSEC policy: off, prefer (use secure and insecure answers) or
-    /// require (use only secure answers).
-    #[arg(long, default_value = "prefer")]
-    dnssec: DnssecPolicy,
-    /// Seconds to wait for one DNS answer.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
+    /// require (use only secure answers). Default: prefer.
+    #[arg(long, value_name = "off|prefer|require")]
+    dnssec: Option<DnssecPolicy>,
+    /// Seconds to wait for one DNS answer. Default: 5.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
 }
 
 impl DnsArgs {
-    fn discovery(&self, pins: Option<Arc<PinStore>>) -> Result<Discovery, String> {
-        let mut config = DiscoveryConfig::default();
+    /// The milter configuration named by `--config`, if any.
+    fn milter_config(&self) -> Result<Option<Config>, Failure> {
+        self.config
+            .as_deref()
+            .map(Config::load)
+            .transpose()
+            .map_err(|e| Failure(Exit::Usage, e))
+    }
+
+    fn discovery(
+        &self,
+        milter: Option<&Config>,
+        pins: Option<Arc<PinStore>>,
+    ) -> Result<Discovery, String> {
+        let mut config = milter.map_or_else(DiscoveryConfig::default, Config::discovery_config);
         if !self.resolvers.is_empty() {
             config.servers = self.resolvers.clone();
         }
         if let Some(path) = &self.trust_anchor {
             config.trust_anchor = TrustAnchor::File(path.clone());
         }
-        config.timeout = Duration::from_secs(self.timeout);
+        if let Some(seconds) = self.timeout {
+            config.timeout = Duration::from_secs(seconds);
+        }
         Discovery::new(config, pins).map_err(|e| e.to_string())
+    }
+
+    /// The lookup policy for `domain`: the configuration's, or no pinning
+    /// and DNSSEC `prefer`; `--dnssec` overrides.
+    fn policy(&self, milter: Option<&Config>, domain: &str) -> DomainPolicy {
+        let mut policy = milter.map_or(
+            DomainPolicy {
+                dnssec: DnssecPolicy::Prefer,
+                pin: PinPolicy::Off,
+            },
+            |c| c.policy_for(domain).lookup,
+        );
+        if let Some(dnssec) = self.dnssec {
+            policy.dnssec = dnssec;
+        }
+        policy
     }
 }
 
@@ -105,13 +159,38 @@ enum Command {
         #[command(flatten)]
         dns: DnsArgs,
         /// Pin file (the milter's is state_dir/pins): pinned generations and
-        /// the domains' published policies. Read and updated.
+        /// the domains' published policies, read and updated. With --config
+        /// and no --pins, the milter's pin file is read but never changed.
         #[arg(long, value_name = "FILE")]
         pins: Option<PathBuf>,
         /// Pinning policy: off, report, policy (honour the domain's published
-        /// policy, as the milter does by default) or enforce.
-        #[arg(long, default_value = "policy")]
-        pin: PinPolicy,
+        /// policy, as the milter does by default) or enforce. Default: policy
+        /// with --pins, else the configuration's.
+        #[arg(long, value_name = "off|report|policy|enforce")]
+        pin: Option<PinPolicy>,
+    },
+    /// Check a live installation, as opendkim-testkey and postconf -n help
+    /// to: Postfix's milter settings, the milter and KGC sockets, each local
+    /// domain's published record against the KGC, DNSSEC, the pin file.
+    ///
+    /// One line per finding: "ok", "WARNING" or "ERROR", then what was found
+    /// and, for problems, the fix. Run as root, the checks run as the
+    /// milter's user (--user), since what matters is what the milter can
+    /// reach. Exit status: 0 when nothing is an ERROR, 1 otherwise.
+    Doctor {
+        /// The milter's configuration.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/ibemail/ibemail-milter.toml"
+        )]
+        config: PathBuf,
+        /// Postfix's configuration directory (as postconf -c).
+        #[arg(short = 'c', long = "postfix-config", value_name = "DIR")]
+        postfix_config: Option<PathBuf>,
+        /// The user the milter runs as.
+        #[arg(long, value_name = "USER", default_value = "ibemail")]
+        user: String,
     },
     /// Encrypt one message (stdin) for its recipients (stdout).
     ///
@@ -199,22 +278,35 @@ fn lookup(
     domain: &str,
     dns: &DnsArgs,
     pins: Option<PathBuf>,
-    pin: PinPolicy,
+    pin: Option<PinPolicy>,
 ) -> Result<(), Failure> {
-    let pins = match (&pins, pin) {
-        (Some(path), PinPolicy::Report | PinPolicy::Policy | PinPolicy::Enforce) => {
-            Some(Arc::new(PinStore::open(path).map_err(|e| {
-                Failure(Exit::Failed, format!("pin file {}: {e}", path.display()))
-            })?))
+    let milter = dns.milter_config()?;
+    let mut policy = dns.policy(milter.as_ref(), domain);
+    let pin_store = |path: &PathBuf, open: fn(&std::path::Path) -> std::io::Result<PinStore>| {
+        open(path)
+            .map(Arc::new)
+            .map_err(|e| Failure(Exit::Failed, format!("pin file {}: {e}", path.display())))
+    };
+    let pins = match (&pins, milter.as_ref().and_then(|c| c.pins.as_ref())) {
+        (Some(path), _) => {
+            policy.pin = pin.unwrap_or(PinPolicy::Policy);
+            Some(pin_store(path, PinStore::open)?)
         }
-        _ => None,
+        (None, Some(path)) => {
+            policy.pin = pin.unwrap_or(policy.pin);
+            Some(pin_store(path, PinStore::snapshot)?)
+        }
+        (None, None) => {
+            policy.pin = PinPolicy::Off;
+            None
+        }
     };
-    let pin = if pins.is_some() { pin } else { PinPolicy::Off };
-    let discovery = dns.discovery(pins).map_err(|e| Failure(Exit::Usage, e))?;
-    let policy = DomainPolicy {
-        dnssec: dns.dnssec,
-        pin,
-    };
+    if pins.is_none() || policy.pin == PinPolicy::Off {
+        policy.pin = PinPolicy::Off;
+    }
+    let discovery = dns
+        .discovery(milter.as_ref(), pins)
+        .map_err(|e| Failure(Exit::Usage, e))?;
     let result = runtime()?.block_on(discovery.lookup(domain, policy, now()));
     print!("{}", lookup_report(&result));
     match lookup_exit(&result) {
@@ -247,13 +339,16 @@ fn encrypt(
     let now = now();
     let mut recipients = Vec::with_capacity(identities.len());
     if book.is_empty() {
-        let discovery = dns.discovery(None).map_err(|e| Failure(Exit::Usage, e))?;
+        let milter = dns.milter_config()?;
+        let discovery = dns
+            .discovery(milter.as_ref(), None)
+            .map_err(|e| Failure(Exit::Usage, e))?;
         let rt = runtime()?;
-        let policy = DomainPolicy {
-            dnssec: dns.dnssec,
-            pin: PinPolicy::Off,
-        };
         for identity in identities {
+            let policy = DomainPolicy {
+                pin: PinPolicy::Off,
+                ..dns.policy(milter.as_ref(), identity.domain())
+            };
             let found = rt.block_on(discovery.lookup(identity.domain(), policy, now));
             match found.outcome {
                 Outcome::Parameters { record, .. } => recipients.push(IbeRecipient {
@@ -293,14 +388,16 @@ fn encrypt(
 
 fn verify(dns: &DnsArgs) -> Result<(), Failure> {
     let message = read_stdin()?;
-    let discovery = dns.discovery(None).map_err(|e| Failure(Exit::Usage, e))?;
-    let policy = DomainPolicy {
-        dnssec: dns.dnssec,
-        pin: PinPolicy::Off,
-    };
+    let milter = dns.milter_config()?;
+    let discovery = dns
+        .discovery(milter.as_ref(), None)
+        .map_err(|e| Failure(Exit::Usage, e))?;
     let result = runtime()?.block_on(verify_signatures(
         &discovery,
-        |_| policy,
+        |domain| DomainPolicy {
+            pin: PinPolicy::Off,
+            ..dns.policy(milter.as_ref(), domain)
+        },
         |_| {},
         &message,
         // A decrypted message (from `decrypt`) has its inner signature.
@@ -374,7 +471,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match &command {
-        Command::Run { config } => daemon::run(config).map_err(|e| Failure(Exit::Failed, e)),
+        Command::Run { config } if cli.check_config => check_config(config),
+        _ if cli.check_config => Err(Failure(
+            Exit::Usage,
+            "--check-config goes with --config FILE (or run --config FILE)".into(),
+        )),
+        Command::Run { config } => daemon::run(config, cli.log_format).map_err(|e| match e {
+            // A configuration mistake stays until someone fixes it: the
+            // units do not restart on this status.
+            daemon::RunError::Config(e) => Failure(Exit::Config, e),
+            daemon::RunError::Failed(e) => Failure(Exit::Failed, e),
+        }),
         Command::Lookup {
             domain,
             dns,
@@ -393,6 +500,11 @@ fn main() -> ExitCode {
             kgc_dir,
             kgc_socket,
         } => decrypt(rcpts, kgc_dir.as_ref(), kgc_socket.as_ref()),
+        Command::Doctor {
+            config,
+            postfix_config,
+            user,
+        } => doctor(config, postfix_config.as_deref(), user),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -404,4 +516,38 @@ fn main() -> ExitCode {
             ExitCode::from(exit as u8)
         }
     }
+}
+
+/// `--check-config`: parse, explain, exit.
+fn check_config(path: &std::path::Path) -> Result<(), Failure> {
+    let config = Config::load(path).map_err(|e| Failure(Exit::Failed, e))?;
+    print!("{}", describe(&config));
+    println!("{}: configuration OK", path.display());
+    Ok(())
+}
+
+/// `doctor`: the setup check, run as the milter's user.
+fn doctor(
+    config: &std::path::Path,
+    postfix: Option<&std::path::Path>,
+    user: &str,
+) -> Result<(), Failure> {
+    if accounts::current_uid() == 0 {
+        match accounts::by_name(user) {
+            Some(account) => accounts::become_user(account.uid, account.gid)
+                .map_err(|e| Failure(Exit::Failed, e))?,
+            None => println!(
+                "WARNING  doctor: no user {user:?}; checking as root, which may reach what the \
+                 milter cannot; fix: --user USER (the milter's User= in its unit)"
+            ),
+        }
+    }
+    let findings = runtime()?.block_on(ibemail_milter::doctor::run(config, postfix));
+    for finding in &findings {
+        println!("{finding}");
+    }
+    if findings.iter().any(|f| f.severity == Severity::Error) {
+        return Err(Failure(Exit::Failed, String::new()));
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use indymilter::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{Action, Engine, Message, Origin, Reply, Verdict};
+use crate::engine::{Action, Engine, Kind, Message, Origin, Reply, Verdict};
 
 /// Where a session is in the SMTP conversation.
 #[derive(Debug, Default)]
@@ -238,19 +238,41 @@ async fn apply(cx: &EomContext<Session>, actions: &[Action]) -> Result<(), Strin
     Ok(())
 }
 
-fn reply_status(cx: &mut EomContext<Session>, verdict: &Verdict) -> Status {
+/// Texts an SMTP client outside our users gets: the reason (which may name
+/// the KGC socket, the re-injection listener or a DNS server) stays in the
+/// milter's log, under the queue id that Postfix logs with this reply.
+const TEMPFAIL_TEXT: &str = "ibemail: temporary failure, please try again later";
+const TOO_LARGE_TEXT: &str = "ibemail: message too large";
+const REFUSED_TEXT: &str = "ibemail: message refused";
+
+/// The reply text for `reason`: the reason itself for our own users (they,
+/// and the administrator reading their bounce, need to know which domain
+/// requires encryption), a generic text for anyone else.
+fn reply_text(origin: Origin, reason: &str, generic: &str) -> String {
+    let text = match origin {
+        Origin::Local | Origin::Internal => {
+            format!("ibemail: {}", reason.replace(['\r', '\n'], " "))
+        }
+        Origin::External => generic.to_string(),
+    };
+    text.chars().take(900).collect()
+}
+
+fn reply_status(cx: &mut EomContext<Session>, verdict: &Verdict, origin: Origin) -> Status {
     match &verdict.reply {
         Reply::Continue => Status::Continue,
         Reply::Tempfail(reason) => {
-            let text = format!("ibemail: {}", reason.replace(['\r', '\n'], " "));
-            let text: String = text.chars().take(900).collect();
+            let text = reply_text(origin, reason, TEMPFAIL_TEXT);
             let _ = cx.reply.set_error_reply("451", Some("4.7.0"), [text]);
             Status::Tempfail
         }
         Reply::Reject(reason) => {
-            let text = format!("ibemail: {}", reason.replace(['\r', '\n'], " "));
-            let text: String = text.chars().take(900).collect();
-            let _ = cx.reply.set_error_reply("554", Some("5.7.0"), [text]);
+            let (code, extended, generic) = match verdict.kind {
+                Kind::Rejected => ("552", "5.3.4", TOO_LARGE_TEXT),
+                _ => ("554", "5.7.0", REFUSED_TEXT),
+            };
+            let text = reply_text(origin, reason, generic);
+            let _ = cx.reply.set_error_reply(code, Some(extended), [text]);
             Status::Reject
         }
     }
@@ -284,7 +306,7 @@ async fn eom(cx: &mut EomContext<Session>, shared: SharedEngine) -> Status {
             .set_error_reply("451", Some("4.7.0"), ["ibemail: internal error"]);
         return Status::Tempfail;
     }
-    reply_status(cx, &verdict)
+    reply_status(cx, &verdict, origin)
 }
 
 fn callbacks(shared: SharedEngine) -> Callbacks<Session> {

@@ -20,6 +20,9 @@ pub enum Exit {
     Usage = 64,
     /// Temporary failure (DNS, KGC unreachable): try again later.
     TempFail = 75,
+    /// The milter cannot start with its configuration (bad file, socket
+    /// in use, key store unreadable); not restarted by the units.
+    Config = 78,
 }
 
 /// Parameters given on the command line (`--record`, `--record-file`).

@@ -380,6 +380,8 @@ fn lookup_and_encrypt_against_a_real_dns_server() {
     let (code, out) = lookup(&args, "tampered.test", &[]);
     assert_eq!(code, 75, "{out}");
     assert!(out.contains("temporary failure"), "{out}");
+    // A bogus answer says what usually causes it on a trial.
+    assert!(out.contains("lab zone"), "{out}");
     let (code, out) = lookup(&args, "broken.test", &[]);
     assert_eq!(code, 75, "{out}");
 
@@ -391,6 +393,55 @@ fn lookup_and_encrypt_against_a_real_dns_server() {
     assert!(out.contains("pin:        first use"), "{out}");
     let (_, out) = lookup(&args, "b.test", &pin_args);
     assert!(out.contains("pin:        matches"), "{out}");
+
+    // --config: the resolvers, trust anchor and policies of the milter's
+    // configuration, without retyping them; its pin file is read, never
+    // rewritten.
+    let config = tmp.path().join("milter.toml");
+    let config_pins = tmp.path().join("milter-pins");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = \"inet:127.0.0.1:8895\"\nauthserv_id = \"mx.test\"\n\
+             [dns]\nresolvers = [\"{}\"]\ntrust_anchor = \"{}\"\ntimeout = \"2s\"\npins = \"{}\"\n\
+             [policy.domains.\"unsigned.test\"]\ndnssec = \"require\"\n\
+             [policy.domains.\"b.test\"]\npin = \"report\"\n",
+            knot.addr,
+            knot.trust_anchor_file().display(),
+            config_pins.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = ["--config", config.to_str().unwrap()];
+    let (code, out) = run("lookup", &["b.test", config_arg[0], config_arg[1]], b"");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dnssec:     secure"), "{out}");
+    assert!(out.contains("pin:        first use"), "{out}");
+    assert!(
+        !config_pins.exists(),
+        "lookup --config rewrote the milter's pins"
+    );
+    let (code, out) = run(
+        "lookup",
+        &["unsigned.test", config_arg[0], config_arg[1]],
+        b"",
+    );
+    assert_eq!(
+        code, 3,
+        "the configuration requires DNSSEC for unsigned.test: {out}"
+    );
+    let (code, out) = run(
+        "lookup",
+        &[
+            "unsigned.test",
+            config_arg[0],
+            config_arg[1],
+            "--dnssec",
+            "prefer",
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "a flag overrides the configuration: {out}");
 
     // encrypt --resolver seals with what lookup reported; the KGC opens it.
     let mut enc_args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -554,4 +605,52 @@ fn lookup_under_a_dns_attacker_never_says_plaintext_for_a_domain_with_a_policy()
     let (code, out) = lookup(&args, "b.test", &[]);
     assert_eq!(code, 3, "substituted: {out}");
     assert!(out.contains("UNCHAINED: generation 999"), "{out}");
+}
+
+#[test]
+fn check_config_explains_a_valid_file_and_names_the_key_of_a_mistake() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ibemail-milter.toml");
+    let out = milter()
+        .args(["--check-config", "--config"])
+        .arg(&sample)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("socket:            inet:127.0.0.1:8895"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the KGC daemon at /run/ibemail/kgc.sock"),
+        "{text}"
+    );
+    assert!(text.contains("configuration OK"), "{text}");
+    // The built-in trust anchor is explained where a trial will read it.
+    assert!(text.contains("lab zone"), "{text}");
+    // The same with `run`, as systemd's ExecStart names it.
+    milter()
+        .args(["run", "--check-config", "--config"])
+        .arg(&sample)
+        .assert()
+        .success();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "socket = \"inet:127.0.0.1:8895\"\nauthserv_id = \"x\"\n[policy]\nencrypt = \"always\"\n",
+    )
+    .unwrap();
+    milter()
+        .args(["--check-config", "--config"])
+        .arg(&broken)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("policy.encrypt"));
+    // Without a file to check it is a usage error.
+    milter()
+        .args(["lookup", "example.org", "--check-config"])
+        .assert()
+        .code(64);
 }

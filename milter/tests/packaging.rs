@@ -68,6 +68,8 @@ const KEYS: &[&str] = &[
     "reinject.helo",
     "reinject.remember",
     "reinject.daemon_name",
+    "log.format",
+    "log.addresses",
 ];
 
 /// One line of the sample: a table header, a setting (active or commented
@@ -154,7 +156,7 @@ fn everything_on(text: &str) -> String {
 #[test]
 fn the_sample_configuration_parses_as_shipped() {
     let c = Config::parse(&sample()).unwrap();
-    assert_eq!(c.socket, "inet:127.0.0.1:8891");
+    assert_eq!(c.socket, "inet:127.0.0.1:8895");
     assert_eq!(c.local_domains, ["example.org"]);
     assert_eq!(
         c.keys,
@@ -177,7 +179,7 @@ fn the_sample_states_the_defaults_truly() {
     // reinject settings are the sample's own).
     let sample = Config::parse(&sample()).unwrap();
     let defaults =
-        Config::parse("socket = \"inet:127.0.0.1:8891\"\nauthserv_id = \"x\"\n").unwrap();
+        Config::parse("socket = \"inet:127.0.0.1:8895\"\nauthserv_id = \"x\"\n").unwrap();
     assert_eq!(sample.internal_networks, defaults.internal_networks);
     assert_eq!(sample.max_message_size, defaults.max_message_size);
     assert_eq!(sample.oversize, defaults.oversize);
@@ -188,6 +190,8 @@ fn the_sample_states_the_defaults_truly() {
     assert_eq!(sample.dns_attempts, defaults.dns_attempts);
     assert_eq!(sample.default_policy, defaults.default_policy);
     assert_eq!(sample.undecryptable, defaults.undecryptable);
+    assert_eq!(sample.log_format, defaults.log_format);
+    assert_eq!(sample.log_addresses, defaults.log_addresses);
     assert_eq!(defaults.metrics, None);
     assert_eq!(defaults.reinject, None);
     assert_eq!(defaults.reinject_helo, "localhost");
@@ -205,9 +209,9 @@ fn every_optional_line_of_the_sample_is_valid() {
     assert_eq!(
         c.keys,
         Some(KeySource::Dirs(vec![
-            "/var/lib/ibemail/example.org".into(),
-            "/var/lib/ibemail/example.net".into(),
-            "/var/lib/ibemail/kgc".into(),
+            "/var/lib/ibemail-milter/keys/example.org".into(),
+            "/var/lib/ibemail-milter/keys/example.net".into(),
+            "/var/lib/ibemail-milter/keys/example.org".into(),
         ]))
     );
     assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));

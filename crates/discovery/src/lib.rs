@@ -202,6 +202,12 @@ pub enum RefusedReason {
     },
 }
 
+/// The reason given for a bogus answer. It names the usual cause on a
+/// trial installation: a zone not chained to the root (a lab zone under an
+/// invented top-level domain) can only validate from its own trust anchor.
+pub const BOGUS_REASON: &str = "DNSSEC validation failed (bogus answer; a zone not chained \
+     to the root, such as a lab zone, needs its own trust anchor)";
+
 /// The result of a lookup.
 // One per lookup, moved rarely: boxing the parameters would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -589,7 +595,7 @@ impl Discovery {
             None => Outcome::NotIbe(reason),
         };
         lookup.outcome = match entry.answer {
-            Answer::Bogus => Outcome::Temporary("DNSSEC validation failed (bogus answer)".into()),
+            Answer::Bogus => Outcome::Temporary(BOGUS_REASON.into()),
             // Provably (DNSSEC) no record: the domain ended its policy.
             Answer::NxDomain | Answer::NoData if secure => {
                 if let Some(pins) = pins {

@@ -491,6 +491,15 @@ impl PinStore {
         })
     }
 
+    /// The pins in `path`, held in memory only: lookups through it check
+    /// against them but never change the file (for `lookup --config`, which
+    /// must not rewrite the milter's pins as another user).
+    pub fn snapshot(path: &Path) -> std::io::Result<Self> {
+        let mut store = Self::open(path)?;
+        store.path = None;
+        Ok(store)
+    }
+
     /// The file, if persisted.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -510,7 +519,7 @@ impl PinStore {
         self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn snapshot(&self, domain: &str) -> Option<DomainPins> {
+    fn entry(&self, domain: &str) -> Option<DomainPins> {
         self.lock().get(domain).cloned()
     }
 
@@ -624,7 +633,7 @@ impl PinStore {
     /// policy ends (the domain's own, signed word).
     pub fn end_policy(&self, domain: &str, now: u64) {
         loop {
-            let Some(old) = self.snapshot(domain) else {
+            let Some(old) = self.entry(domain) else {
                 return;
             };
             let mut entry = old.clone();
@@ -654,7 +663,7 @@ impl PinStore {
         now: u64,
     ) -> PinStatus {
         loop {
-            let old = self.snapshot(domain);
+            let old = self.entry(domain);
             let (status, entry) = judge(
                 &self.verified,
                 domain,
@@ -678,7 +687,7 @@ impl PinStore {
     /// impose a long policy.
     pub fn repin(&self, domain: &str, published: &RecordSet, selected: &Record, now: u64) {
         loop {
-            let old = self.snapshot(domain);
+            let old = self.entry(domain);
             let mut entry = DomainPins::default();
             entry.pin_published(published);
             entry.take_policy(selected.policy.as_ref(), Trust::Unvouched, now);

@@ -5,7 +5,7 @@
 --
 --   ibemail-milter encrypt --record "$(...)" --rcpt bob@b.test < original.eml > sealed.eml
 --   ibemail-milter run --config receiver.toml &    # local_domains = ["b.test"], [kgc] dir
---   miltertest -s decrypt.lua -D socket=inet:8891@127.0.0.1 \
+--   miltertest -s decrypt.lua -D socket=inet:8895@127.0.0.1 \
 --       -D message=sealed.eml -D expect=original-body.txt [-D rcpt=bob@b.test]
 --
 -- `message` is the sealed message as it arrives (header, blank line, body;

@@ -3,8 +3,8 @@
 --
 -- OpenDKIM's miltertest plays the MTA (Postfix):
 --
---   ibemail-milter run --config sender.toml &      # socket = "inet:127.0.0.1:8891"
---   miltertest -s encrypt.lua -D socket=inet:8891@127.0.0.1 [-D rcpt=bob@b.test]
+--   ibemail-milter run --config sender.toml &      # socket = "inet:127.0.0.1:8895"
+--   miltertest -s encrypt.lua -D socket=inet:8895@127.0.0.1 [-D rcpt=bob@b.test]
 --
 -- The milter must find the recipient domain's _ibemailkey record in DNS
 -- (milter/tests/miltertest.rs serves it with Knot). Exit status 0 when the

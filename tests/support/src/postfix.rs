@@ -142,7 +142,15 @@ impl Postfix {
             domain = config.domain,
             ip = config.ip,
         );
+        // An extra line replaces the setting of the same name (Postfix would
+        // take the last one too, but warn about it in every process's log).
         for line in &config.extra {
+            let name = line.split('=').next().unwrap_or("").trim();
+            main = main
+                .lines()
+                .filter(|l| name.is_empty() || l.split('=').next().unwrap_or("").trim() != name)
+                .map(|l| format!("{l}\n"))
+                .collect();
             writeln!(main, "{line}").unwrap();
         }
         std::fs::write(dir.join("conf/main.cf"), main).unwrap();
@@ -442,9 +450,9 @@ impl Postfix {
         )
     }
 
-    /// Submits `message` on this host with Postfix's own sendmail(1)
-    /// (postdrop, pickup, cleanup: the `non_smtpd_milters` path). Panics
-    /// if sendmail fails.
+    /// Submits `message` on this host with Postfix's sendmail(1), as a local
+    /// program would: it goes through postdrop, pickup and cleanup (the
+    /// non_smtpd_milters). Panics if sendmail fails.
     pub fn sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
         use std::io::Write as _;
         let mut child = Command::new(require_program("sendmail", "postfix"))
@@ -472,6 +480,45 @@ impl Postfix {
             String::from_utf8_lossy(&out.stderr),
             self.log_tail(30)
         );
+    }
+
+    /// Wakes pickup, which takes mail left in the maildrop (as after a
+    /// temporary failure) without waiting for its next periodic scan.
+    pub fn kick_pickup(&self) {
+        let _ = Command::new(require_program("postkick", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .args(["public", "pickup", "W"])
+            .output();
+    }
+
+    /// Files waiting in the maildrop (submitted, not yet picked up).
+    pub fn maildrop(&self) -> usize {
+        std::fs::read_dir(self.dir.join("queue/maildrop"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
+    /// Sets `name = value` in main.cf (`postconf -e`) and restarts the
+    /// instance (queued mail stays). Not `postfix reload`: under reload,
+    /// Postfix 3.7's `master -t` has been seen to block for good on the
+    /// postlogd socket.
+    pub fn postconf(&mut self, setting: &str) {
+        let status = Command::new(require_program("postconf", "postfix"))
+            .arg("-c")
+            .arg(self.dir.join("conf"))
+            .arg("-e")
+            .arg(setting)
+            .status()
+            .unwrap();
+        assert!(status.success(), "postconf -e {setting}: {status}");
+        self.stop();
+        self.start_again();
+    }
+
+    /// The configuration directory (for `postconf -c`).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf")
     }
 
     /// Postfix's log.

@@ -1,11 +1,14 @@
-//! `ibemail-demo`: the embedded default. Brings up two mail domains on this
-//! machine (Knot DNS with signed `_ibemailkey` records, a KGC daemon, the
-//! milter and Postfix for a.test and b.test), sends one mail from
+//! `ibemail-demo`: brings up two mail domains on this machine (Knot DNS
+//! with signed `_ibemailkey` records; for a.test and b.test the programs an
+//! administrator runs, `ibemail-kgc serve` and `ibemail-milter run --config
+//! FILE` with a configuration written from the packaged sample, as the
+//! packages' users when they exist, and Postfix), sends one mail from
 //! alice@a.test to bob@b.test with swaks, and shows what crossed the wire
 //! between the servers and what landed in Bob's mailbox.
 //!
-//! `--keep` leaves the system running until Enter is pressed, to send more
-//! mail by hand (the addresses are printed).
+//! `scripts/demo` builds the release binaries and points `IBEMAIL_BIN_DIR`
+//! at them. `--keep` leaves the system running until Enter is pressed, to
+//! send more mail by hand (the addresses are printed).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -13,6 +16,7 @@
 use std::time::Duration;
 
 use ibemail_e2e::{Options, World, message};
+use ibemail_kgc::accounts::describe_uid;
 
 fn section(title: &str) {
     println!("\n==== {title} ====");
@@ -27,6 +31,26 @@ fn main() {
         a_milter: "[signing]\nsign = \"always\"".into(),
         ..Options::default()
     });
+    section("The daemons (separate processes, as an administrator runs them)");
+    let (milter_uid, kgc_uid) = world.daemon_uids();
+    for domain in [&world.a, &world.b] {
+        println!(
+            "{}: ibemail-kgc serve --dir {} --socket {}   (as {})",
+            domain.name,
+            domain.store_dir.display(),
+            domain.kgc_socket.display(),
+            describe_uid(kgc_uid)
+        );
+        println!(
+            "{}: ibemail-milter run --config {}   (as {}, pid {})",
+            domain.name,
+            domain.milter_config.display(),
+            describe_uid(milter_uid),
+            world
+                .milter_pid(&domain.name)
+                .map_or("-".into(), |p| p.to_string())
+        );
+    }
     section("DNS: the parameters b.test publishes (signed, published by RFC 2136)");
     for line in world.knot.query_txt("_ibemailkey.b.test") {
         println!("_ibemailkey.b.test. TXT {line}");
@@ -92,6 +116,18 @@ fn main() {
             "Mailboxes: {}/mail and {}/mail",
             world.a.postfix.dir().display(),
             world.b.postfix.dir().display()
+        );
+        println!(
+            "Milter configurations (made from packaging/ibemail-milter.toml): {} and {}",
+            world.a.milter_config.display(),
+            world.b.milter_config.display()
+        );
+        println!(
+            "Check a.test's setup: {}/ibemail-milter doctor --config {} -c {}/conf --user {}",
+            ibemail_e2e::bin_dir().display(),
+            world.a.milter_config.display(),
+            world.a.postfix.dir().display(),
+            describe_uid(milter_uid).split(' ').next().unwrap_or("root")
         );
         println!("Press Enter to stop.");
         let mut line = String::new();

@@ -1,0 +1,75 @@
+//! Logging of both daemons (`ibemail-kgc` and `ibemail-milter`): one line
+//! per event on standard error, which systemd puts in the journal.
+//!
+//! Text lines carry ANSI colours only when standard error is a terminal and
+//! `NO_COLOR` is unset (<https://no-color.org>), so the journal and log
+//! files stay plain. JSON lines (`--log-format json`) hold one object per
+//! event with the fields flattened (`timestamp`, `level`, `target`,
+//! `message`, then the event's own fields such as `queue_id`), for log
+//! shippers. The filter comes from `IBEMAIL_LOG` (tracing syntax).
+
+use std::io::IsTerminal as _;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?}: expected text or json")),
+        }
+    }
+}
+
+/// The environment variable holding the log filter.
+pub const FILTER_VARIABLE: &str = "IBEMAIL_LOG";
+
+/// True when log lines may be coloured: standard error is a terminal and
+/// `NO_COLOR` is unset or empty.
+pub fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Installs the process's logger: `format` on standard error, filtered by
+/// `IBEMAIL_LOG` or else `default_filter`. A second call does nothing.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_VARIABLE)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour_allowed()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_ansi(false)
+            .try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_others_are_refused_with_the_choices() {
+        assert_eq!("text".parse(), Ok(LogFormat::Text));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!(
+            "xml".parse::<LogFormat>(),
+            Err("\"xml\": expected text or json".into())
+        );
+    }
+}
