@@ -1,22 +1,181 @@
 //! The client side of the daemon protocol, used by the milter and by
 //! `ibemail-milter decrypt --kgc-socket`.
+//!
+//! A client knows one or more **endpoints**: the daemon's Unix socket on
+//! this host, and daemons on other hosts over mutual TLS (replicas of one
+//! domain's key store, [`crate::replica`]). Each request goes to the first
+//! endpoint that answers, in the configured order or, with `spread`,
+//! starting at the next one each time; an endpoint that failed is tried
+//! last for [`DOWN_FOR`]. The whole request, failovers included, is bounded
+//! by the timeout: each attempt gets an equal share of what is left, so a
+//! hung endpoint leaves time for the others. Only when none answers is the
+//! error temporary (the milter tempfails, the mail stays queued).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
 use ibemail_message::CapsuleError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{self, MAX_FRAME, Request, Response, Status};
 use crate::service::{SignError, response_to_secret, response_to_signature};
+use crate::tls::{Pin, TlsIdentity};
 
-/// Talks to `ibemail-kgc serve` over its Unix socket.
-#[derive(Clone, Debug)]
+/// How long an endpoint that failed is tried only after the others.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// Where a KGC daemon answers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A Unix socket on this host (peer uid checked by the daemon).
+    Unix(PathBuf),
+    /// A daemon on another host, over mutual TLS.
+    Tls {
+        /// Host name or IP address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+            Endpoint::Tls { host, port } if host.contains(':') => write!(f, "tls:[{host}]:{port}"),
+            Endpoint::Tls { host, port } => write!(f, "tls:{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+    /// `/path`, `unix:/path`, `tls:HOST:PORT` or `tls:[IPv6]:PORT`.
+    fn from_str(text: &str) -> Result<Endpoint, String> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("tls:") {
+            let bad = || {
+                format!(
+                    "{text:?}: expected tls:HOST:PORT (a host name or address and the port of \
+                     `ibemail-kgc serve --tls-listen`)"
+                )
+            };
+            let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+                let (host, port) = v6.split_once("]:").ok_or_else(bad)?;
+                (host, port)
+            } else {
+                rest.rsplit_once(':').ok_or_else(bad)?
+            };
+            if host.is_empty() {
+                return Err(bad());
+            }
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            return Ok(Endpoint::Tls {
+                host: host.to_string(),
+                port,
+            });
+        }
+        let path = text.strip_prefix("unix:").unwrap_or(text);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{text:?}: expected an absolute socket path (unix:/run/ibemail/kgc.sock) or \
+                 tls:HOST:PORT"
+            ));
+        }
+        Ok(Endpoint::Unix(PathBuf::from(path)))
+    }
+}
+
+/// What a client needs for TLS endpoints: its own certificate and key, and
+/// the pins of the daemons' certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsClientFiles {
+    /// The client's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The daemons' certificates (any of them, at any TLS endpoint).
+    pub servers: Vec<Pin>,
+}
+
+impl TlsClientFiles {
+    /// Loads the certificate and key into a rustls configuration.
+    pub fn load(&self) -> Result<(Arc<rustls::ClientConfig>, Pin), String> {
+        let identity = TlsIdentity::load(&self.cert, &self.key).map_err(|e| e.to_string())?;
+        let config =
+            crate::tls::client_config(&identity, &self.servers).map_err(|e| e.to_string())?;
+        Ok((config, identity.fingerprints().certificate_pin()))
+    }
+}
+
+/// The endpoints of a client, as configured (the milter's `[kgc]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// In order of preference.
+    pub endpoints: Vec<Endpoint>,
+    /// Start each request at the next endpoint (spreading the load)
+    /// instead of the first.
+    pub spread: bool,
+    /// For TLS endpoints.
+    pub tls: Option<TlsClientFiles>,
+}
+
+impl Endpoints {
+    /// One Unix socket.
+    pub fn unix(socket: &Path) -> Endpoints {
+        Endpoints {
+            endpoints: vec![Endpoint::Unix(socket.to_path_buf())],
+            spread: false,
+            tls: None,
+        }
+    }
+
+    /// A client for these endpoints (reading the TLS certificate and key).
+    pub fn client(&self, timeout: Duration) -> Result<KgcClient, String> {
+        let tls = self.tls.as_ref().map(TlsClientFiles::load).transpose()?;
+        KgcClient::with_endpoints(self.endpoints.clone(), tls, timeout, self.spread)
+    }
+}
+
+/// Which endpoints failed lately, and where the next spread request starts.
+#[derive(Debug, Default)]
+struct Health {
+    next: AtomicUsize,
+    down_until: Mutex<Vec<Option<Instant>>>,
+}
+
+/// Talks to `ibemail-kgc serve` over its Unix socket or over mutual TLS,
+/// failing over between endpoints.
+#[derive(Clone)]
 pub struct KgcClient {
-    socket: PathBuf,
+    endpoints: Arc<[Endpoint]>,
+    tls: Option<(tokio_rustls::TlsConnector, Pin)>,
     timeout: Duration,
+    spread: bool,
+    health: Arc<Health>,
+}
+
+impl fmt::Debug for KgcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KgcClient")
+            .field("endpoints", &self.endpoints)
+            .field("timeout", &self.timeout)
+            .field("spread", &self.spread)
+            .finish()
+    }
+}
+
+/// A transport failure (the endpoint is marked down) or an answer that
+/// another endpoint may better (it is not).
+enum Attempt {
+    Failed(String),
+    Answered(Response),
 }
 
 impl KgcClient {
@@ -24,45 +183,196 @@ impl KgcClient {
     /// within `timeout`.
     pub fn new(socket: &Path, timeout: Duration) -> Self {
         KgcClient {
-            socket: socket.to_path_buf(),
+            endpoints: Arc::from(vec![Endpoint::Unix(socket.to_path_buf())]),
+            tls: None,
             timeout,
+            spread: false,
+            health: Arc::new(Health {
+                next: AtomicUsize::new(0),
+                down_until: Mutex::new(vec![None]),
+            }),
         }
     }
 
-    /// Sends one request on a fresh connection.
-    pub async fn request(&self, request: &Request) -> Result<Response, String> {
-        let exchange = async {
-            let mut stream = UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| format!("connect {}: {e}", self.socket.display()))?;
-            let sent = stream.write_all(&protocol::frame(&request.encode())).await;
-            // A daemon that refuses our uid answers and closes at once,
-            // possibly before our request is written (EPIPE): its answer
-            // is still there to read, and says more than "broken pipe".
-            let mut prefix = [0u8; 4];
-            if let Err(e) = stream.read_exact(&mut prefix).await {
-                return Err(match sent {
-                    Err(send) => format!("send: {send}"),
-                    Ok(()) => format!("receive: {e}"),
-                });
-            }
-            let len = protocol::frame_length(prefix).map_err(|e| e.to_string())?;
-            let mut payload = vec![0u8; len];
-            stream
-                .read_exact(&mut payload)
-                .await
-                .map_err(|e| format!("receive: {e}"))?;
-            Response::decode(request, &payload).map_err(|e| e.to_string())
+    /// A client for several endpoints; `tls` (the configuration and this
+    /// client's certificate pin, for messages) is needed for TLS ones.
+    pub fn with_endpoints(
+        endpoints: Vec<Endpoint>,
+        tls: Option<(Arc<rustls::ClientConfig>, Pin)>,
+        timeout: Duration,
+        spread: bool,
+    ) -> Result<Self, String> {
+        if endpoints.is_empty() {
+            return Err("no KGC endpoint".into());
+        }
+        if tls.is_none()
+            && let Some(e) = endpoints.iter().find(|e| matches!(e, Endpoint::Tls { .. }))
+        {
+            return Err(format!(
+                "{e} needs a client certificate, a key and the server's fingerprint"
+            ));
+        }
+        let n = endpoints.len();
+        Ok(KgcClient {
+            endpoints: Arc::from(endpoints),
+            tls: tls.map(|(config, pin)| (tokio_rustls::TlsConnector::from(config), pin)),
+            timeout,
+            spread,
+            health: Arc::new(Health {
+                next: AtomicUsize::new(0),
+                down_until: Mutex::new(vec![None; n]),
+            }),
+        })
+    }
+
+    /// The endpoints, in order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// A client for the `index`th endpoint alone (the setup check asks
+    /// each one).
+    pub fn only(&self, index: usize) -> Option<KgcClient> {
+        let endpoint = self.endpoints.get(index)?.clone();
+        Some(KgcClient {
+            endpoints: Arc::from(vec![endpoint]),
+            tls: self.tls.clone(),
+            timeout: self.timeout,
+            spread: false,
+            health: Arc::new(Health {
+                next: AtomicUsize::new(0),
+                down_until: Mutex::new(vec![None]),
+            }),
+        })
+    }
+
+    /// The order in which to try the endpoints now: from the start (or the
+    /// next one, when spreading), those that failed lately last.
+    fn order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let start = if self.spread {
+            self.health.next.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            0
         };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| {
-                format!(
-                    "no answer from {} within {:?}",
-                    self.socket.display(),
-                    self.timeout
-                )
-            })?
+        let now = Instant::now();
+        let down = self
+            .health
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (mut up, mut failed): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|&i| down.get(i).copied().flatten().is_none_or(|t| t <= now));
+        up.append(&mut failed);
+        up
+    }
+
+    fn mark(&self, index: usize, failed: bool) {
+        let mut down = self
+            .health
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = down.get_mut(index) {
+            *slot = failed.then(|| Instant::now() + DOWN_FOR);
+        }
+    }
+
+    /// Sends one request, on a fresh connection, to the first endpoint
+    /// that answers it for good (see the module documentation). A
+    /// transport failure of every endpoint, or of some while the others
+    /// gave no final answer, is an `Err` (temporary).
+    pub async fn request(&self, request: &Request) -> Result<Response, String> {
+        let deadline = Instant::now() + self.timeout;
+        let order = self.order();
+        let mut failures = Vec::new();
+        let mut answers = Vec::new();
+        for (tried, &index) in order.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failures.push(format!("{}: not tried (timeout)", self.endpoints[index]));
+                continue;
+            }
+            let remaining = (order.len() - tried) as u32;
+            let budget = left / remaining;
+            match self.attempt(index, request, budget).await {
+                Attempt::Answered(response) if is_final(&response) => {
+                    self.mark(index, false);
+                    return Ok(response);
+                }
+                Attempt::Answered(response) => {
+                    self.mark(index, false);
+                    answers.push((index, response));
+                }
+                Attempt::Failed(why) => {
+                    self.mark(index, true);
+                    failures.push(why);
+                }
+            }
+        }
+        if failures.is_empty() && !answers.is_empty() {
+            // Every endpoint answered and none for good: the first answer
+            // stands (a generation no replica has is unknown indeed).
+            return Ok(answers.swap_remove(0).1);
+        }
+        if self.endpoints.len() == 1 {
+            return Err(failures.join("; "));
+        }
+        let mut why = failures;
+        for (index, response) in answers {
+            why.push(format!(
+                "{}: {}",
+                self.endpoints[index],
+                match response {
+                    Response::Error(status, reason) => format!("{status:?}: {reason}"),
+                    other => format!("{other:?}"),
+                }
+            ));
+        }
+        Err(format!("no KGC answered: {}", why.join("; ")))
+    }
+
+    /// One attempt at the `index`th endpoint within `budget`.
+    async fn attempt(&self, index: usize, request: &Request, budget: Duration) -> Attempt {
+        let endpoint = &self.endpoints[index];
+        let exchange = async {
+            match endpoint {
+                Endpoint::Unix(path) => {
+                    let mut stream = UnixStream::connect(path)
+                        .await
+                        .map_err(|e| format!("connect {}: {e}", path.display()))?;
+                    exchange(&mut stream, request, MAX_FRAME).await
+                }
+                Endpoint::Tls { host, port } => {
+                    let mut stream = self.connect_tls(host, *port).await?;
+                    let response = exchange(&mut stream, request, MAX_FRAME).await;
+                    let _ = stream.shutdown().await;
+                    response.map_err(|e| format!("{endpoint}: {e}"))
+                }
+            }
+        };
+        match tokio::time::timeout(budget, exchange).await {
+            Ok(Ok(response)) => Attempt::Answered(response),
+            Ok(Err(why)) => Attempt::Failed(why),
+            Err(_) => Attempt::Failed(format!("no answer from {endpoint} within {budget:?}")),
+        }
+    }
+
+    /// A TLS connection to `host:port`, the server's certificate checked
+    /// against the pins.
+    async fn connect_tls(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let Some((connector, own)) = &self.tls else {
+            return Err(format!(
+                "tls:{host}:{port}: no client certificate configured"
+            ));
+        };
+        connect_tls(connector, *own, host, port).await
     }
 
     /// Domains and active generations the daemon serves.
@@ -70,7 +380,9 @@ impl KgcClient {
         match self.request(&Request::Hello).await? {
             Response::Hello(domains) => Ok(domains),
             Response::Error(status, reason) => Err(format!("{status:?}: {reason}")),
-            Response::Opened(_) | Response::Signed(..) => Err("unexpected answer".into()),
+            Response::Opened(_) | Response::Signed(..) | Response::Synced(_) => {
+                Err("unexpected answer".into())
+            }
         }
     }
 
@@ -112,5 +424,162 @@ impl KgcClient {
             .await
             .map_err(SignError::Unavailable)?;
         response_to_signature(response)
+    }
+}
+
+/// True for an answer no other endpoint could better: a success, or a
+/// refusal that every replica would give alike (keys are the same
+/// everywhere). Errors that depend on the daemon (not serving the domain,
+/// not knowing a generation yet, not granting this client, failing) are
+/// not: another endpoint is asked.
+fn is_final(response: &Response) -> bool {
+    match response {
+        Response::Error(status, _) => {
+            matches!(status, Status::Rejected | Status::BadRequest)
+        }
+        _ => true,
+    }
+}
+
+/// A TLS connection to `host:port` with `connector`, whose own certificate
+/// is `own` (named in the message when the daemon refuses it).
+pub(crate) async fn connect_tls(
+    connector: &tokio_rustls::TlsConnector,
+    own: Pin,
+    host: &str,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let shown = if host.contains(':') {
+        format!("tls:[{host}]:{port}")
+    } else {
+        format!("tls:{host}:{port}")
+    };
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect {shown}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{shown}: {e}"))?;
+    connector.connect(name, tcp).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("alert") {
+            format!(
+                "{shown}: TLS handshake refused ({text}): does that KGC allow this client's \
+                 certificate {own} (ibemail-kgc serve --allow-cert)?"
+            )
+        } else {
+            format!("{shown}: TLS handshake failed: {text}")
+        }
+    })
+}
+
+/// Writes `request` and reads the response (at most `max_frame` bytes).
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &Request,
+    max_frame: usize,
+) -> Result<Response, String> {
+    let sent = async {
+        stream
+            .write_all(&protocol::frame(&request.encode()))
+            .await?;
+        stream.flush().await
+    }
+    .await;
+    // A daemon that refuses our uid answers and closes at once,
+    // possibly before our request is written (EPIPE): its answer
+    // is still there to read, and says more than "broken pipe".
+    let mut prefix = [0u8; 4];
+    if let Err(e) = stream.read_exact(&mut prefix).await {
+        return Err(match sent {
+            Err(send) => format!("send: {send}"),
+            Ok(()) => format!("receive: {e}"),
+        });
+    }
+    let len = protocol::frame_length_within(prefix, max_frame).map_err(|e| e.to_string())?;
+    let mut payload = zeroize::Zeroizing::new(vec![0u8; len]);
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| format!("receive: {e}"))?;
+    Response::decode(request, &payload).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_and_print_back() {
+        for (text, endpoint) in [
+            (
+                "/run/ibemail/kgc.sock",
+                Endpoint::Unix("/run/ibemail/kgc.sock".into()),
+            ),
+            ("unix:/run/k.sock", Endpoint::Unix("/run/k.sock".into())),
+            (
+                "tls:kgc1.example.org:4434",
+                Endpoint::Tls {
+                    host: "kgc1.example.org".into(),
+                    port: 4434,
+                },
+            ),
+            (
+                "tls:[2001:db8::1]:4434",
+                Endpoint::Tls {
+                    host: "2001:db8::1".into(),
+                    port: 4434,
+                },
+            ),
+        ] {
+            assert_eq!(text.parse::<Endpoint>().unwrap(), endpoint, "{text}");
+            let shown = endpoint.to_string();
+            assert_eq!(shown.parse::<Endpoint>().unwrap(), endpoint, "{shown}");
+        }
+        for bad in [
+            "kgc.sock",
+            "tls:host",
+            "tls::4434",
+            "tls:host:http",
+            "tcp:h:1",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_endpoints_need_a_certificate() {
+        let e = KgcClient::with_endpoints(
+            vec![Endpoint::Tls {
+                host: "127.0.0.1".into(),
+                port: 1,
+            }],
+            None,
+            Duration::from_secs(1),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("client certificate"), "{e}");
+    }
+
+    #[test]
+    fn failed_endpoints_are_tried_last_and_spreading_rotates() {
+        let endpoints: Vec<Endpoint> = (0..3)
+            .map(|i| Endpoint::Unix(format!("/run/{i}.sock").into()))
+            .collect();
+        let client =
+            KgcClient::with_endpoints(endpoints.clone(), None, Duration::from_secs(1), false)
+                .unwrap();
+        assert_eq!(client.order(), vec![0, 1, 2]);
+        client.mark(0, true);
+        assert_eq!(client.order(), vec![1, 2, 0]);
+        client.mark(0, false);
+        assert_eq!(client.order(), vec![0, 1, 2]);
+        let spread =
+            KgcClient::with_endpoints(endpoints, None, Duration::from_secs(1), true).unwrap();
+        let firsts: Vec<usize> = (0..6).map(|_| spread.order()[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2]);
     }
 }

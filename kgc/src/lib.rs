@@ -7,6 +7,12 @@
 //!   keys derived on demand (cached);
 //! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
 //!   Unix socket and its client, so the milter never holds a key;
+//! - [`tls`]: the same daemon over mutual TLS, clients allowed by pinned
+//!   certificates, and the self-signed certificates for it;
+//! - [`replica`]: replicas of a key store kept in step with their primary,
+//!   whose rotations wait until every replica serves the new generation;
+//! - [`export`]: a key store moved between hosts or into a backup,
+//!   encrypted with age;
 //! - [`accounts`]: system accounts; root running a command as a store's
 //!   owner;
 //! - [`socket`]: Unix sockets that appear with their final mode;
@@ -29,13 +35,16 @@ pub mod accounts;
 pub mod check;
 pub mod client;
 pub mod duration;
+pub mod export;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod socket;
 pub mod store;
+pub mod tls;
 pub mod tsig;
 pub mod upkeep;

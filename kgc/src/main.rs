@@ -20,16 +20,24 @@ use clap::{Args, Parser, Subcommand};
 use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy, TrustAnchor};
 use ibemail_ibe::Identity;
 use ibemail_kgc::check::{CheckStatus, check};
+use ibemail_kgc::client::Endpoint;
 use ibemail_kgc::duration::parse_duration;
+use ibemail_kgc::export::{
+    Protection, Unlock, export, import, parse_recipients, read_identities, read_passphrase,
+    write_new_file,
+};
 use ibemail_kgc::logging::{self, LogFormat};
 use ibemail_kgc::publish::{UpdateTarget, publish};
-use ibemail_kgc::server::{Grant, ServerConfig, serve};
+use ibemail_kgc::replica::{ReplicaSync, Replication};
+use ibemail_kgc::server::{Grant, ServerConfig, serve, serve_tls};
 use ibemail_kgc::service::{KeyService, SigningSwitch};
-use ibemail_kgc::store::{Retention, State, Store, Wait};
+use ibemail_kgc::store::{Retention, Role, State, Store, Wait};
+use ibemail_kgc::tls::{Fingerprints, Pin, TlsIdentity, generate_certificate};
 use ibemail_kgc::tsig::TsigKey;
 use ibemail_kgc::upkeep::{Publication, Upkeep};
 use ibemail_params::{Policy, record_name};
 use rand_core::OsRng;
+use rustls_pki_types::pem::PemObject as _;
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -132,6 +140,44 @@ impl PolicyArgs {
     fn policy(&self) -> Option<Policy> {
         (!self.no_policy).then(|| Policy::require(self.policy_max_age))
     }
+}
+
+/// The daemon over the network: mutual TLS, and replication.
+#[derive(Args, Clone, Debug)]
+struct NetworkArgs {
+    /// Also serve over mutual TLS on this ADDR:PORT (repeatable), for
+    /// milters and replicas on other hosts. Needs --tls-cert, --tls-key and
+    /// at least one --allow-cert.
+    #[arg(long = "tls-listen", value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Vec<SocketAddr>,
+    /// This daemon's certificate (PEM), as `ibemail-kgc tls-cert` makes it;
+    /// also what a replica presents to its primary.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM; must not be readable by group or others).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A TLS client allowed in (repeatable): the SHA-256 fingerprint of its
+    /// certificate (sha256:HEX) or public key (spki-sha256:HEX), then what
+    /// it may do: =open+sign (a milter; the default), =open, =sign, or
+    /// =replica (a replica daemon, which copies the master keys; a
+    /// primary's rotations wait until every replica serves the new
+    /// generation).
+    #[arg(long = "allow-cert", value_name = "PIN[=GRANT]")]
+    allow_cert: Vec<String>,
+    /// Make this daemon a replica of the primary at tls:HOST:PORT: its
+    /// stores (imported with --role replica) follow the primary's, asked
+    /// every --sync-interval. Needs --tls-cert/--tls-key (the primary
+    /// allows them with --allow-cert PIN=replica) and --primary-cert.
+    #[arg(long, value_name = "tls:HOST:PORT", requires_all = ["primary_cert", "tls_cert"])]
+    replica_of: Option<String>,
+    /// The primary's certificate fingerprint (repeatable; as for
+    /// --allow-cert, without a grant).
+    #[arg(long = "primary-cert", value_name = "PIN")]
+    primary_cert: Vec<String>,
+    /// How often a replica asks its primary for changes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    sync_interval: u64,
 }
 
 /// How long a withdrawn generation's key must outlive its record.
@@ -326,9 +372,10 @@ enum Command {
         /// packages). A store added there is served after a restart.
         #[arg(long, required = true)]
         dir: Vec<PathBuf>,
-        /// Unix socket to listen on (a stale one is replaced).
-        #[arg(long)]
-        socket: PathBuf,
+        /// Unix socket to listen on (a stale one is replaced). Needed
+        /// unless the daemon serves over TLS only (--tls-listen).
+        #[arg(long, required_unless_present = "tls_listen")]
+        socket: Option<PathBuf>,
         /// User id allowed to open capsules and to sign (repeatable): the
         /// milter's. Without any --allow-* option, this process's own uid.
         #[arg(long = "allow-uid", value_name = "UID")]
@@ -372,6 +419,105 @@ enum Command {
         watch_server: Option<SocketAddr>,
         #[command(flatten)]
         retention: RetentionArgs,
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
+    /// Make a self-signed TLS certificate and key for `serve --tls-listen`,
+    /// a replica or a milter, and print its fingerprints (what the other
+    /// side pins with --allow-cert, --primary-cert or the milter's
+    /// kgc.tls_server_fingerprints).
+    TlsCert {
+        /// Where to write the certificate (PEM; must not exist).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Where to write the private key (PEM, created 0600; must not exist).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Name in the certificate (informative: peers pin the certificate,
+        /// they do not check names).
+        #[arg(long, default_value = "ibemail-kgc")]
+        name: String,
+        /// Validity in days (not checked by ibemail peers, which pin).
+        #[arg(long, default_value_t = 36_500)]
+        days: u32,
+    },
+    /// Print the fingerprints of a PEM certificate, as pins.
+    TlsFingerprint {
+        /// The certificate.
+        cert: PathBuf,
+    },
+    /// Write a key store, encrypted with age, for another host or a backup.
+    ///
+    /// The output is an age file (to --recipient or to a passphrase) of a
+    /// tar archive of the store's files with their modes; `ibemail-kgc
+    /// import` (or `age -d`) reads it. It holds the master keys: anyone who
+    /// can decrypt it can read the domain's mail.
+    Export {
+        /// The key store.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write (created 0600, never overwritten); default:
+        /// standard output, unless it is a terminal.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Encrypt to this age recipient (age1..., from age-keygen;
+        /// repeatable).
+        #[arg(long = "recipient", short = 'r', value_name = "AGE1...")]
+        recipients: Vec<String>,
+        /// Encrypt to the recipients listed in this file, one per line.
+        #[arg(long, short = 'R', value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Encrypt to the passphrase in this file (its first line; the
+        /// file must be private to its owner).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["recipients", "recipients_file"])]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Create a key store from an export; never overwrites anything.
+    Import {
+        /// Where the store goes (must not exist, or be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The export (default: standard input).
+        #[arg(long, short, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// age identity file (AGE-SECRET-KEY-1..., private to its owner).
+        #[arg(long, short, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The passphrase file (its first line), for a passphrase export.
+        #[arg(long, value_name = "FILE", conflicts_with = "identity")]
+        passphrase_file: Option<PathBuf>,
+        /// What this copy is: `replica` (of a primary elsewhere: it never
+        /// rotates), `primary` (the copy that rotates, with replicas), or
+        /// `standalone` (no replicas: a restored backup, a moved KGC).
+        #[arg(long, value_name = "ROLE")]
+        role: Role,
+    },
+    /// Show or set the role of a key store in replication: standalone,
+    /// primary or replica. Promote a replica when the primary is lost for
+    /// good; make a standalone store primary before giving it replicas.
+    Role {
+        /// The key store.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The new role.
+        role: Option<Role>,
+    },
+    /// Release a primary's staged generation now, without waiting for the
+    /// replicas (a replica that is gone for good): replicas that do not
+    /// have it cannot open mail sealed to it.
+    Release {
+        /// The key store.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the previous generation stays published (e.g. 30d),
+        /// raised to the TTL + queue lifetime + policy max-age.
+        #[arg(long, default_value = "30d", value_parser = parse_duration)]
+        overlap: u64,
+        /// TTL of the records, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
 }
 
@@ -390,6 +536,10 @@ fn print_records(store: &Store, ttl: u32) {
 
 fn describe(state: State, now: u64) -> String {
     match state {
+        State::Pending { since } => format!(
+            "staged {} ago, not published until every replica serves it",
+            humanize(now.saturating_sub(since))
+        ),
         State::Active => "active".into(),
         State::Retiring { until } if until == u64::MAX => "retiring (no retirement time)".into(),
         State::Retiring { until } if until > now => format!(
@@ -434,6 +584,29 @@ fn print_waits(domain: &str, outcome: &[(u32, Option<Wait>)]) {
     }
 }
 
+/// Prints the pins of a certificate, one per line.
+fn print_pins(fingerprints: &Fingerprints) {
+    println!("{}", fingerprints.certificate_pin());
+    if let Some(pin) = fingerprints.public_key_pin() {
+        println!("{pin}");
+    }
+}
+
+/// Writes a new file with `mode` (never replacing one).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
 fn humanize(secs: u64) -> String {
     match secs {
         s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
@@ -472,6 +645,9 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Status { dir } => {
             let store = Store::open(&dir)?;
             println!("domain {}", store.domain());
+            if store.role() != Role::Standalone {
+                println!("role {}", store.role());
+            }
             let now = now();
             for entry in store.generations() {
                 let mut state = store
@@ -530,6 +706,15 @@ fn run(cli: Cli) -> Result<u8> {
                 );
             }
             let generation = store.rotate(overlap.max(floor), now(), policy, &mut OsRng)?;
+            if store.role() == Role::Primary {
+                eprintln!(
+                    "Generation {generation} is staged: the primary daemon (serve) publishes it \
+                     once every replica serves it (see its log, and `ibemail-kgc status`). \
+                     Until then generation {} stays active.",
+                    generation - 1
+                );
+                return Ok(0);
+            }
             eprintln!(
                 "Generation {generation} is active, signed by generation {}. Publish these \
                  records (or run `ibemail-kgc publish`; a running `serve --publish-server` \
@@ -537,6 +722,184 @@ fn run(cli: Cli) -> Result<u8> {
                 generation - 1
             );
             print_records(&store, ttl);
+        }
+        Command::Release {
+            dir,
+            overlap,
+            ttl,
+            retention,
+        } => {
+            as_store_owner(&dir)?;
+            let mut store = Store::open(&dir)?;
+            let Some(pending) = store.pending().first().map(|e| e.generation()) else {
+                eprintln!(
+                    "{}: no generation is staged; nothing to release.",
+                    store.domain()
+                );
+                return Ok(1);
+            };
+            let floor = retention
+                .retention(ttl)
+                .floor(store_policy(&store).as_ref());
+            let overlap = store.release(pending, overlap.max(floor), now())?;
+            eprintln!(
+                "Released generation {pending} without waiting for the replicas; the previous \
+                 one retires in {}. A running primary daemon publishes it within seconds; \
+                 replicas that do not have it yet cannot open mail sealed to it until they \
+                 sync. Records:",
+                humanize(overlap)
+            );
+            print_records(&store, ttl);
+        }
+        Command::Role { dir, role } => match role {
+            None => println!("{}", Store::open(&dir)?.role()),
+            Some(role) => {
+                as_store_owner(&dir)?;
+                let mut store = Store::open(&dir)?;
+                let before = store.role();
+                store.set_role(role)?;
+                eprintln!(
+                    "{}: {} was {before}, is {role} now. Restart the daemon that serves it.",
+                    store.domain(),
+                    dir.display()
+                );
+            }
+        },
+        Command::TlsCert {
+            cert,
+            key,
+            name,
+            days,
+        } => {
+            for path in [&cert, &key] {
+                if path.exists() {
+                    bail!("{} exists; not overwriting it", path.display());
+                }
+            }
+            let made = generate_certificate(&name, days).map_err(anyhow::Error::msg)?;
+            write_new(&key, made.key_pem.as_bytes(), 0o600)?;
+            write_new(&cert, made.certificate_pem.as_bytes(), 0o644)?;
+            eprintln!(
+                "Wrote {} and its private key {} (0600; give it to the user that runs the \
+                 daemon or milter, e.g. chown ibemail-kgc: {}). Its fingerprints (pin \
+                 either):",
+                cert.display(),
+                key.display(),
+                key.display()
+            );
+            print_pins(&made.fingerprints);
+        }
+        Command::TlsFingerprint { cert } => {
+            let pem = std::fs::read(&cert).with_context(|| format!("{}", cert.display()))?;
+            let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .with_context(|| format!("{}: no PEM certificate in it", cert.display()))?
+                .with_context(|| format!("{}", cert.display()))?;
+            print_pins(&Fingerprints::of(&der));
+        }
+        Command::Export {
+            dir,
+            output,
+            recipients,
+            recipients_file,
+            passphrase_file,
+        } => {
+            use std::io::{IsTerminal as _, Write as _};
+            if output.is_none() && std::io::stdout().is_terminal() {
+                bail!(
+                    "the export is binary and holds the master keys: give --output FILE, or \
+                     redirect standard output"
+                );
+            }
+            let protection = match passphrase_file {
+                Some(path) => {
+                    Protection::Passphrase(read_passphrase(&path).map_err(anyhow::Error::msg)?)
+                }
+                None => {
+                    let mut list = String::new();
+                    for r in &recipients {
+                        list.push_str(r);
+                        list.push('\n');
+                    }
+                    if let Some(path) = &recipients_file {
+                        list.push_str(
+                            &std::fs::read_to_string(path)
+                                .with_context(|| format!("{}", path.display()))?,
+                        );
+                    }
+                    let parsed = parse_recipients(&list).map_err(anyhow::Error::msg)?;
+                    if parsed.is_empty() {
+                        bail!(
+                            "say whom to encrypt to: --recipient age1... (age-keygen makes \
+                             one), --recipients-file FILE or --passphrase-file FILE"
+                        );
+                    }
+                    Protection::Recipients(parsed)
+                }
+            };
+            let store = Store::open(&dir)?;
+            let bytes = export(&dir, protection)?;
+            match &output {
+                Some(path) => write_new_file(path, &bytes)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
+            }
+            eprintln!(
+                "Exported {}'s key store ({} generation(s) with keys, role {}){}.",
+                store.domain(),
+                store.with_keys().len(),
+                store.role(),
+                output
+                    .as_ref()
+                    .map(|p| format!(" to {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        Command::Import {
+            dir,
+            input,
+            identity,
+            passphrase_file,
+            role,
+        } => {
+            use std::io::Read as _;
+            as_store_owner(&dir)?;
+            let unlock = match (identity, passphrase_file) {
+                (Some(path), None) => read_identities(&path).map_err(anyhow::Error::msg)?,
+                (None, Some(path)) => {
+                    Unlock::Passphrase(read_passphrase(&path).map_err(anyhow::Error::msg)?)
+                }
+                _ => bail!("give --identity FILE (age) or --passphrase-file FILE"),
+            };
+            let mut bytes = Vec::new();
+            match &input {
+                Some(path) => {
+                    bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+                }
+                None => {
+                    std::io::stdin().lock().read_to_end(&mut bytes)?;
+                }
+            }
+            let store = import(&dir, &bytes, &unlock, role)?;
+            eprintln!(
+                "Imported {}'s key store into {} as {}: generation(s) {:?} with keys{}.",
+                store.domain(),
+                dir.display(),
+                store.role(),
+                store.with_keys(),
+                match role {
+                    Role::Replica => {
+                        "; serve it with --replica-of the primary (it never rotates by itself)"
+                    }
+                    Role::Primary =>
+                        "; it rotates for its replicas (serve --allow-cert PIN=replica)",
+                    Role::Standalone => "",
+                }
+            );
         }
         Command::Retire {
             dir,
@@ -665,6 +1028,7 @@ fn run(cli: Cli) -> Result<u8> {
             publish,
             watch_server,
             retention,
+            network,
         } => {
             let mode =
                 u32::from_str_radix(&socket_mode, 8).context("--socket-mode must be octal")?;
@@ -702,6 +1066,35 @@ fn run(cli: Cli) -> Result<u8> {
                     config.grants.entry(uid).or_default().sign = true;
                 }
             }
+            let network = match Network::configure(&network, &dir, &mut config) {
+                Ok(network) => network,
+                Err(e) => return startup_failure(e),
+            };
+            let stores = match dir
+                .iter()
+                .map(|d| Store::open(d))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(stores) => stores,
+                Err(e) => return startup_failure(e.into()),
+            };
+            if let Some(replica) = stores.iter().find(|s| s.role() == Role::Replica) {
+                let refuse = |what: &str| {
+                    startup_failure(anyhow::anyhow!(
+                        "{}: {} is a replica; only the primary {what} (serve the primary with \
+                         it, or make this copy the primary: ibemail-kgc role --dir {} primary)",
+                        replica.domain(),
+                        replica.dir().display(),
+                        replica.dir().display()
+                    ))
+                };
+                if rotate_every.is_some() {
+                    return refuse("rotates (--rotate-every)");
+                }
+                if publish.publish_server.is_some() {
+                    return refuse("publishes (--publish-server)");
+                }
+            }
             let publication = match (publish.publish_server, publish.publish_tsig_key) {
                 (Some(server), Some(key)) => Some(Publication {
                     server,
@@ -720,6 +1113,7 @@ fn run(cli: Cli) -> Result<u8> {
             upkeep.rotate_every = rotate_every;
             upkeep.overlap = overlap;
             upkeep.publication = publication;
+            upkeep.replication = config.replication.clone();
             let service = KeyService::load(&dir, cache_size)
                 .map_err(StartupFailure::from)?
                 .with_signing_switch(SigningSwitch {
@@ -730,9 +1124,10 @@ fn run(cli: Cli) -> Result<u8> {
                 upkeep.watch = watch.map(watcher).transpose()?;
                 daemon(
                     service,
-                    &socket,
+                    socket.as_deref(),
                     mode,
                     config,
+                    network,
                     metrics,
                     upkeep,
                     Duration::from_secs(maintenance_interval.max(1)),
@@ -742,6 +1137,126 @@ fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The daemon's network side, as configured: TLS listeners and the link
+/// to a primary.
+struct Network {
+    tls: Option<(Vec<SocketAddr>, Arc<rustls::ServerConfig>)>,
+    replica: Option<(ReplicaSync, Duration)>,
+}
+
+impl Network {
+    /// Checks the network options against the stores (their roles) and
+    /// sets the certificate grants and the replication tracker in
+    /// `config`.
+    fn configure(
+        args: &NetworkArgs,
+        dirs: &[PathBuf],
+        config: &mut ServerConfig,
+    ) -> Result<Network> {
+        for text in &args.allow_cert {
+            let (pin, grant) = match text.split_once('=') {
+                Some((pin, grant)) => (pin, Grant::parse(grant).map_err(anyhow::Error::msg)),
+                None => (text.as_str(), Ok(Grant::all())),
+            };
+            let grant = grant.with_context(|| format!("--allow-cert {text}"))?;
+            let pin: Pin = pin
+                .parse()
+                .with_context(|| format!("--allow-cert {text}"))?;
+            config.certificates.push((pin, grant));
+        }
+        let replicas: Vec<Pin> = config
+            .certificates
+            .iter()
+            .filter(|(_, g)| g.replicate)
+            .map(|(pin, _)| *pin)
+            .collect();
+        let identity = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+            _ => None,
+        };
+        if !args.tls_listen.is_empty() && config.certificates.is_empty() {
+            bail!("--tls-listen without --allow-cert would let no client in");
+        }
+        if args.tls_listen.is_empty() && !config.certificates.is_empty() {
+            bail!("--allow-cert is given, but no --tls-listen for those clients to reach");
+        }
+        let stores = dirs
+            .iter()
+            .map(|d| Store::open(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !replicas.is_empty() {
+            if let Some(standalone) = stores.iter().find(|s| s.role() != Role::Primary) {
+                bail!(
+                    "replicas are allowed (--allow-cert ...=replica), but {}'s store {} is {}, \
+                     not the primary, so its rotations would not wait for them: ibemail-kgc \
+                     role --dir {} primary",
+                    standalone.domain(),
+                    standalone.dir().display(),
+                    standalone.role(),
+                    standalone.dir().display()
+                );
+            }
+            config.replication = Some(Arc::new(Replication::new(replicas)));
+        }
+        let replica = match &args.replica_of {
+            None => {
+                for store in stores.iter().filter(|s| s.role() == Role::Replica) {
+                    tracing::warn!(
+                        "{}: {} is a replica and no --replica-of keeps it in step: new \
+                         generations reach it only by import",
+                        store.domain(),
+                        store.dir().display()
+                    );
+                }
+                None
+            }
+            Some(text) => {
+                let Ok(Endpoint::Tls { host, port }) = text.parse::<Endpoint>() else {
+                    bail!("--replica-of {text}: expected tls:HOST:PORT");
+                };
+                if let Some(other) = stores.iter().find(|s| s.role() != Role::Replica) {
+                    bail!(
+                        "--replica-of: {}'s store {} is {}, not a replica (import it with \
+                         --role replica, or ibemail-kgc role --dir {} replica)",
+                        other.domain(),
+                        other.dir().display(),
+                        other.role(),
+                        other.dir().display()
+                    );
+                }
+                let primary = args
+                    .primary_cert
+                    .iter()
+                    .map(|p| {
+                        p.parse::<Pin>()
+                            .with_context(|| format!("--primary-cert {p}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let Some(identity) = &identity else {
+                    bail!("--replica-of needs --tls-cert and --tls-key");
+                };
+                let link = ReplicaSync::new(&host, port, identity, &primary)?;
+                Some((link, Duration::from_secs(args.sync_interval.max(1))))
+            }
+        };
+        let tls = match (&identity, args.tls_listen.is_empty()) {
+            (Some(identity), false) => Some((
+                args.tls_listen.clone(),
+                ibemail_kgc::tls::server_config(
+                    identity,
+                    &config
+                        .certificates
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .collect::<Vec<_>>(),
+                )?,
+            )),
+            _ => None,
+        };
+        Ok(Network { tls, replica })
+    }
 }
 
 /// Binds the socket, replacing a stale one but never a live daemon's.
@@ -770,18 +1285,33 @@ fn stamps(dirs: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
+// One call site; the arguments are the daemon's parts.
+#[allow(clippy::too_many_arguments)]
 async fn daemon(
     service: KeyService,
-    socket: &Path,
+    socket: Option<&Path>,
     mode: u32,
     config: ServerConfig,
+    network: Network,
     metrics: Option<SocketAddr>,
     mut upkeep: Upkeep,
     interval: Duration,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let service = Arc::new(service);
-    let listener = bind(socket, mode).await?;
+    let listener = match socket {
+        Some(socket) => Some(bind(socket, mode).await?),
+        None => None,
+    };
+    let mut tls_listeners = Vec::new();
+    if let Some((addrs, _)) = &network.tls {
+        for addr in addrs {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--tls-listen {addr}"))?;
+            tls_listeners.push((*addr, listener));
+        }
+    }
     if let Some(addr) = metrics {
         let listener = ibemail_kgc::metrics::bind(addr)
             .await
@@ -799,12 +1329,7 @@ async fn daemon(
         .grants
         .iter()
         .map(|(uid, g)| {
-            let what = match (g.open, g.sign) {
-                (true, true) => "open+sign",
-                (true, false) => "open",
-                (false, true) => "sign",
-                (false, false) => "nothing",
-            };
+            let what = g.describe();
             if g.open_as.is_empty() {
                 format!("{uid}:{what}")
             } else {
@@ -813,19 +1338,65 @@ async fn daemon(
             }
         })
         .collect();
-    info!(
-        "listening on {} for uids {}",
-        socket.display(),
-        grants.join(" ")
-    );
+    if let Some(socket) = socket {
+        info!(
+            "listening on {} for uids {}",
+            socket.display(),
+            grants.join(" ")
+        );
+    }
+    let certificates: Vec<String> = config
+        .certificates
+        .iter()
+        .map(|(pin, g)| format!("{pin}={}", g.describe()))
+        .collect();
+    for (addr, _) in &tls_listeners {
+        info!(
+            "listening on tls:{addr} for certificates {}",
+            certificates.join(" ")
+        );
+    }
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, service.clone(), config, async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let replication = config.replication.clone();
+    if let Some(listener) = listener {
+        servers.spawn(serve(
+            listener,
+            service.clone(),
+            config.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    if let Some((_, tls)) = &network.tls {
+        for (_, listener) in tls_listeners {
+            servers.spawn(serve_tls(
+                listener,
+                tls.clone(),
+                service.clone(),
+                config.clone(),
+                stopped(stop_rx.clone()),
+            ));
+        }
+    }
+    if let Some((link, every)) = network.replica {
+        info!(
+            "replica of {}: syncing every {} s",
+            link.primary(),
+            every.as_secs()
+        );
+        let (service, stop) = (service.clone(), stop_rx.clone());
+        servers.spawn(async move {
+            ibemail_kgc::replica::run(link, service, every, stop).await;
+            Ok(())
+        });
+    }
 
     let mut tick = tokio::time::interval(interval);
     // A store changed by another process (`ibemail-kgc rotate`) is noticed
@@ -833,6 +1404,12 @@ async fn daemon(
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     let mut seen = stamps(service.dirs());
     loop {
+        let reported = async {
+            match &replication {
+                Some(r) => r.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = hangup.recv() => {
                 match service.reload() {
@@ -848,6 +1425,12 @@ async fn daemon(
                 upkeep.run(&service, now()).await;
                 seen = stamps(service.dirs());
             }
+            // A replica reported something new: a staged generation may
+            // be released now.
+            () = reported => {
+                upkeep.run(&service, now()).await;
+                seen = stamps(service.dirs());
+            }
             _ = poll.tick() => {
                 let now_seen = stamps(service.dirs());
                 if now_seen != seen {
@@ -858,9 +1441,11 @@ async fn daemon(
         }
     }
     info!("shutting down");
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_file(socket);
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(())
 }
 

@@ -10,19 +10,28 @@
 //!   HELLO  op 0: (empty)                      -> domains and active generations
 //!   OPEN   op 1: generation(u32) len(u16) identity capsule(128)
 //!   SIGN   op 2: generation(u32) len(u16) identity len(u16) message (<= 64 bytes)
+//!   SYNC   op 3: len(u16) domain count(u16) { generation(u32) }*
 //! response = version(1) status(1) body
 //!   OK (0): HELLO -> count(u16) { len(u16) domain generation(u32) }*
 //!           OPEN  -> shared secret(32)
 //!           SIGN  -> generation(u32) signature(192)
+//!           SYNC  -> count(u16) { len(u16) name mode(u32) len(u32) contents }*
 //!
 //! SIGN signs a digest (never the message itself) as the identity at the
 //! generation asked for, which the caller learns from HELLO: the generation
 //! is part of what the caller hashed into the digest.
 //!   error (1..): UTF-8 reason
 //! ```
+//!
+//! SYNC is the replicas' (`crate::replica`): a replica names a domain and
+//! the generations it serves now, and gets the primary's store files back
+//! (master keys included), so only a peer with the `replica` grant — a
+//! pinned TLS certificate, never a Unix uid — may ask. Its answer may be
+//! larger than [`MAX_FRAME`], up to [`MAX_SYNC_FRAME`].
 
 use ibemail_ibe::{CAPSULE_BYTES, Generation, SHARED_SECRET_BYTES, SIGNATURE_BYTES};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// Protocol version spoken by this implementation.
 pub const VERSION: u8 = 1;
@@ -32,6 +41,11 @@ pub const MAX_FRAME: usize = 16 * 1024;
 const OP_HELLO: u8 = 0;
 const OP_OPEN: u8 = 1;
 const OP_SIGN: u8 = 2;
+const OP_SYNC: u8 = 3;
+/// Largest SYNC answer a replica accepts (a store's files).
+pub const MAX_SYNC_FRAME: usize = 1024 * 1024;
+/// Most generations a SYNC request names.
+pub const MAX_SYNC_GENERATIONS: usize = 1024;
 /// Largest message a SIGN request carries (a digest, not a mail message).
 pub const MAX_SIGN_MESSAGE: usize = 64;
 
@@ -58,6 +72,35 @@ pub enum Request {
         /// What to sign (at most [`MAX_SIGN_MESSAGE`] bytes).
         message: Vec<u8>,
     },
+    /// A replica asks for a domain's store files, saying which generations
+    /// it serves now.
+    Sync {
+        /// The domain.
+        domain: String,
+        /// The generations whose keys the replica serves.
+        serving: Vec<Generation>,
+    },
+}
+
+/// One file of a key store, as SYNC carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreFile {
+    /// The file name (no directory).
+    pub name: String,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its contents (a master key, for `gen-*.key`): wiped when dropped.
+    pub contents: Zeroizing<Vec<u8>>,
+}
+
+impl core::fmt::Debug for StoreFile {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StoreFile")
+            .field("name", &self.name)
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .field("bytes", &self.contents.len())
+            .finish()
+    }
 }
 
 /// Response status codes.
@@ -111,6 +154,8 @@ pub enum Response {
     Opened([u8; SHARED_SECRET_BYTES]),
     /// SIGN answer: the generation used and the signature.
     Signed(Generation, [u8; SIGNATURE_BYTES]),
+    /// SYNC answer: the store's files.
+    Synced(Vec<StoreFile>),
     /// Any failure, with a reason for the log.
     Error(Status, String),
 }
@@ -121,6 +166,7 @@ impl core::fmt::Debug for Response {
             Response::Hello(d) => f.debug_tuple("Hello").field(d).finish(),
             Response::Opened(_) => f.write_str("Opened(<redacted>)"),
             Response::Signed(n, _) => f.debug_tuple("Signed").field(n).finish(),
+            Response::Synced(files) => f.debug_tuple("Synced").field(files).finish(),
             Response::Error(s, r) => f.debug_tuple("Error").field(s).field(r).finish(),
         }
     }
@@ -146,8 +192,13 @@ pub enum ProtocolError {
 
 /// Reads the 4-byte length prefix and checks the limit.
 pub fn frame_length(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
+    frame_length_within(prefix, MAX_FRAME)
+}
+
+/// Reads the 4-byte length prefix and checks it against `max`.
+pub fn frame_length_within(prefix: [u8; 4], max: usize) -> Result<usize, ProtocolError> {
     let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(ProtocolError::FrameTooLarge(len));
     }
     Ok(len)
@@ -232,6 +283,15 @@ impl Request {
                 out.extend_from_slice(&(message.len() as u16).to_be_bytes());
                 out.extend_from_slice(message);
             }
+            Request::Sync { domain, serving } => {
+                out.push(OP_SYNC);
+                push_string(&mut out, domain);
+                let serving = &serving[..serving.len().min(MAX_SYNC_GENERATIONS)];
+                out.extend_from_slice(&(serving.len() as u16).to_be_bytes());
+                for generation in serving {
+                    out.extend_from_slice(&generation.to_be_bytes());
+                }
+            }
         }
         out
     }
@@ -263,6 +323,17 @@ impl Request {
                     message: c.take(len, "SIGN message")?.to_vec(),
                 }
             }
+            OP_SYNC => {
+                let domain = c.string("SYNC domain")?;
+                let count = c.u16("SYNC count")? as usize;
+                if count > MAX_SYNC_GENERATIONS {
+                    return Err(ProtocolError::Malformed("SYNC count (too many)"));
+                }
+                let serving = (0..count)
+                    .map(|_| c.u32("SYNC generation"))
+                    .collect::<Result<_, _>>()?;
+                Request::Sync { domain, serving }
+            }
             other => return Err(ProtocolError::Unknown(other)),
         };
         c.end("request")?;
@@ -291,6 +362,16 @@ impl Response {
                 out.push(Status::Ok as u8);
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.extend_from_slice(signature);
+            }
+            Response::Synced(files) => {
+                out.push(Status::Ok as u8);
+                out.extend_from_slice(&(files.len().min(u16::MAX as usize) as u16).to_be_bytes());
+                for file in files.iter().take(u16::MAX as usize) {
+                    push_string(&mut out, &file.name);
+                    out.extend_from_slice(&file.mode.to_be_bytes());
+                    out.extend_from_slice(&(file.contents.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&file.contents);
+                }
             }
             Response::Error(status, reason) => {
                 out.push(*status as u8);
@@ -335,6 +416,22 @@ impl Response {
                 let mut signature = [0u8; SIGNATURE_BYTES];
                 signature.copy_from_slice(c.take(SIGNATURE_BYTES, "SIGN signature")?);
                 Response::Signed(generation, signature)
+            }
+            Request::Sync { .. } => {
+                let count = c.u16("SYNC count")?;
+                let mut files = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let name = c.string("SYNC file name")?;
+                    let mode = c.u32("SYNC file mode")?;
+                    let len = c.u32("SYNC file length")? as usize;
+                    let contents = Zeroizing::new(c.take(len, "SYNC file")?.to_vec());
+                    files.push(StoreFile {
+                        name,
+                        mode,
+                        contents,
+                    });
+                }
+                Response::Synced(files)
             }
         };
         c.end("response")?;
@@ -381,6 +478,18 @@ mod tests {
         assert!(Request::decode(&long).is_err());
         let err = Response::Error(Status::Retired, "generation 1 retired".into());
         assert_eq!(Response::decode(&open, &err.encode()).unwrap(), err);
+        let sync = Request::Sync {
+            domain: "b.test".into(),
+            serving: vec![1, 2],
+        };
+        assert_eq!(Request::decode(&sync.encode()).unwrap(), sync);
+        let synced = Response::Synced(vec![StoreFile {
+            name: "gen-00000002.key".into(),
+            mode: 0o600,
+            contents: Zeroizing::new(b"master-key: secret".to_vec()),
+        }]);
+        assert_eq!(Response::decode(&sync, &synced.encode()).unwrap(), synced);
+        assert!(!format!("{synced:?}").contains("secret"));
     }
 
     #[test]

@@ -1,23 +1,29 @@
 //! The daemon side of the protocol: a Unix socket, peer credentials checked
-//! against per-uid grants, bounded frames, concurrent connections.
+//! against per-uid grants, bounded frames, concurrent connections. The same
+//! requests are served over mutual TLS ([`crate::tls`], [`serve_tls`]) to
+//! clients on other hosts, whose pinned certificates carry the grants.
 //!
 //! Grants are per capability: `open` (decrypt mail for the served domains)
 //! and `sign` (sign as any of their users). The milter needs both; a
 //! delivery-time `ibemail-milter decrypt` filter needs only `open`, and
-//! given only that it cannot forge its users' signatures.
+//! given only that it cannot forge its users' signatures. `replicate`
+//! (copy the master keys, [`crate::replica`]) is for replica daemons, and
+//! only ever to a certificate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
+use crate::replica::Replication;
 use crate::service::{KeyService, Peer};
+use crate::tls::{Fingerprints, Pin};
 
 /// What one user id may ask of the daemon.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +36,9 @@ pub struct Grant {
     pub open_as: BTreeSet<String>,
     /// SIGN: sign as any user of the served domains.
     pub sign: bool,
+    /// SYNC: copy the served stores, master keys included (a replica
+    /// daemon; certificates only).
+    pub replicate: bool,
 }
 
 impl Grant {
@@ -39,6 +48,45 @@ impl Grant {
             open: true,
             open_as: BTreeSet::new(),
             sign: true,
+            replicate: false,
+        }
+    }
+
+    /// The grant a `--allow-cert PIN=WHAT` names: `open`, `sign`,
+    /// `open+sign` (the milter's, and the default) or `replica`.
+    pub fn parse(what: &str) -> Result<Grant, String> {
+        let mut grant = Grant::default();
+        for part in what.split('+') {
+            match part.trim() {
+                "open" => grant.open = true,
+                "sign" => grant.sign = true,
+                "replica" => grant.replicate = true,
+                other => {
+                    return Err(format!(
+                        "unknown grant {other:?}: expected open, sign, open+sign or replica"
+                    ));
+                }
+            }
+        }
+        Ok(grant)
+    }
+
+    /// The grant in the words of [`Grant::parse`].
+    pub fn describe(&self) -> String {
+        let mut words = Vec::new();
+        if self.open {
+            words.push("open");
+        }
+        if self.sign {
+            words.push("sign");
+        }
+        if self.replicate {
+            words.push("replica");
+        }
+        if words.is_empty() {
+            "nothing".into()
+        } else {
+            words.join("+")
         }
     }
 
@@ -52,7 +100,7 @@ impl Grant {
 
     /// Nothing granted.
     fn is_empty(&self) -> bool {
-        !self.open && !self.sign
+        !self.open && !self.sign && !self.replicate
     }
 }
 
@@ -66,8 +114,26 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A connection idle this long between requests is closed.
     pub idle_timeout: Duration,
-    /// A request frame must arrive completely within this time.
+    /// A request frame must arrive completely within this time (and a
+    /// TLS handshake).
     pub read_timeout: Duration,
+    /// Grants of TLS clients, by the pin their certificate matches (the
+    /// first matching pin counts). A certificate without one fails the
+    /// handshake.
+    pub certificates: Vec<(Pin, Grant)>,
+    /// What replicas report serving (a primary's), if any replica is
+    /// allowed.
+    pub replication: Option<Arc<Replication>>,
+}
+
+impl ServerConfig {
+    /// The grant of a client certificate, and the pin that matched.
+    pub fn certificate_grant(&self, fingerprints: &Fingerprints) -> Option<(Pin, Grant)> {
+        self.certificates
+            .iter()
+            .find(|(pin, _)| pin.matches(fingerprints))
+            .cloned()
+    }
 }
 
 impl Default for ServerConfig {
@@ -77,6 +143,8 @@ impl Default for ServerConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(5),
+            certificates: Vec::new(),
+            replication: None,
         }
     }
 }
@@ -109,7 +177,7 @@ pub async fn serve(
                 let service = service.clone();
                 let config = config.clone();
                 tasks.spawn(async move {
-                    handle_connection(stream, service, &config).await;
+                    handle_unix(stream, service, &config).await;
                     drop(permit);
                 });
             }
@@ -120,18 +188,102 @@ pub async fn serve(
     Ok(())
 }
 
-/// The answer to a request for `capability` (`open` or `sign`) from a
-/// peer without that grant, audit-logged.
+/// Serves `service` over mutual TLS on `listener` until `shutdown`
+/// completes, as [`serve`] does on a Unix socket: the client's pinned
+/// certificate ([`ServerConfig::certificates`]) stands for the uid.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<KeyService>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, address) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let (service, config, acceptor) = (service.clone(), config.clone(), acceptor.clone());
+                tasks.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(config.read_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            service.metrics().refused_connection();
+                            warn!(
+                                target: "ibemail_kgc::audit",
+                                "refused TLS connection from {address}: {e}"
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake with {address} timed out");
+                            return;
+                        }
+                    };
+                    let fingerprints = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| Fingerprints::of(cert));
+                    // The handshake only completes with a pinned
+                    // certificate; its grant is looked up again here.
+                    let Some((pin, grant)) =
+                        fingerprints.and_then(|f| config.certificate_grant(&f))
+                    else {
+                        service.metrics().refused_connection();
+                        warn!(target: "ibemail_kgc::audit", "refused TLS connection from {address}: no grant");
+                        return;
+                    };
+                    let peer = Peer {
+                        address: Some(address),
+                        certificate: Some(pin),
+                        ..Peer::default()
+                    };
+                    serve_requests(stream, peer, grant, service, &config).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The answer to a request for `capability` (`open`, `sign` or
+/// `replicate`) from a peer without that grant, audit-logged.
 fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
     warn!(
         target: "ibemail_kgc::audit",
-        "refused {capability} as {identity:?} for uid {} pid {}: no {capability} grant",
-        peer.uid.map_or("-".into(), |u| u.to_string()),
-        peer.pid.map_or("-".into(), |p| p.to_string())
+        "refused {capability} as {identity:?} for {peer}: no {capability} grant"
     );
     Response::Error(
         Status::Forbidden,
-        format!("this uid has no {capability} grant (ibemail-kgc serve --allow-{capability})"),
+        if peer.certificate.is_some() {
+            format!(
+                "this certificate has no {capability} grant (ibemail-kgc serve --allow-cert \
+                 PIN={capability})"
+            )
+        } else {
+            format!("this uid has no {capability} grant (ibemail-kgc serve --allow-{capability})")
+        },
     )
 }
 
@@ -142,20 +294,20 @@ async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Respons
         .unwrap_or_else(|_| Response::Error(Status::Internal, "worker failed".into()))
 }
 
-async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
-    stream.write_all(&protocol::frame(&response.encode())).await
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std::io::Result<()> {
+    stream
+        .write_all(&protocol::frame(&response.encode()))
+        .await?;
+    stream.flush().await
 }
 
-async fn handle_connection(
-    mut stream: UnixStream,
-    service: Arc<KeyService>,
-    config: &ServerConfig,
-) {
+async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &ServerConfig) {
     let (peer, grant) = match stream.peer_cred() {
         Ok(cred) => (
             Peer {
                 uid: Some(cred.uid()),
                 pid: cred.pid(),
+                ..Peer::default()
             },
             config.grants.get(&cred.uid()).cloned().unwrap_or_default(),
         ),
@@ -168,9 +320,7 @@ async fn handle_connection(
         service.metrics().refused_connection();
         warn!(
             target: "ibemail_kgc::audit",
-            "refused connection from uid {} pid {}: no grant",
-            peer.uid.map_or("-".into(), |u| u.to_string()),
-            peer.pid.map_or("-".into(), |p| p.to_string())
+            "refused connection from {peer}: no grant"
         );
         let _ = send(
             &mut stream,
@@ -179,6 +329,17 @@ async fn handle_connection(
         .await;
         return;
     }
+    serve_requests(stream, peer, grant, service, config).await;
+}
+
+/// Answers the requests of one connection, whose peer has `grant`.
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: Peer,
+    grant: Grant,
+    service: Arc<KeyService>,
+    config: &ServerConfig,
+) {
     loop {
         let mut prefix = [0u8; 4];
         match tokio::time::timeout(config.idle_timeout, stream.read_exact(&mut prefix)).await {
@@ -188,7 +349,7 @@ async fn handle_connection(
         let len = match protocol::frame_length(prefix) {
             Ok(len) => len,
             Err(e) => {
-                debug!("bad frame from uid {:?}: {e}", peer.uid);
+                debug!("bad frame from {peer}: {e}");
                 let _ = send(
                     &mut stream,
                     &Response::Error(Status::BadRequest, e.to_string()),
@@ -223,6 +384,22 @@ async fn handle_connection(
             }) => {
                 let service = service.clone();
                 off_thread(move || service.sign(&identity, generation, &message, peer)).await
+            }
+            Ok(Request::Sync { domain, .. }) if !grant.replicate => {
+                forbidden("replicate", &domain, peer)
+            }
+            Ok(Request::Sync { domain, serving }) => {
+                let (service, replication) = (service.clone(), config.replication.clone());
+                off_thread(move || {
+                    crate::replica::answer_sync(
+                        &service,
+                        replication.as_deref(),
+                        &domain,
+                        &serving,
+                        peer,
+                    )
+                })
+                .await
             }
             Err(e) => {
                 let status = match e {

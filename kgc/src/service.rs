@@ -22,6 +22,27 @@ pub struct Peer {
     pub uid: Option<u32>,
     /// The peer's process id, if known.
     pub pid: Option<i32>,
+    /// The peer's address (TLS clients).
+    pub address: Option<std::net::SocketAddr>,
+    /// The pin its certificate matched (TLS clients).
+    pub certificate: Option<crate::tls::Pin>,
+}
+
+impl std::fmt::Display for Peer {
+    /// `uid U pid P` for Unix peers, `ADDR cert PIN` for TLS ones.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.address, self.certificate) {
+            (Some(address), Some(pin)) => write!(f, "{address} cert {pin}"),
+            (Some(address), None) => write!(f, "{address}"),
+            (None, Some(pin)) => write!(f, "cert {pin}"),
+            (None, None) => write!(
+                f,
+                "uid {} pid {}",
+                self.uid.map_or("-".into(), |u| u.to_string()),
+                self.pid.map_or("-".into(), |p| p.to_string())
+            ),
+        }
+    }
 }
 
 /// Capsule-opening service over one or more key stores (one per domain).
@@ -355,13 +376,19 @@ fn audit(
         Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
         Response::Error(Status::WrongDomain, _) => "wrong-domain",
         Response::Error(_, _) => "error",
-        Response::Hello(_) => "unexpected",
+        Response::Hello(_) | Response::Synced(_) => "unexpected",
     };
-    let line = format!(
+    let mut line = format!(
         "key use: {operation} identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
         peer.uid.map_or("-".into(), |u| u.to_string()),
         peer.pid.map_or("-".into(), |p| p.to_string()),
     );
+    if let Some(address) = peer.address {
+        line.push_str(&format!(" peer_addr={address}"));
+    }
+    if let Some(pin) = peer.certificate {
+        line.push_str(&format!(" peer_cert={pin}"));
+    }
     if matches!(response, Response::Opened(_) | Response::Signed(..)) {
         info!(target: "ibemail_kgc::audit", "{line}");
     } else {
@@ -378,7 +405,7 @@ pub fn response_to_signature(response: Response) -> Result<(Generation, Signatur
             .map_err(|e| SignError::Unavailable(format!("KGC sent an invalid signature: {e}"))),
         Response::Error(Status::Internal, reason) => Err(SignError::Unavailable(reason)),
         Response::Error(status, reason) => Err(SignError::Refused(format!("{status:?}: {reason}"))),
-        Response::Hello(_) | Response::Opened(_) => {
+        Response::Hello(_) | Response::Opened(_) | Response::Synced(_) => {
             Err(SignError::Unavailable("unexpected answer to SIGN".into()))
         }
     }
@@ -404,9 +431,9 @@ pub fn response_to_secret(
         Response::Error(status, reason) => {
             Err(CapsuleError::Refused(format!("{status:?}: {reason}")))
         }
-        Response::Hello(_) | Response::Signed(..) => Err(CapsuleError::Unavailable(
-            "unexpected answer to OPEN".into(),
-        )),
+        Response::Hello(_) | Response::Signed(..) | Response::Synced(_) => Err(
+            CapsuleError::Unavailable("unexpected answer to OPEN".into()),
+        ),
     }
 }
 

@@ -35,6 +35,15 @@
 //! new one, so a crash at any point leaves either "old active" or "new
 //! active, old retiring" — never a lost key. Leftover temporary files are
 //! ignored and removed by the next writer.
+//!
+//! **Replication** ([`Role`], `crate::replica`): a store copied to several
+//! hosts is the **primary** on one of them and a **replica** on the others.
+//! A replica never rotates or retires by itself; it mirrors the primary.
+//! A primary's rotation only *stages* the new generation: it is
+//! **pending** (`pending-since` in its state file, written before its key
+//! file), opens mail but is neither published nor used for signing, until
+//! [`Store::release`] — when every replica serves it — makes it active and
+//! starts the old one's overlap.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -211,18 +220,82 @@ pub enum StoreError {
     /// Generation numbers are exhausted (2^32 - 1 rotations).
     #[error("generation numbers are exhausted")]
     GenerationOverflow,
+    /// A change only the primary makes, asked of a replica.
+    #[error(
+        "{dir} is a replica of {domain}'s key store: only the primary rotates and retires \
+         (its changes arrive by `serve --replica-of` or by import). If the primary is lost \
+         for good, make this copy the primary: ibemail-kgc role --dir {dir} primary"
+    )]
+    Replica {
+        /// The store.
+        dir: PathBuf,
+        /// Its domain.
+        domain: String,
+    },
+    /// A rotation while an earlier one still waits for its release.
+    #[error(
+        "generation {0} is staged and not released yet (waiting until every replica serves \
+         it); release it first (the primary daemon does, or ibemail-kgc release), or retire \
+         it (ibemail-kgc retire --force {0})"
+    )]
+    AlreadyStaged(Generation),
+    /// A release of a generation that is not pending.
+    #[error("generation {0} is not staged: nothing to release")]
+    NotStaged(Generation),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |error| StoreError::Io {
         path: path.to_path_buf(),
         error,
     }
 }
 
+/// How a store takes part in replication (`role:` in `kgc.store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The only copy that counts: rotations take effect at once.
+    #[default]
+    Standalone,
+    /// The copy that rotates, retires and publishes for its replicas: a
+    /// rotation is staged until every replica serves the new generation.
+    Primary,
+    /// A copy that mirrors the primary and never changes by itself.
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Standalone => "standalone",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s.trim() {
+            "standalone" => Ok(Role::Standalone),
+            "primary" => Ok(Role::Primary),
+            "replica" => Ok(Role::Replica),
+            other => Err(format!(
+                "unknown role {other:?}: expected standalone, primary or replica"
+            )),
+        }
+    }
+}
+
 /// The state of one generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Staged by a primary's rotation: opens mail, not published yet.
+    Pending {
+        /// When it was staged.
+        since: u64,
+    },
     /// The highest generation: senders encrypt to it.
     Active,
     /// Still opens mail and is still published, until `until`.
@@ -249,6 +322,8 @@ pub struct GenerationEntry {
     continuity: Option<ContinuitySignature>,
     published_since: Option<u64>,
     absent_since: Option<u64>,
+    pending_since: Option<u64>,
+    pending_overlap: Option<u64>,
 }
 
 impl GenerationEntry {
@@ -264,6 +339,8 @@ impl GenerationEntry {
             continuity: None,
             published_since: None,
             absent_since: None,
+            pending_since: None,
+            pending_overlap: None,
         }
     }
 }
@@ -278,6 +355,7 @@ impl fmt::Debug for GenerationEntry {
             .field("policy", &self.policy)
             .field("published_since", &self.published_since)
             .field("absent_since", &self.absent_since)
+            .field("pending_since", &self.pending_since)
             .field("has_key", &self.key.is_some())
             .finish()
     }
@@ -312,6 +390,18 @@ impl GenerationEntry {
     pub fn retire_at(&self) -> Option<u64> {
         self.retire_at
     }
+    /// When a primary staged it, while it waits for its release.
+    pub fn pending_since(&self) -> Option<u64> {
+        self.pending_since
+    }
+    /// True if it still has its key (it opens mail).
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+    /// True if staged and not released.
+    fn is_pending(&self) -> bool {
+        self.key.is_some() && self.pending_since.is_some()
+    }
 }
 
 /// What changes about a generation after it was created.
@@ -320,6 +410,8 @@ struct GenerationState {
     retire_at: Option<u64>,
     published_since: Option<u64>,
     absent_since: Option<u64>,
+    pending_since: Option<u64>,
+    pending_overlap: Option<u64>,
 }
 
 impl GenerationEntry {
@@ -328,6 +420,8 @@ impl GenerationEntry {
             retire_at: self.retire_at,
             published_since: self.published_since,
             absent_since: self.absent_since,
+            pending_since: self.pending_since,
+            pending_overlap: self.pending_overlap,
         }
     }
 }
@@ -336,6 +430,7 @@ impl GenerationEntry {
 pub struct Store {
     dir: PathBuf,
     domain: String,
+    role: Role,
     generations: BTreeMap<Generation, GenerationEntry>,
 }
 
@@ -344,6 +439,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.dir)
             .field("domain", &self.domain)
+            .field("role", &self.role)
             .field(
                 "generations",
                 &self.generations.values().collect::<Vec<_>>(),
@@ -353,7 +449,7 @@ impl fmt::Debug for Store {
 }
 
 /// Holds the store's writer lock; released on drop.
-struct WriteLock(File);
+pub(crate) struct WriteLock(File);
 
 impl Drop for WriteLock {
     fn drop(&mut self) {
@@ -361,22 +457,53 @@ impl Drop for WriteLock {
     }
 }
 
-fn key_file(generation: Generation) -> String {
+pub(crate) fn key_file(generation: Generation) -> String {
     format!("gen-{generation:08}.key")
 }
 
-fn retired_file(generation: Generation) -> String {
+pub(crate) fn retired_file(generation: Generation) -> String {
     format!("gen-{generation:08}.retired")
 }
 
-fn state_file(generation: Generation) -> String {
+pub(crate) fn state_file(generation: Generation) -> String {
     format!("gen-{generation:08}.state")
 }
+
+/// The kinds of a generation's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// `gen-N.key`: the master key (secret).
+    Key,
+    /// `gen-N.state`: what changed later.
+    State,
+    /// `gen-N.retired`: the tombstone.
+    Retired,
+}
+
+/// The generation and kind of a store file name (`gen-00000002.key`), or
+/// `None` for anything else (`kgc.store`, `.lock`, temporaries).
+pub(crate) fn generation_file(name: &str) -> Option<(Generation, FileKind)> {
+    let rest = name.strip_prefix("gen-")?;
+    let (number, kind) = rest.split_once('.')?;
+    if number.len() != 8 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kind = match kind {
+        "key" => FileKind::Key,
+        "state" => FileKind::State,
+        "retired" => FileKind::Retired,
+        _ => return None,
+    };
+    Some((number.parse().ok()?, kind))
+}
+
+/// The name of the file that says what a directory is.
+pub(crate) const STORE_FILE_NAME: &str = STORE_FILE;
 
 /// Checks that `path` (in the store `dir`) has no group/other permissions
 /// and is owned by this process's user, or that this process is root, which
 /// may read any store (its write commands run as the owner: [`Store::lock`]).
-fn check_private(dir: &Path, path: &Path, is_dir: bool) -> Result<(), StoreError> {
+pub(crate) fn check_private(dir: &Path, path: &Path, is_dir: bool) -> Result<(), StoreError> {
     let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
     let mode = if is_dir { "0700" } else { "0600" };
     let insecure = |problem: String, fix: String| StoreError::InsecurePermissions {
@@ -441,6 +568,26 @@ fn parse_fields(path: &Path, text: &str) -> Result<BTreeMap<String, String>, Sto
     Ok(fields)
 }
 
+/// Parsed fields of a key file (the master key among them), wiped when
+/// dropped.
+struct WipeFields(BTreeMap<String, String>);
+
+impl std::ops::Deref for WipeFields {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for WipeFields {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        for value in self.0.values_mut() {
+            value.zeroize();
+        }
+    }
+}
+
 fn field<'a>(
     path: &Path,
     fields: &'a BTreeMap<String, String>,
@@ -462,14 +609,14 @@ fn number<T: std::str::FromStr>(path: &Path, value: &str, name: &str) -> Result<
     })
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
 }
 
 /// Writes `contents` to `dir/name` atomically and durably, mode 0600.
-fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
     let mut suffix = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
     let temp = dir.join(format!("{TEMP_PREFIX}{}-{name}", hex_lower(&suffix)));
@@ -496,7 +643,7 @@ fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreErro
 /// Overwrites a key file with zeros, syncs, and unlinks it. (On copy-on-write
 /// or flash storage the old blocks may survive; full-disk encryption is the
 /// real answer there, see the man page.)
-fn destroy(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn destroy(path: &Path) -> Result<(), StoreError> {
     if let Ok(meta) = fs::metadata(path)
         && let Ok(mut file) = OpenOptions::new().write(true).open(path)
     {
@@ -633,6 +780,13 @@ impl Store {
             });
         }
         let domain = field(&store_path, &fields, "domain")?.to_string();
+        let role = match fields.get("role") {
+            None => Role::Standalone,
+            Some(role) => role.parse().map_err(|problem| StoreError::Corrupt {
+                path: store_path.clone(),
+                problem,
+            })?,
+        };
 
         let mut generations: BTreeMap<Generation, GenerationEntry> = BTreeMap::new();
         let mut retired: BTreeMap<Generation, u64> = BTreeMap::new();
@@ -680,6 +834,8 @@ impl Store {
                 entry.retire_at = state.retire_at.or(entry.retire_at);
                 entry.published_since = state.published_since;
                 entry.absent_since = state.absent_since;
+                entry.pending_since = state.pending_since;
+                entry.pending_overlap = state.pending_overlap;
             }
         }
         // A tombstone wins over a key file left by a crash mid-retirement.
@@ -689,6 +845,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             domain,
+            role,
             generations,
         })
     }
@@ -699,7 +856,18 @@ impl Store {
         generation: Generation,
     ) -> Result<GenerationEntry, StoreError> {
         let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err(path))?);
-        let fields = parse_fields(path, &text)?;
+        Self::parse_key(path, &text, domain, generation)
+    }
+
+    /// Parses and checks the text of `generation`'s key file (as
+    /// [`Store::open`] reads it, or as a replica receives it).
+    pub(crate) fn parse_key(
+        path: &Path,
+        text: &str,
+        domain: &str,
+        generation: Generation,
+    ) -> Result<GenerationEntry, StoreError> {
+        let fields = WipeFields(parse_fields(path, text)?);
         let corrupt = |problem: &str| StoreError::Corrupt {
             path: path.to_path_buf(),
             problem: problem.to_string(),
@@ -760,12 +928,23 @@ impl Store {
             continuity,
             published_since: None,
             absent_since: None,
+            pending_since: None,
+            pending_overlap: None,
         })
     }
 
     fn read_state(path: &Path, generation: Generation) -> Result<GenerationState, StoreError> {
         let text = fs::read_to_string(path).map_err(io_err(path))?;
-        let fields = parse_fields(path, &text)?;
+        Self::parse_state(path, &text, generation)
+    }
+
+    /// Parses the text of `generation`'s state file.
+    fn parse_state(
+        path: &Path,
+        text: &str,
+        generation: Generation,
+    ) -> Result<GenerationState, StoreError> {
+        let fields = parse_fields(path, text)?;
         if field(path, &fields, "format")? != STATE_FORMAT
             || number::<Generation>(path, field(path, &fields, "generation")?, "generation")?
                 != generation
@@ -785,7 +964,39 @@ impl Store {
             retire_at: time("retire-at")?,
             published_since: time("published-since")?,
             absent_since: time("absent-since")?,
+            pending_since: time("pending-since")?,
+            pending_overlap: time("pending-overlap")?,
         })
+    }
+
+    /// Checks that `text` is `generation`'s state file (a replica checks
+    /// what it receives before writing it).
+    pub(crate) fn check_state_text(
+        path: &Path,
+        text: &str,
+        generation: Generation,
+    ) -> Result<(), StoreError> {
+        Self::parse_state(path, text, generation).map(|_| ())
+    }
+
+    /// Checks that `text` is `generation`'s tombstone.
+    pub(crate) fn check_tombstone_text(
+        path: &Path,
+        text: &str,
+        generation: Generation,
+    ) -> Result<(), StoreError> {
+        let fields = parse_fields(path, text)?;
+        if field(path, &fields, "format")? != RETIRED_FORMAT
+            || number::<Generation>(path, field(path, &fields, "generation")?, "generation")?
+                != generation
+        {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                problem: "not this generation's tombstone".into(),
+            });
+        }
+        number::<u64>(path, field(path, &fields, "retired")?, "retired")?;
+        Ok(())
     }
 
     fn write_state(
@@ -798,6 +1009,8 @@ impl Store {
             ("retire-at", state.retire_at),
             ("published-since", state.published_since),
             ("absent-since", state.absent_since),
+            ("pending-since", state.pending_since),
+            ("pending-overlap", state.pending_overlap),
         ] {
             if let Some(value) = value {
                 text.push_str(&format!("{name}: {value}\n"));
@@ -834,7 +1047,7 @@ impl Store {
 
     /// Takes the writer lock. Only the store's owner writes: root may read
     /// any store, but files it wrote would be unreadable to the daemon.
-    fn lock(dir: &Path) -> Result<WriteLock, StoreError> {
+    pub(crate) fn lock(dir: &Path) -> Result<WriteLock, StoreError> {
         let owner = fs::metadata(dir).map_err(io_err(dir))?.uid();
         let writer = crate::accounts::current_uid();
         if owner != writer {
@@ -875,6 +1088,36 @@ impl Store {
         &self.domain
     }
 
+    /// How this copy takes part in replication.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Makes this copy `role` (`ibemail-kgc role`): a replica promoted to
+    /// primary after the primary was lost, a standalone store that gets
+    /// replicas, an old primary turned into a replica.
+    pub fn set_role(&mut self, role: Role) -> Result<(), StoreError> {
+        let _lock = Self::lock(&self.dir)?;
+        let mut text = format!("format: {STORE_FORMAT}\ndomain: {}\n", self.domain);
+        if role != Role::Standalone {
+            text.push_str(&format!("role: {role}\n"));
+        }
+        write_atomic(&self.dir, STORE_FILE, text.as_bytes())?;
+        *self = Store::open(&self.dir)?;
+        Ok(())
+    }
+
+    /// Refuses what only the primary (or a standalone store) does.
+    fn not_replica(&self) -> Result<(), StoreError> {
+        if self.role == Role::Replica {
+            return Err(StoreError::Replica {
+                dir: self.dir.clone(),
+                domain: self.domain.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Every generation ever created, lowest first.
     pub fn generations(&self) -> impl Iterator<Item = &GenerationEntry> {
         self.generations.values()
@@ -886,6 +1129,9 @@ impl Store {
         if let Some(at) = entry.retired_at {
             return Some(State::Retired { at });
         }
+        if let (true, Some(since)) = (entry.is_pending(), entry.pending_since) {
+            return Some(State::Pending { since });
+        }
         if Some(generation) == self.active_generation() {
             Some(State::Active)
         } else {
@@ -895,22 +1141,41 @@ impl Store {
         }
     }
 
-    /// The active generation (the highest one with a key).
+    /// The active generation (the highest one with a key that is not
+    /// pending).
     pub fn active_generation(&self) -> Option<Generation> {
         self.generations
             .values()
             .rev()
-            .find(|e| e.key.is_some())
+            .find(|e| e.key.is_some() && !e.is_pending())
             .map(|e| e.generation)
     }
 
     /// The generations with a key (active, retiring, withdrawn), highest
-    /// first: every generation that still opens mail.
+    /// first: every generation that still opens mail, but those staged
+    /// and not released ([`Store::pending`]).
     pub fn published(&self) -> Vec<&GenerationEntry> {
         self.generations
             .values()
             .rev()
+            .filter(|e| e.key.is_some() && !e.is_pending())
+            .collect()
+    }
+
+    /// Staged generations waiting for their release, lowest first.
+    pub fn pending(&self) -> Vec<&GenerationEntry> {
+        self.generations
+            .values()
+            .filter(|e| e.is_pending())
+            .collect()
+    }
+
+    /// Every generation that opens mail here, pending ones included.
+    pub fn with_keys(&self) -> Vec<Generation> {
+        self.generations
+            .values()
             .filter(|e| e.key.is_some())
+            .map(|e| e.generation)
             .collect()
     }
 
@@ -1040,6 +1305,10 @@ impl Store {
     /// signed by the generation before it (the continuity signature).
     /// Returns the new generation. Nothing is destroyed here: see
     /// [`Store::retire_due`].
+    ///
+    /// A primary's rotation only stages the new generation (pending, the
+    /// old one stays active and keeps its overlap unstarted) until
+    /// [`Store::release`]; a replica refuses.
     pub fn rotate(
         &mut self,
         overlap_secs: u64,
@@ -1049,14 +1318,34 @@ impl Store {
     ) -> Result<Generation, StoreError> {
         let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
+        self.not_replica()?;
+        if let Some(staged) = self.pending().first() {
+            return Err(StoreError::AlreadyStaged(staged.generation));
+        }
         let highest = self.generations.keys().next_back().copied().unwrap_or(0);
         let next = highest
             .checked_add(1)
             .ok_or(StoreError::GenerationOverflow)?;
-        if let Some(active) = self.active_generation() {
-            let mut state = self.generations[&active].state();
-            state.retire_at = Some(now.saturating_add(overlap_secs));
-            self.write_state(active, &state)?;
+        if self.role == Role::Primary {
+            // The state file comes first: a key file without it would be
+            // active at once, published before the replicas have it.
+            self.write_state(
+                next,
+                &GenerationState {
+                    pending_since: Some(now),
+                    pending_overlap: Some(overlap_secs),
+                    ..GenerationState::default()
+                },
+            )?;
+        } else {
+            // A pending state left by a primary's crashed rotation must
+            // not make this one pending.
+            destroy(&self.dir.join(state_file(next)))?;
+            if let Some(active) = self.active_generation() {
+                let mut state = self.generations[&active].state();
+                state.retire_at = Some(now.saturating_add(overlap_secs));
+                self.write_state(active, &state)?;
+            }
         }
         let key = MasterKey::generate(rng);
         let record = Record::new(next, key.public_params())
@@ -1076,6 +1365,37 @@ impl Store {
         Ok(next)
     }
 
+    /// Releases the staged `generation`: the active one starts its overlap
+    /// (retiring), the one [`Store::rotate`] was given, or `overlap_secs`
+    /// if none was recorded; then `generation` stops being pending and
+    /// becomes active — to be published. A crash in between leaves it
+    /// pending, and the release is simply made again. Returns the overlap.
+    pub fn release(
+        &mut self,
+        generation: Generation,
+        overlap_secs: u64,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let _lock = Self::lock(&self.dir)?;
+        *self = Store::open(&self.dir)?;
+        self.not_replica()?;
+        let Some(entry) = self.generations.get(&generation).filter(|e| e.is_pending()) else {
+            return Err(StoreError::NotStaged(generation));
+        };
+        let mut released = entry.state();
+        let overlap = released.pending_overlap.unwrap_or(overlap_secs);
+        if let Some(active) = self.active_generation() {
+            let mut state = self.generations[&active].state();
+            state.retire_at = Some(now.saturating_add(overlap));
+            self.write_state(active, &state)?;
+        }
+        released.pending_since = None;
+        released.pending_overlap = None;
+        self.write_state(generation, &released)?;
+        *self = Store::open(&self.dir)?;
+        Ok(overlap)
+    }
+
     /// Records what DNS was seen to publish at `now` (the generations of
     /// the `_ibemailkey` RRset as the authoritative server or a resolver
     /// answered): when each generation was first seen published, and when a
@@ -1084,6 +1404,7 @@ impl Store {
     pub fn note_published(&mut self, published: &[Generation], now: u64) -> Result<(), StoreError> {
         let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
+        self.not_replica()?;
         let mut changes = Vec::new();
         for entry in self.generations.values().filter(|e| e.key.is_some()) {
             let mut state = entry.state();
@@ -1117,11 +1438,12 @@ impl Store {
     ) -> Result<Vec<(Generation, Option<Wait>)>, StoreError> {
         let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
+        self.not_replica()?;
         let active = self.active_generation();
         let mut outcome = Vec::new();
         let mut due = Vec::new();
         for e in self.generations.values() {
-            if Some(e.generation) == active || e.key.is_none() {
+            if Some(e.generation) == active || e.key.is_none() || e.is_pending() {
                 continue;
             }
             let wait = match (e.retire_at, e.absent_since) {
@@ -1152,6 +1474,7 @@ impl Store {
     pub fn force_retire(&mut self, generation: Generation, now: u64) -> Result<(), StoreError> {
         let _lock = Self::lock(&self.dir)?;
         *self = Store::open(&self.dir)?;
+        self.not_replica()?;
         if Some(generation) == self.active_generation() {
             return Err(StoreError::Corrupt {
                 path: self.dir.clone(),
@@ -1170,7 +1493,7 @@ impl Store {
     }
 
     /// Writes the tombstone, then destroys the key and state files.
-    fn retire_locked(&self, generation: Generation, now: u64) -> Result<(), StoreError> {
+    pub(crate) fn retire_locked(&self, generation: Generation, now: u64) -> Result<(), StoreError> {
         write_atomic(
             &self.dir,
             &retired_file(generation),

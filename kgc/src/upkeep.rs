@@ -16,10 +16,16 @@
 //! survives: mail senders keep sealing to it still opens. It also tells
 //! when a new generation is published, which decides when it starts
 //! signing ([`crate::service::SigningSwitch`]).
+//!
+//! A replica's store ([`Role::Replica`]) is left alone: it changes only as
+//! its primary's does ([`crate::replica`]). A primary's rotation is staged,
+//! and released here once every replica serves the new generation
+//! ([`Upkeep::replication`]); then it is published.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ibemail_discovery::Discovery;
@@ -29,8 +35,10 @@ use rand_core::OsRng;
 use tracing::{error, info, warn};
 
 use crate::publish::{UpdateTarget, publish};
+use crate::replica::Replication;
 use crate::service::KeyService;
-use crate::store::{Retention, Store, Wait};
+use crate::store::{Retention, Role, Store, Wait};
+use crate::tls::Pin;
 use crate::tsig::TsigKey;
 
 /// Where and how records are published.
@@ -58,8 +66,12 @@ pub struct Upkeep {
     pub publication: Option<Publication>,
     /// A resolver for the authoritative server to watch, if any.
     pub watch: Option<Discovery>,
+    /// What the replicas serve, if the daemon has any: a primary's staged
+    /// generation is released only when all of them serve it.
+    pub replication: Option<Arc<Replication>>,
     published: HashMap<PathBuf, Vec<Record>>,
     waits: HashMap<(PathBuf, Generation), Wait>,
+    holds: HashMap<(PathBuf, Generation), Vec<Pin>>,
 }
 
 impl std::fmt::Debug for Upkeep {
@@ -83,8 +95,10 @@ impl Upkeep {
             retention,
             publication: None,
             watch: None,
+            replication: None,
             published: HashMap::new(),
             waits: HashMap::new(),
+            holds: HashMap::new(),
         }
     }
 
@@ -110,8 +124,14 @@ impl Upkeep {
         now: u64,
     ) -> Result<bool, crate::store::StoreError> {
         let mut store = Store::open(dir)?;
+        if store.role() == Role::Replica {
+            return Ok(false);
+        }
         // What DNS publishes, before anything is changed.
-        let seen = self.watch(&mut store, now).await;
+        let (seen, conflict) = match self.watch(&mut store, now).await {
+            Some((seen, conflict)) => (Some(seen), conflict),
+            None => (None, None),
+        };
         let highest = store.generations().map(|e| e.generation()).max();
         if let (Some(seen), Some(highest)) = (&seen, highest)
             && let Some(&above) = seen.iter().filter(|&&g| g > highest).max()
@@ -127,7 +147,18 @@ impl Upkeep {
             );
             return Ok(false);
         }
+        if let Some(seen) = conflict {
+            error!(
+                "{}: DNS publishes generation {seen} with other keys than this store's: \
+                 another KGC publishes for the domain (an old primary, or a store set up \
+                 twice). Not publishing or rotating; keep one primary and make the other \
+                 copies replicas",
+                store.domain()
+            );
+            return Ok(false);
+        }
         let mut changed = self.rotate_if_due(&mut store, now);
+        changed |= self.release_if_ready(&mut store, now);
         // The daemon serves what it publishes: a store changed on disk by
         // another process (`ibemail-kgc rotate`) is reloaded first.
         let records = store.records_at(now);
@@ -189,6 +220,68 @@ impl Upkeep {
         }
     }
 
+    /// Releases a primary's staged generation once every replica serves
+    /// it (at once without replicas), and says (once per change) whom it
+    /// waits for.
+    fn release_if_ready(&mut self, store: &mut Store, now: u64) -> bool {
+        let Some((generation, policy)) = store
+            .pending()
+            .first()
+            .map(|e| (e.generation(), e.policy().copied()))
+        else {
+            return false;
+        };
+        let key = (store.dir().to_path_buf(), generation);
+        let missing = self
+            .replication
+            .as_ref()
+            .map(|r| r.missing(store.domain(), generation))
+            .unwrap_or_default();
+        if !missing.is_empty() {
+            let pins: Vec<Pin> = missing.iter().map(|(pin, _)| *pin).collect();
+            if self.holds.get(&key) != Some(&pins) {
+                let who: Vec<String> = missing
+                    .iter()
+                    .map(|(pin, report)| match report {
+                        Some(r) => format!(
+                            "{pin} (serves {:?}, reported {} s ago)",
+                            r.serving,
+                            now.saturating_sub(r.at)
+                        ),
+                        None => format!("{pin} (not heard from since this daemon started)"),
+                    })
+                    .collect();
+                warn!(
+                    "{}: generation {generation} is staged; not published until every replica \
+                     serves it; waiting for {}",
+                    store.domain(),
+                    who.join(", ")
+                );
+                self.holds.insert(key, pins);
+            }
+            return false;
+        }
+        let overlap = self.overlap.max(self.retention.floor(policy.as_ref()));
+        match store.release(generation, overlap, now) {
+            Ok(overlap) => {
+                info!(
+                    "{}: released generation {generation}: every replica serves it; the \
+                     previous one retires in {overlap} s",
+                    store.domain()
+                );
+                self.holds.remove(&key);
+                true
+            }
+            Err(e) => {
+                error!(
+                    "{}: releasing generation {generation} failed: {e}",
+                    store.domain()
+                );
+                false
+            }
+        }
+    }
+
     /// Publishes the records if they differ from what was last published.
     async fn publish(&mut self, dir: &std::path::Path, store: &Store, records: &[Record]) {
         let Some(publication) = &self.publication else {
@@ -229,18 +322,29 @@ impl Upkeep {
     }
 
     /// Notes which generations DNS publishes now, and returns them (`None`
-    /// if nothing watches, or DNS could not be asked).
-    async fn watch(&self, store: &mut Store, now: u64) -> Option<Vec<Generation>> {
+    /// if nothing watches, or DNS could not be asked), with a generation
+    /// it publishes with other keys than this store's, if any (a second
+    /// primary, or an old one come back).
+    async fn watch(
+        &self,
+        store: &mut Store,
+        now: u64,
+    ) -> Option<(Vec<Generation>, Option<Generation>)> {
         let watch = self.watch.as_ref()?;
         match watch.published(store.domain()).await {
             Ok(set) => {
-                let generations: Vec<Generation> = set
-                    .map(|s| s.records.iter().map(|r| r.generation).collect())
-                    .unwrap_or_default();
-                if let Err(e) = store.note_published(&generations, now) {
+                let records = set.map(|s| s.records).unwrap_or_default();
+                let conflict = records.iter().find_map(|record| {
+                    let ours = store.params(record.generation).ok()?;
+                    (ours.to_bytes() != record.params.to_bytes()).then_some(record.generation)
+                });
+                let generations: Vec<Generation> = records.iter().map(|r| r.generation).collect();
+                if conflict.is_none()
+                    && let Err(e) = store.note_published(&generations, now)
+                {
                     error!("{}: cannot record what DNS publishes: {e}", store.domain());
                 }
-                Some(generations)
+                Some((generations, conflict))
             }
             Err(e) => {
                 warn!(
