@@ -349,7 +349,15 @@ impl KgcClient {
                     let mut stream = self.connect_tls(host, *port).await?;
                     let response = exchange(&mut stream, request, MAX_FRAME).await;
                     let _ = stream.shutdown().await;
-                    response.map_err(|e| format!("{endpoint}: {e}"))
+                    response.map_err(|e| {
+                        // TLS 1.3: a client certificate the daemon refuses
+                        // shows as an alert on the first read.
+                        let own = self.tls.as_ref().map(|(_, pin)| *pin);
+                        match own {
+                            Some(own) if e.contains("alert") => refused_hint(endpoint, &e, own),
+                            _ => format!("{endpoint}: {e}"),
+                        }
+                    })
                 }
             }
         };
@@ -461,16 +469,22 @@ pub(crate) async fn connect_tls(
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{shown}: {e}"))?;
     connector.connect(name, tcp).await.map_err(|e| {
-        let text = e.to_string();
+        let text = crate::tls::describe_error(&e);
         if text.contains("alert") {
-            format!(
-                "{shown}: TLS handshake refused ({text}): does that KGC allow this client's \
-                 certificate {own} (ibemail-kgc serve --allow-cert)?"
-            )
+            refused_hint(&shown, &text, own)
         } else {
             format!("{shown}: TLS handshake failed: {text}")
         }
     })
+}
+
+/// The message for a TLS alert from the daemon: most likely it does not
+/// allow our certificate.
+fn refused_hint(endpoint: &dyn fmt::Display, error: &str, own: Pin) -> String {
+    format!(
+        "{endpoint}: TLS handshake refused ({error}): does that KGC allow this client's \
+         certificate {own} (ibemail-kgc serve --allow-cert)?"
+    )
 }
 
 /// Writes `request` and reads the response (at most `max_frame` bytes).

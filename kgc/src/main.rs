@@ -478,7 +478,7 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// The export (default: standard input).
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, value_name = "FILE")]
         input: Option<PathBuf>,
         /// age identity file (AGE-SECRET-KEY-1..., private to its owner).
         #[arg(long, short, value_name = "FILE")]

@@ -223,11 +223,18 @@ pub async fn serve_tls(
                         tokio::time::timeout(config.read_timeout, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            // A port probe, or a client gone before a
+                            // word: nothing was refused.
+                            debug!("TLS connection from {address} closed before the handshake");
+                            return;
+                        }
                         Ok(Err(e)) => {
                             service.metrics().refused_connection();
                             warn!(
                                 target: "ibemail_kgc::audit",
-                                "refused TLS connection from {address}: {e}"
+                                "refused TLS connection from {address}: {}",
+                                crate::tls::describe_error(&e)
                             );
                             return;
                         }

@@ -339,6 +339,21 @@ fn not_pinned(role: &'static str, fingerprints: Fingerprints) -> rustls::Error {
     )))
 }
 
+/// A TLS failure in words: "the server certificate sha256:... is not
+/// pinned" rather than rustls' debug form.
+pub fn describe_error(error: &std::io::Error) -> String {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+        rustls_error
+        && let Some(not_pinned) = other.0.downcast_ref::<NotPinned>()
+    {
+        return not_pinned.to_string();
+    }
+    error.to_string()
+}
+
 /// Verifies that a peer holds the key of a pinned certificate.
 #[derive(Debug)]
 struct Pinned {
@@ -391,9 +406,15 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).inspect_err(|e| {
-            warn!(target: "ibemail_kgc::audit", "refused a TLS client: {e}");
-        })?;
+        let fingerprints = Fingerprints::of(end_entity);
+        if !self.pins.iter().any(|p| p.matches(&fingerprints)) {
+            warn!(
+                target: "ibemail_kgc::audit",
+                "refused a TLS client: its certificate {} is not allowed (--allow-cert)",
+                fingerprints.certificate_pin()
+            );
+            return Err(not_pinned(self.role, fingerprints));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -1,0 +1,446 @@
+//! Replicas of a key store: they follow their primary over mutual TLS, the
+//! primary's rotation is released only once every replica serves the new
+//! generation, retirement reaches them, and they refuse to change by
+//! themselves.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::export::{Protection, Unlock, export, import};
+use ibemail_kgc::replica::{ReplicaSync, Replication};
+use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
+use ibemail_kgc::service::KeyService;
+use ibemail_kgc::store::{Retention, Role, State, Store, StoreError};
+use ibemail_kgc::tls::{Pin, TlsIdentity, generate_certificate, server_config};
+use ibemail_kgc::upkeep::Upkeep;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, SeedableRng};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin, PathBuf, PathBuf) {
+    let made = generate_certificate(name, 30).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &made.certificate_pem).unwrap();
+    std::fs::write(&key, made.key_pem.as_bytes()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (
+        TlsIdentity::load(&cert, &key).unwrap(),
+        made.fingerprints.certificate_pin(),
+        cert,
+        key,
+    )
+}
+
+/// A primary store and a replica imported from its export.
+fn primary_and_replica(tmp: &Path) -> (PathBuf, PathBuf) {
+    let primary = tmp.join("primary");
+    let mut store = Store::setup(
+        &primary,
+        "b.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(1),
+    )
+    .unwrap();
+    store.set_role(Role::Primary).unwrap();
+    let age_key = age::x25519::Identity::generate();
+    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
+    let replica = tmp.join("replica");
+    import(
+        &replica,
+        &exported,
+        &Unlock::Identities(vec![Box::new(age_key)]),
+        Role::Replica,
+    )
+    .unwrap();
+    (primary, replica)
+}
+
+fn retention() -> Retention {
+    Retention {
+        ttl: 60,
+        queue_lifetime: 60,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary_dir, replica_dir) = primary_and_replica(tmp.path());
+    let (primary_tls, primary_pin, ..) = identity(tmp.path(), "primary");
+    let (replica_tls, replica_pin, ..) = identity(tmp.path(), "replica");
+
+    // The primary daemon, allowing the replica.
+    let primary = Arc::new(KeyService::load(&[primary_dir.clone()], 16).unwrap());
+    let replication = Arc::new(Replication::new(vec![replica_pin]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        certificates: vec![(
+            replica_pin,
+            Grant {
+                replicate: true,
+                ..Grant::default()
+            },
+        )],
+        replication: Some(replication.clone()),
+        ..ServerConfig::default()
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_tls(
+        listener,
+        server_config(&primary_tls, &[replica_pin]).unwrap(),
+        primary.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut upkeep = Upkeep::new(retention());
+    upkeep.replication = Some(replication.clone());
+
+    // The replica daemon's service and its link to the primary.
+    let replica = KeyService::load(&[replica_dir.clone()], 16).unwrap();
+    let link = ReplicaSync::new("127.0.0.1", addr.port(), &replica_tls, &[primary_pin]).unwrap();
+    let outcome = link.sync(&replica).await;
+    assert_eq!(outcome.len(), 1);
+    assert!(!outcome[0].1.as_ref().unwrap().changed(), "{outcome:?}");
+    assert!(replication.missing("b.test", 1).is_empty());
+
+    // The primary rotates: generation 2 is staged, not published.
+    let mut store = Store::open(&primary_dir).unwrap();
+    let staged = store.rotate(3600, now(), None, &mut OsRng).unwrap();
+    assert_eq!(staged, 2);
+    assert!(matches!(store.state(2), Some(State::Pending { .. })));
+    assert_eq!(store.active_generation(), Some(1));
+    assert_eq!(
+        store
+            .records()
+            .iter()
+            .map(|r| r.generation)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    upkeep.run(&primary, now()).await;
+    let store = Store::open(&primary_dir).unwrap();
+    assert!(matches!(store.state(2), Some(State::Pending { .. })));
+    assert_eq!(
+        replication
+            .missing("b.test", 2)
+            .iter()
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>(),
+        vec![replica_pin]
+    );
+
+    // The replica syncs: it gets the key and reports serving it.
+    let outcome = link.sync(&replica).await;
+    assert_eq!(outcome[0].1.as_ref().unwrap().added, vec![2], "{outcome:?}");
+    assert!(replication.missing("b.test", 2).is_empty());
+    let params = store.params(2).unwrap().clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, secret) =
+        encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+    assert_eq!(replica.open_capsule(&bob, 2, &capsule).unwrap(), secret);
+    // Still pending on the replica too: it signs with generation 1.
+    assert_eq!(replica.hello(), vec![("b.test".into(), 1)]);
+
+    // Now the primary releases it, and publishes both generations.
+    upkeep.run(&primary, now()).await;
+    let store = Store::open(&primary_dir).unwrap();
+    assert_eq!(store.active_generation(), Some(2));
+    assert!(matches!(store.state(1), Some(State::Retiring { .. })));
+    assert_eq!(
+        store
+            .records()
+            .iter()
+            .map(|r| r.generation)
+            .collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    link.sync(&replica).await;
+    let copy = Store::open(&replica_dir).unwrap();
+    assert_eq!(copy.active_generation(), Some(2));
+    assert_eq!(copy.records(), store.records());
+
+    // The primary retires generation 1: the replica destroys its copy.
+    let mut store = Store::open(&primary_dir).unwrap();
+    store.force_retire(1, now()).unwrap();
+    let outcome = link.sync(&replica).await;
+    assert_eq!(
+        outcome[0].1.as_ref().unwrap().retired,
+        vec![1],
+        "{outcome:?}"
+    );
+    assert!(!replica_dir.join("gen-00000001.key").exists());
+    assert!(replica_dir.join("gen-00000001.retired").exists());
+    assert!(matches!(
+        Store::open(&replica_dir).unwrap().state(1),
+        Some(State::Retired { .. })
+    ));
+
+    // A replica changes only as its primary does.
+    let mut copy = Store::open(&replica_dir).unwrap();
+    assert!(matches!(
+        copy.rotate(3600, now(), None, &mut OsRng),
+        Err(StoreError::Replica { .. })
+    ));
+    assert!(matches!(
+        copy.force_retire(2, now()),
+        Err(StoreError::Replica { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_store_is_reported_never_overwritten_and_only_a_primary_is_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary_dir, _) = primary_and_replica(tmp.path());
+    // A "replica" set up on its own: same domain, other keys.
+    let stranger_dir = tmp.path().join("stranger");
+    let mut stranger = Store::setup(
+        &stranger_dir,
+        "b.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(9),
+    )
+    .unwrap();
+    stranger.set_role(Role::Replica).unwrap();
+    let before = std::fs::read(stranger_dir.join("gen-00000001.key")).unwrap();
+    let mut applied = stranger
+        .apply_primary_files(&ibemail_kgc::replica::store_files(&primary_dir).unwrap())
+        .unwrap();
+    assert_eq!(applied.conflicts.len(), 1, "{applied:?}");
+    assert!(applied.conflicts[0].contains("differs"), "{applied:?}");
+    assert_eq!(
+        std::fs::read(stranger_dir.join("gen-00000001.key")).unwrap(),
+        before
+    );
+    applied.conflicts.clear();
+    assert!(applied.added.is_empty());
+
+    // A primary's own store does not take files, and a standalone store is
+    // not copied (its rotations would not wait).
+    let mut primary = Store::open(&primary_dir).unwrap();
+    assert!(primary.apply_primary_files(&[]).is_err());
+    primary.set_role(Role::Standalone).unwrap();
+    let service = KeyService::load(&[primary_dir.clone()], 4).unwrap();
+    let answer =
+        ibemail_kgc::replica::answer_sync(&service, None, "b.test", &[], Default::default());
+    match answer {
+        ibemail_kgc::protocol::Response::Error(_, why) => {
+            assert!(why.contains("not the primary"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// --- the daemons as processes -------------------------------------------
+
+fn kgc() -> Command {
+    Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[String], ready: impl Fn() -> bool) -> Daemon {
+    let mut child = kgc().args(args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(child.try_wait().unwrap().is_none(), "{args:?} exited");
+        assert!(Instant::now() < deadline, "{args:?} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon(child)
+}
+
+fn status(dir: &Path) -> String {
+    let out = kgc().arg("status").arg("--dir").arg(dir).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn primary_and_replica_daemons_stage_sync_and_release_a_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary_dir, replica_dir) = primary_and_replica(tmp.path());
+    let (_, primary_pin, primary_cert, primary_key) = identity(tmp.path(), "primary");
+    let (_, replica_pin, replica_cert, replica_key) = identity(tmp.path(), "replica");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let primary_sock = tmp.path().join("primary.sock");
+    let _primary = start(
+        &[
+            "serve".into(),
+            "--dir".into(),
+            s(&primary_dir),
+            "--socket".into(),
+            s(&primary_sock),
+            "--tls-listen".into(),
+            addr.to_string(),
+            "--tls-cert".into(),
+            s(&primary_cert),
+            "--tls-key".into(),
+            s(&primary_key),
+            "--allow-cert".into(),
+            format!("{replica_pin}=replica"),
+        ],
+        || std::net::TcpStream::connect(addr).is_ok(),
+    );
+    let replica_sock = tmp.path().join("replica.sock");
+    let replica_args = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--dir".into(),
+            s(&replica_dir),
+            "--socket".into(),
+            s(&replica_sock),
+            "--replica-of".into(),
+            format!("tls:{addr}"),
+            "--primary-cert".into(),
+            primary_pin.to_string(),
+            "--tls-cert".into(),
+            s(&replica_cert),
+            "--tls-key".into(),
+            s(&replica_key),
+            "--sync-interval".into(),
+            "1s".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+
+    // A replica refuses to rotate, by hand or by itself (exit 78, which
+    // the unit does not restart).
+    let out = kgc()
+        .args(["rotate", "--dir"])
+        .arg(&replica_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the primary rotates"),
+        "{out:?}"
+    );
+    let out = kgc()
+        .args(replica_args(&["--rotate-every", "1d"]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the primary rotates"),
+        "{out:?}"
+    );
+
+    let _replica = start(&replica_args(&[]), || {
+        std::os::unix::net::UnixStream::connect(&replica_sock).is_ok()
+    });
+
+    // The rotation by hand is staged, then released once the replica has
+    // the key: both stores then say generation 2 is active.
+    let out = kgc()
+        .args(["rotate", "--dir"])
+        .arg(&primary_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is staged"),
+        "{out:?}"
+    );
+    wait_for("the release", Duration::from_secs(30), || {
+        status(&primary_dir).contains("generation    2  active")
+            && status(&replica_dir).contains("generation    2  active")
+    });
+    assert!(status(&replica_dir).contains("role replica"));
+    assert!(status(&primary_dir).contains("role primary"));
+
+    // The replica's own socket opens mail sealed to the new generation.
+    let params = Store::open(&primary_dir)
+        .unwrap()
+        .params(2)
+        .unwrap()
+        .clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, secret) =
+        encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opened = rt
+        .block_on(KgcClient::new(&replica_sock, Duration::from_secs(5)).open(&bob, 2, &capsule))
+        .unwrap();
+    assert_eq!(opened, secret);
+}
+
+#[test]
+fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    Store::setup(&dir, "b.test", now(), None, &mut OsRng).unwrap();
+    let (_, pin, cert, key) = identity(tmp.path(), "kgc");
+    let out = kgc()
+        .args(["serve", "--dir"])
+        .arg(&dir)
+        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--allow-cert")
+        .arg(format!("{pin}=replica"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("role --dir"), "{stderr}");
+    assert!(stderr.contains("standalone"), "{stderr}");
+    // ibemail-kgc role makes it the primary.
+    let out = kgc()
+        .args(["role", "--dir"])
+        .arg(&dir)
+        .arg("primary")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = kgc().args(["role", "--dir"]).arg(&dir).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "primary");
+}
