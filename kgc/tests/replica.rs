@@ -86,7 +86,7 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
     let (replica_tls, replica_pin, ..) = identity(tmp.path(), "replica");
 
     // The primary daemon, allowing the replica.
-    let primary = Arc::new(KeyService::load(&[primary_dir.clone()], 16).unwrap());
+    let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
     let replication = Arc::new(Replication::new(vec![replica_pin]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -115,7 +115,7 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
     upkeep.replication = Some(replication.clone());
 
     // The replica daemon's service and its link to the primary.
-    let replica = KeyService::load(&[replica_dir.clone()], 16).unwrap();
+    let replica = KeyService::load(std::slice::from_ref(&replica_dir), 16).unwrap();
     let link = ReplicaSync::new("127.0.0.1", addr.port(), &replica_tls, &[primary_pin]).unwrap();
     let outcome = link.sync(&replica).await;
     assert_eq!(outcome.len(), 1);
@@ -239,7 +239,7 @@ async fn a_forked_store_is_reported_never_overwritten_and_only_a_primary_is_copi
     let mut primary = Store::open(&primary_dir).unwrap();
     assert!(primary.apply_primary_files(&[]).is_err());
     primary.set_role(Role::Standalone).unwrap();
-    let service = KeyService::load(&[primary_dir.clone()], 4).unwrap();
+    let service = KeyService::load(std::slice::from_ref(&primary_dir), 4).unwrap();
     let answer =
         ibemail_kgc::replica::answer_sync(&service, None, "b.test", &[], Default::default());
     match answer {
