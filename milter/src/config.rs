@@ -130,8 +130,10 @@ impl std::str::FromStr for FailureAction {
 pub enum KeySource {
     /// Key stores opened in the milter process (single-server setups).
     Dirs(Vec<PathBuf>),
-    /// The `ibemail-kgc serve` daemon.
-    Socket(PathBuf),
+    /// The `ibemail-kgc serve` daemon(s): its Unix socket (`kgc.socket`),
+    /// or several endpoints, Unix or mutual TLS, tried in order
+    /// (`kgc.endpoints`).
+    Daemon(ibemail_kgc::client::Endpoints),
 }
 
 /// Policy for one remote domain.
@@ -277,7 +279,91 @@ struct RawKgc {
     #[serde(default)]
     dirs: Vec<PathBuf>,
     socket: Option<PathBuf>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    spread: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    tls_server_fingerprints: Vec<String>,
     timeout: Option<String>,
+}
+
+impl RawKgc {
+    /// `socket` as a one-element list, or `endpoints` with their TLS
+    /// settings; `None` if neither is set.
+    fn endpoints(&self) -> Result<Option<ibemail_kgc::client::Endpoints>, String> {
+        use ibemail_kgc::client::{Endpoint, Endpoints, TlsClientFiles};
+        let endpoints = match (&self.socket, self.endpoints.is_empty()) {
+            (Some(_), false) => {
+                return Err(
+                    "kgc: set socket (one daemon on this host) or endpoints (several), not both"
+                        .into(),
+                );
+            }
+            (Some(socket), true) => vec![Endpoint::Unix(socket.clone())],
+            (None, false) => self
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    e.parse()
+                        .map_err(|why| format!("kgc.endpoints[{i}]: {why}"))
+                })
+                .collect::<Result<Vec<Endpoint>, String>>()?,
+            (None, true) => {
+                if self.tls_cert.is_some() || self.tls_key.is_some() {
+                    return Err("kgc.tls_cert/tls_key are set, but no kgc.endpoints".into());
+                }
+                return Ok(None);
+            }
+        };
+        let needs_tls = endpoints.iter().any(|e| matches!(e, Endpoint::Tls { .. }));
+        let tls = match (needs_tls, &self.tls_cert, &self.tls_key) {
+            (true, Some(cert), Some(key)) => {
+                if self.tls_server_fingerprints.is_empty() {
+                    return Err("kgc.tls_server_fingerprints: the fingerprints of the KGC \
+                                daemons' certificates are needed for tls: endpoints \
+                                (ibemail-kgc tls-fingerprint CERT prints them)"
+                        .into());
+                }
+                let servers = self
+                    .tls_server_fingerprints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        p.parse()
+                            .map_err(|e| format!("kgc.tls_server_fingerprints[{i}]: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Some(TlsClientFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    servers,
+                })
+            }
+            (true, _, _) => {
+                return Err(
+                    "kgc.tls_cert and kgc.tls_key: the milter's certificate and key \
+                            are needed for tls: endpoints (ibemail-kgc tls-cert makes them)"
+                        .into(),
+                );
+            }
+            (false, None, None) if self.tls_server_fingerprints.is_empty() => None,
+            (false, _, _) => {
+                return Err(
+                    "kgc.tls_cert, tls_key and tls_server_fingerprints are only for \
+                            tls: endpoints, and none is listed"
+                        .into(),
+                );
+            }
+        };
+        Ok(Some(Endpoints {
+            endpoints,
+            spread: self.spread.unwrap_or(false),
+            tls,
+        }))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -478,18 +564,20 @@ impl Config {
         };
         let mut dirs = raw.kgc.dirs.clone();
         dirs.extend(raw.kgc.dir.clone());
-        let keys = match (dirs.is_empty(), raw.kgc.socket.clone()) {
+        let keys = match (dirs.is_empty(), raw.kgc.endpoints()?) {
             (true, None) => None,
             (false, None) => Some(KeySource::Dirs(dirs)),
-            (true, Some(socket)) => Some(KeySource::Socket(socket)),
+            (true, Some(endpoints)) => Some(KeySource::Daemon(endpoints)),
             (false, Some(_)) => {
-                return Err("kgc: set either dir (in-process keys) or socket (the daemon)".into());
+                return Err(
+                    "kgc: set either dir (in-process keys) or socket/endpoints (the daemon)".into(),
+                );
             }
         };
         if keys.is_none() && !local_domains.is_empty() {
             return Err(
-                "kgc: local_domains are set, so kgc.dir or kgc.socket is required \
-                        to open their mail"
+                "kgc: local_domains are set, so kgc.dir, kgc.socket or kgc.endpoints is \
+                        required to open their mail"
                     .into(),
             );
         }
@@ -762,7 +850,12 @@ mod tests {
         assert!(c.is_internal("10.1.2.3".parse().unwrap()));
         assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
         assert_eq!(c.max_message_size, 30 << 20);
-        assert_eq!(c.keys, Some(KeySource::Socket("/run/kgc.sock".into())));
+        assert_eq!(
+            c.keys,
+            Some(KeySource::Daemon(ibemail_kgc::client::Endpoints::unix(
+                Path::new("/run/kgc.sock")
+            )))
+        );
         let b = c.policy_for("b.test");
         assert_eq!(b.encrypt, EncryptPolicy::Require);
         assert_eq!(b.lookup.dnssec, DnssecPolicy::Require);
@@ -771,6 +864,41 @@ mod tests {
         assert_eq!(c.reinject, Some("127.0.0.1:10026".parse().unwrap()));
         assert_eq!(c.sign_policy("a.test"), SignPolicy::Never);
         assert_eq!(b.signature, SignaturePolicy::Report);
+    }
+
+    #[test]
+    fn several_kgc_endpoints_with_tls() {
+        use ibemail_kgc::client::{Endpoint, Endpoints, TlsClientFiles};
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "{MINIMAL}local_domains = [\"a.test\"]\n[kgc]\n\
+             endpoints = [\"tls:kgc1.a.test:4434\", \"tls:[2001:db8::2]:4434\", \"/run/kgc.sock\"]\n\
+             spread = true\ntls_cert = \"/etc/ibemail/milter.pem\"\n\
+             tls_key = \"/etc/ibemail/milter.key\"\ntls_server_fingerprints = [\"{pin}\"]\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.keys,
+            Some(KeySource::Daemon(Endpoints {
+                endpoints: vec![
+                    Endpoint::Tls {
+                        host: "kgc1.a.test".into(),
+                        port: 4434
+                    },
+                    Endpoint::Tls {
+                        host: "2001:db8::2".into(),
+                        port: 4434
+                    },
+                    Endpoint::Unix("/run/kgc.sock".into()),
+                ],
+                spread: true,
+                tls: Some(TlsClientFiles {
+                    cert: "/etc/ibemail/milter.pem".into(),
+                    key: "/etc/ibemail/milter.key".into(),
+                    servers: vec![pin.parse().unwrap()],
+                }),
+            }))
+        );
     }
 
     #[test]
@@ -818,6 +946,36 @@ mod tests {
             (
                 &format!("{MINIMAL}[kgc]\ndir = \"/a\"\nsocket = \"/b\"\n"),
                 "kgc",
+            ),
+            (
+                &format!("{MINIMAL}[kgc]\nsocket = \"/a\"\nendpoints = [\"/b\"]\n"),
+                "not both",
+            ),
+            (
+                &format!("{MINIMAL}[kgc]\nendpoints = [\"/a\", \"tls:kgc1\"]\n"),
+                "kgc.endpoints[1]",
+            ),
+            (
+                &format!("{MINIMAL}[kgc]\nendpoints = [\"tls:kgc1:4434\"]\n"),
+                "kgc.tls_cert",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[kgc]\nendpoints = [\"tls:kgc1:4434\"]\ntls_cert = \"/c\"\n\
+                     tls_key = \"/k\"\n"
+                ),
+                "kgc.tls_server_fingerprints",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[kgc]\nendpoints = [\"tls:kgc1:4434\"]\ntls_cert = \"/c\"\n\
+                     tls_key = \"/k\"\ntls_server_fingerprints = [\"sha256:12\"]\n"
+                ),
+                "kgc.tls_server_fingerprints[0]",
+            ),
+            (
+                &format!("{MINIMAL}[kgc]\nsocket = \"/a\"\ntls_cert = \"/c\"\n"),
+                "only for",
             ),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (

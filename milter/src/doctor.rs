@@ -466,26 +466,58 @@ async fn check_domains(report: &mut Report, config: &Config) {
         return;
     }
     let (keys, served) = match &config.keys {
-        Some(KeySource::Socket(path)) => {
-            let client = KgcClient::new(path, Duration::from_secs(10));
-            match client.hello().await {
-                Ok(served) => {
-                    let list = served
-                        .iter()
-                        .map(|(d, n)| format!("{d} (generation {n})"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    report.ok(
-                        "kgc",
-                        format!("{} answers this user and serves {list}", path.display()),
-                    );
-                    (Keys::Daemon(client), served)
-                }
+        Some(KeySource::Daemon(kgc)) => {
+            let client = match kgc.client(Duration::from_secs(10)) {
+                Ok(client) => client,
                 Err(e) => {
-                    report.error("kgc", kgc_problem(path, &e), kgc_fix(path, &e));
+                    report.error(
+                        "kgc",
+                        format!("cannot set up the KGC client: {e}"),
+                        "correct kgc.tls_cert / kgc.tls_key (the milter's user must read the \
+                         key, mode 0600; ibemail-kgc tls-cert makes a pair)"
+                            .into(),
+                    );
                     return;
                 }
+            };
+            // Each endpoint on its own: a replica that is down is worth a
+            // warning even while another answers.
+            let mut served = None;
+            let mut failures = Vec::new();
+            for (i, endpoint) in client.endpoints().iter().enumerate() {
+                let Some(one) = client.only(i) else { continue };
+                match one.hello().await {
+                    Ok(list) => {
+                        let shown = list
+                            .iter()
+                            .map(|(d, n)| format!("{d} (generation {n})"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        report.ok(
+                            "kgc",
+                            format!("{endpoint} answers this user and serves {shown}"),
+                        );
+                        served.get_or_insert(list);
+                    }
+                    Err(e) => failures.push((endpoint.to_string(), e)),
+                }
             }
+            for (endpoint, e) in &failures {
+                if served.is_some() {
+                    report.warn(
+                        "kgc",
+                        format!(
+                            "{}; the others answer, so mail flows, without this failover",
+                            kgc_problem(endpoint, e)
+                        ),
+                        kgc_fix(endpoint, e),
+                    );
+                } else {
+                    report.error("kgc", kgc_problem(endpoint, e), kgc_fix(endpoint, e));
+                }
+            }
+            let Some(served) = served else { return };
+            (Keys::Daemon(client), served)
         }
         Some(KeySource::Dirs(dirs)) => match KeyService::load(dirs, 16) {
             Ok(service) => {
@@ -534,22 +566,34 @@ async fn check_domains(report: &mut Report, config: &Config) {
     }
 }
 
-fn kgc_problem(path: &Path, error: &str) -> String {
-    format!("{} does not answer this user: {error}", path.display())
+fn kgc_problem(endpoint: &str, error: &str) -> String {
+    format!("{endpoint} does not answer this user: {error}")
 }
 
-fn kgc_fix(path: &Path, error: &str) -> String {
+fn kgc_fix(endpoint: &str, error: &str) -> String {
     let uid = ibemail_kgc::accounts::current_uid();
-    if error.contains("Forbidden") {
+    if error.contains("TLS handshake refused") {
+        "allow the milter's certificate on that KGC: ibemail-kgc serve --allow-cert PIN \
+         (ibemail-kgc tls-fingerprint MILTER-CERT prints the pin)"
+            .into()
+    } else if error.contains("is not pinned") {
+        "that server's certificate is not in kgc.tls_server_fingerprints: add its pin \
+         (ibemail-kgc tls-fingerprint KGC-CERT on its host) if it is really your KGC"
+            .into()
+    } else if error.contains("Forbidden") && endpoint.starts_with("tls:") {
+        "grant the milter's certificate open+sign on that KGC (--allow-cert PIN=open+sign)".into()
+    } else if endpoint.starts_with("tls:") {
+        "start that KGC daemon with --tls-listen on that address (and let the network through)"
+            .into()
+    } else if error.contains("Forbidden") {
         format!(
             "let the milter's user in: ibemail-kgc serve --allow-uid {uid} (the packaged unit \
              allows the user ibemail)"
         )
     } else if error.contains("ermission denied") {
         format!(
-            "the milter's user needs group access to {} and its directory (the packaged units: \
-             socket group ibemail, mode 0660)",
-            path.display()
+            "the milter's user needs group access to {endpoint} and its directory (the \
+             packaged units: socket group ibemail, mode 0660)"
         )
     } else {
         "start the KGC daemon (systemctl start ibemail-kgc; journalctl -u ibemail-kgc says why \
@@ -754,10 +798,31 @@ pub fn describe(config: &Config) -> String {
     );
     let keys = match &config.keys {
         None => "none".to_string(),
-        Some(KeySource::Socket(path)) => format!(
-            "the KGC daemon at {} (timeout {})",
-            path.display(),
-            secs(config.kgc_timeout)
+        Some(KeySource::Daemon(kgc)) => format!(
+            "the KGC daemon at {}{} (timeout {}{})",
+            kgc.endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", then "),
+            if kgc.spread && kgc.endpoints.len() > 1 {
+                ", spread"
+            } else {
+                ""
+            },
+            secs(config.kgc_timeout),
+            match &kgc.tls {
+                Some(tls) => format!(
+                    "; TLS as {} trusting {}",
+                    tls.cert.display(),
+                    tls.servers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => String::new(),
+            }
         ),
         Some(KeySource::Dirs(dirs)) => {
             format!("key stores opened in the milter: {}", show_paths(dirs))

@@ -371,7 +371,10 @@ impl Engine {
             Some(KeySource::Dirs(dirs)) => Keys::InProcess(Arc::new(
                 KeyService::load(dirs, 10_000).map_err(|e| format!("kgc: {e}"))?,
             )),
-            Some(KeySource::Socket(path)) => Keys::Daemon(KgcClient::new(path, config.kgc_timeout)),
+            Some(KeySource::Daemon(kgc)) => Keys::Daemon(
+                kgc.client(config.kgc_timeout)
+                    .map_err(|e| format!("kgc: {e}"))?,
+            ),
         };
         let limits = Limits {
             max_message_bytes: config.max_message_size,

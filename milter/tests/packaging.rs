@@ -45,6 +45,11 @@ const KEYS: &[&str] = &[
     "kgc.dir",
     "kgc.dirs",
     "kgc.socket",
+    "kgc.endpoints",
+    "kgc.spread",
+    "kgc.tls_cert",
+    "kgc.tls_key",
+    "kgc.tls_server_fingerprints",
     "kgc.timeout",
     "dns.resolvers",
     "dns.trust_anchor",
@@ -138,12 +143,26 @@ fn everything_on(text: &str) -> String {
                 if let Some(previous) = in_use.insert(id, out.len()) {
                     out[previous] = None;
                 }
-                if !active
-                    && table == "kgc"
-                    && (key == "dir" || key == "dirs")
-                    && let Some(socket) = in_use.remove(&("kgc".into(), "socket".into()))
-                {
-                    out[socket] = None;
+                // The alternatives of [kgc]: endpoints replace the socket,
+                // key-store directories replace both (and the TLS keys).
+                let replaced: &[&str] = match key {
+                    "endpoints" => &["socket"],
+                    "dir" | "dirs" => &[
+                        "socket",
+                        "endpoints",
+                        "spread",
+                        "tls_cert",
+                        "tls_key",
+                        "tls_server_fingerprints",
+                    ],
+                    _ => &[],
+                };
+                if !active && table == "kgc" {
+                    for other in replaced {
+                        if let Some(i) = in_use.remove(&("kgc".into(), (*other).into())) {
+                            out[i] = None;
+                        }
+                    }
                 }
                 out.push(Some(setting));
             }
@@ -160,7 +179,9 @@ fn the_sample_configuration_parses_as_shipped() {
     assert_eq!(c.local_domains, ["example.org"]);
     assert_eq!(
         c.keys,
-        Some(KeySource::Socket("/run/ibemail/kgc.sock".into()))
+        Some(KeySource::Daemon(ibemail_kgc::client::Endpoints::unix(
+            Path::new("/run/ibemail/kgc.sock")
+        )))
     );
     assert_eq!(c.metrics, None);
     assert_eq!(
@@ -228,6 +249,40 @@ fn every_optional_line_of_the_sample_is_valid() {
     assert_eq!(partner.signature, SignaturePolicy::Require);
     assert_eq!(c.sign_policy("example.org"), SignPolicy::Never);
     assert_eq!(c.undecryptable, FailureAction::Quarantine);
+}
+
+#[test]
+fn the_samples_several_kgc_endpoints_parse() {
+    // The [kgc] endpoint lines switched on, the socket off: what an
+    // administrator of several servers does.
+    let mut table = String::new();
+    let mut lines = Vec::new();
+    for line in sample().lines() {
+        match classify(line) {
+            Line::Table(name) => table = name,
+            Line::Setting { key, active } if table == "kgc" => {
+                if key == "socket" && active {
+                    continue;
+                }
+                if !active && (key == "endpoints" || key == "spread" || key.starts_with("tls_")) {
+                    lines.push(line.trim_start_matches('#').to_string());
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        lines.push(line.to_string());
+    }
+    let text = lines.join("\n");
+    let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
+    let Some(KeySource::Daemon(kgc)) = &c.keys else {
+        panic!("{:?}", c.keys)
+    };
+    assert_eq!(kgc.endpoints.len(), 2);
+    assert!(kgc.spread);
+    let tls = kgc.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/ibemail/kgc-client.pem"));
+    assert_eq!(tls.servers.len(), 1);
 }
 
 #[test]
