@@ -56,6 +56,7 @@ pub use ibemail_test_support::postfix;
 
 pub mod fault;
 pub mod mail;
+pub mod multihost;
 
 /// Port of the re-injection listener on every instance.
 pub const REINJECT_PORT: u16 = 10026;

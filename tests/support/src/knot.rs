@@ -79,6 +79,8 @@ pub struct Knot {
     pub addr: SocketAddr,
     pub tsig: Tsig,
     anchor: String,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<crate::netns::Netns>,
 }
 
 fn fqdn(name: &str) -> String {
@@ -99,6 +101,23 @@ impl Knot {
     /// Starts Knot on `addr` (e.g. port 53 for resolvers that cannot be
     /// given a port, like OpenDKIM's).
     pub fn start_at(addr: SocketAddr, zones: &[Zone]) -> Knot {
+        Self::start_with(addr, zones, None)
+    }
+
+    /// Starts Knot on `addr` in the network namespace `netns`.
+    pub fn start_in(netns: &crate::netns::Netns, addr: SocketAddr, zones: &[Zone]) -> Knot {
+        Self::start_with(addr, zones, Some(netns.clone()))
+    }
+
+    /// `program` here, or in the namespace.
+    fn command(netns: Option<&crate::netns::Netns>, program: &str) -> Command {
+        match netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    fn start_with(addr: SocketAddr, zones: &[Zone], netns: Option<crate::netns::Netns>) -> Knot {
         let ip = addr.ip();
         let knotd = require_program("knotd", "knot");
         let keymgr = require_program("keymgr", "knot");
@@ -187,7 +206,7 @@ impl Knot {
         // knotd runs under a shell that kills it when our end of its stdin
         // closes: when this Knot is dropped, and also when the test process
         // exits without dropping it (a server kept in a static).
-        let mut child = Command::new("sh")
+        let mut child = Self::command(netns.as_ref(), "sh")
             .arg("-c")
             .arg("\"$0\" -c \"$1\" </dev/null & pid=$!; echo $pid; read _; kill $pid; wait $pid")
             .arg(&knotd)
@@ -213,6 +232,7 @@ impl Knot {
             addr,
             tsig,
             anchor,
+            netns,
         };
         knot.wait_until_serving(zones);
 
@@ -252,7 +272,7 @@ impl Knot {
             .collect();
         for name in names {
             loop {
-                let out = Command::new("kdig")
+                let out = Self::command(self.netns.as_ref(), "kdig")
                     .arg(format!("@{}", self.addr.ip()))
                     .args([
                         "-p",
@@ -338,7 +358,7 @@ impl Knot {
 
     /// The TXT records at `name`, as kdig prints them (+short).
     pub fn query_txt(&self, name: &str) -> Vec<String> {
-        let out = run(Command::new("kdig")
+        let out = run(Self::command(self.netns.as_ref(), "kdig")
             .arg(format!("@{}", self.addr.ip()))
             .args(["-p", &self.addr.port().to_string(), "+short", "+norec"])
             .arg(fqdn(name))

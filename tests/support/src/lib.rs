@@ -9,7 +9,10 @@
 //! - [`silent::Silent`]: a "name server" that accepts queries and never
 //!   answers, for timeouts;
 //! - [`smtp::Sink`]: an SMTP server recording what it receives (or refusing);
-//! - [`free_port`]: a free TCP+UDP port on a loopback address.
+//! - [`free_port`]: a free TCP+UDP port on a loopback address;
+//! - [`netns::Lab`]: network namespaces on a bridge, one per "host", for
+//!   tests of several machines (Knot and Postfix run in them with
+//!   [`knot::Knot::start_in`] and [`postfix::Postfix::start_in`]).
 //!
 //! Tests fail loudly when a required program is missing rather than skip:
 //! `scripts/test` installs them.
@@ -19,6 +22,7 @@
 
 pub mod dnsproxy;
 pub mod knot;
+pub mod netns;
 pub mod opendkim;
 pub mod postfix;
 pub mod proxy;

@@ -44,11 +44,22 @@ pub struct Postfix {
     dir: PathBuf,
     _tmp: tempfile::TempDir,
     running: bool,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<crate::netns::Netns>,
 }
 
-fn postfix_cmd(dir: &Path, args: &[&str]) -> std::process::Output {
+fn postfix_cmd(
+    dir: &Path,
+    netns: Option<&crate::netns::Netns>,
+    args: &[&str],
+) -> std::process::Output {
+    let program = require_program("postfix", "postfix");
+    let mut command = match netns {
+        Some(ns) => ns.command(program),
+        None => Command::new(program),
+    };
     // postfix(1) logs to syslog unless it has a terminal; read maillog instead.
-    Command::new(require_program("postfix", "postfix"))
+    command
         .arg("-c")
         .arg(dir.join("conf"))
         .args(args)
@@ -68,6 +79,16 @@ fn uid_gid(user: &str) -> (u32, u32) {
 impl Postfix {
     /// Writes the configuration and starts Postfix.
     pub fn start(config: PostfixConfig) -> Postfix {
+        Self::start_with(config, None)
+    }
+
+    /// As [`Postfix::start`], in the network namespace `netns` (its
+    /// `config.ip` is an address of that namespace).
+    pub fn start_in(config: PostfixConfig, netns: &crate::netns::Netns) -> Postfix {
+        Self::start_with(config, Some(netns.clone()))
+    }
+
+    fn start_with(config: PostfixConfig, netns: Option<crate::netns::Netns>) -> Postfix {
         assert!(
             is_root(),
             "Postfix tests need root (the CI runs as root; use sudo scripts/test)"
@@ -182,6 +203,7 @@ impl Postfix {
             dir,
             _tmp: tmp,
             running: false,
+            netns,
         };
         postfix.start_again();
         postfix
@@ -194,7 +216,7 @@ impl Postfix {
     /// processes' kernel wait channels, killed and started once more.
     pub fn start_again(&mut self) {
         for attempt in 1..=2 {
-            let out = postfix_cmd(&self.dir, &["start"]);
+            let out = postfix_cmd(&self.dir, self.netns.as_ref(), &["start"]);
             assert!(
                 out.status.success(),
                 "postfix {} did not start: {}\n{}",
@@ -225,8 +247,7 @@ impl Postfix {
     /// is down) within `timeout`.
     fn greets(&self, timeout: Duration) -> bool {
         use std::io::{BufRead as _, Write as _};
-        let Ok(stream) = std::net::TcpStream::connect_timeout(&self.smtp(), Duration::from_secs(5))
-        else {
+        let Ok(stream) = self.connect(self.smtp(), Duration::from_secs(5)) else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(timeout));
@@ -280,7 +301,7 @@ impl Postfix {
     fn wait_for_port(&self, port: u16) {
         let addr = SocketAddr::new(self.config.ip, port);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while self.connect(addr, Duration::from_millis(200)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "postfix {} does not listen on {addr}:\n{}",
@@ -299,11 +320,23 @@ impl Postfix {
             // master exits asynchronously; wait for the port to close.
             let addr = SocketAddr::new(self.config.ip, 25);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            while self.connect(addr, Duration::from_millis(100)).is_ok()
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// A TCP connection to `addr` from where this instance runs.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<std::net::TcpStream> {
+        match &self.netns {
+            Some(ns) => ns.connect(addr, timeout),
+            None => std::net::TcpStream::connect_timeout(&addr, timeout),
         }
     }
 
