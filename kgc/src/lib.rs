@@ -25,8 +25,9 @@
 //!   terminal).
 //!
 //! The binary `ibemail-kgc` (`src/main.rs`) wraps these as the commands
-//! `setup`, `record`, `status`, `extract`, `rotate`, `retire`, `check`, `publish`
-//! and `serve`.
+//! `setup`, `record`, `status`, `extract`, `rotate`, `retire`, `check`, `publish`,
+//! `serve`, and for several servers `tls-cert`, `tls-fingerprint`, `export`,
+//! `import`, `role` and `release`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -301,10 +301,12 @@ async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Respons
         .unwrap_or_else(|_| Response::Error(Status::Internal, "worker failed".into()))
 }
 
+/// Writes `response`; the encoded copies (shared secrets, master keys for
+/// a replica) are wiped afterwards.
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std::io::Result<()> {
-    stream
-        .write_all(&protocol::frame(&response.encode()))
-        .await?;
+    let payload = zeroize::Zeroizing::new(response.encode());
+    let framed = zeroize::Zeroizing::new(protocol::frame(&payload));
+    stream.write_all(&framed).await?;
     stream.flush().await
 }
 

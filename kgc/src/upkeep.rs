@@ -197,6 +197,10 @@ impl Upkeep {
         let (Some(every), Some(active)) = (self.rotate_every, store.active_generation()) else {
             return false;
         };
+        if !store.pending().is_empty() {
+            // A staged rotation waits for its release (and says so).
+            return false;
+        }
         let Some(entry) = store.generations().find(|e| e.generation() == active) else {
             return false;
         };
