@@ -444,3 +444,42 @@ fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
     let out = kgc().args(["role", "--dir"]).arg(&dir).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "primary");
 }
+
+#[test]
+fn a_staged_rotation_that_crashed_before_its_key_leaves_the_old_generation_active() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let mut store = Store::setup(&dir, "b.test", now(), None, &mut OsRng).unwrap();
+    store.set_role(Role::Primary).unwrap();
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    // The state file is written first: a crash before the key file leaves
+    // only it, which is no generation at all.
+    std::fs::remove_file(dir.join("gen-00000002.key")).unwrap();
+    let mut store = Store::open(&dir).unwrap();
+    assert_eq!(store.active_generation(), Some(1));
+    assert!(store.pending().is_empty());
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    assert!(matches!(store.state(2), Some(State::Pending { .. })));
+    // A second rotation waits for the release of the first.
+    assert!(matches!(
+        store.rotate(3600, now(), None, &mut OsRng),
+        Err(StoreError::AlreadyStaged(2))
+    ));
+    // The release starts the overlap the rotation was given.
+    let at = now();
+    assert_eq!(store.release(2, 99, at).unwrap(), 3600);
+    assert_eq!(store.active_generation(), Some(2));
+    assert_eq!(store.state(1), Some(State::Retiring { until: at + 3600 }));
+    assert!(matches!(store.release(2, 99, at), Err(StoreError::NotStaged(2))));
+
+    // A standalone store that inherits a staged state file from a crash
+    // as a primary does not make its own rotation pending.
+    let mut store = Store::open(&dir).unwrap();
+    store.set_role(Role::Primary).unwrap();
+    store.rotate(3600, now(), None, &mut OsRng).unwrap();
+    std::fs::remove_file(dir.join("gen-00000003.key")).unwrap();
+    let mut store = Store::open(&dir).unwrap();
+    store.set_role(Role::Standalone).unwrap();
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 3);
+    assert_eq!(store.active_generation(), Some(3));
+}

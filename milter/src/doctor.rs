@@ -289,7 +289,8 @@ fn check_postfix(report: &mut Report, config: &Config, dir: Option<&Path>) {
 }
 
 /// The re-injection listener: a master.cf service on `reinject.address`,
-/// without this milter, answering SMTP.
+/// watched by this milter under `reinject.daemon_name` (as the packaged
+/// master.cf snippet has it), answering SMTP.
 fn check_reinjection(
     report: &mut Report,
     config: &Config,
@@ -329,18 +330,38 @@ fn check_reinjection(
     let options = settings(&postconf(dir, &["-P"]).unwrap_or_default());
     let option = |name: &str| options.get(&format!("{service}/inet/{name}")).cloned();
     let effective = option("smtpd_milters").unwrap_or_else(|| global_milters.to_string());
-    if milters(&effective, queue).iter().any(|m| m == ours) {
+    let runs_ours = milters(&effective, queue).iter().any(|m| m == ours);
+    let name = &config.reinject_daemon_name;
+    let fix =
+        format!("give it -o smtpd_milters={ours} -o milter_macro_daemon_name={name} ({snippet})");
+    if !runs_ours {
+        // Any process on this host may connect there, and it relays
+        // anywhere: without the milter, mail would leave unencrypted.
         report.error(
             "reinject",
             format!(
-                "the service on {address} runs this milter: plaintext copies would come back to it"
+                "the service on {address} does not run this milter: anything on this host \
+                 could send through it around ibemail"
             ),
-            format!("give it -o smtpd_milters= and -o receive_override_options=...,no_milters ({snippet})"),
+            fix,
+        );
+    } else if option("milter_macro_daemon_name").as_deref() != Some(name.as_str()) {
+        report.error(
+            "reinject",
+            format!(
+                "the service on {address} runs this milter without \
+                 milter_macro_daemon_name={name}: the milter would take the plaintext copies \
+                 it re-injects for new mail"
+            ),
+            fix,
         );
     } else {
         report.ok(
             "reinject",
-            format!("master.cf service {service} runs without this milter"),
+            format!(
+                "master.cf service {service} runs this milter as {name} (its re-injected \
+                 copies pass, anything else is checked)"
+            ),
         );
     }
     match smtp_greeting(address) {
