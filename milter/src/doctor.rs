@@ -329,18 +329,47 @@ fn check_reinjection(
     let options = settings(&postconf(dir, &["-P"]).unwrap_or_default());
     let option = |name: &str| options.get(&format!("{service}/inet/{name}")).cloned();
     let effective = option("smtpd_milters").unwrap_or_else(|| global_milters.to_string());
-    if milters(&effective, queue).iter().any(|m| m == ours) {
+    let daemon_name = option("milter_macro_daemon_name").unwrap_or_default();
+    let watched = milters(&effective, queue).iter().any(|m| m == ours);
+    let no_milters = option("receive_override_options")
+        .is_some_and(|o| o.split(',').any(|v| v.trim() == "no_milters"));
+    if !watched || no_milters {
+        // Any local process can connect to the listener: without the
+        // milter, mail sent there bypasses encryption.
         report.error(
             "reinject",
             format!(
-                "the service on {address} runs this milter: plaintext copies would come back to it"
+                "the service on {address} runs without this milter: any local process could \
+                 send mail through it in clear"
             ),
-            format!("give it -o smtpd_milters= and -o receive_override_options=...,no_milters ({snippet})"),
+            format!(
+                "give it -o smtpd_milters={ours} and -o milter_macro_daemon_name={} \
+                 (without no_milters) as in {snippet}",
+                config.reinject_daemon_name
+            ),
+        );
+    } else if daemon_name != config.reinject_daemon_name {
+        // The milter recognises its listener by {daemon_name}: otherwise
+        // it takes its own copies for new mail and seals them again.
+        report.error(
+            "reinject",
+            format!(
+                "the service on {address} has milter_macro_daemon_name {daemon_name:?}, not \
+                 the configured {:?}: the milter would not recognise its own copies",
+                config.reinject_daemon_name
+            ),
+            format!(
+                "give it -o milter_macro_daemon_name={} ({snippet})",
+                config.reinject_daemon_name
+            ),
         );
     } else {
         report.ok(
             "reinject",
-            format!("master.cf service {service} runs without this milter"),
+            format!(
+                "master.cf service {service} runs this milter as {daemon_name} (its own copies \
+                 pass, anything else is handled as local mail)"
+            ),
         );
     }
     match smtp_greeting(address) {
