@@ -391,6 +391,10 @@ fn points() {
          its first byte; a compressed G2 point is x.c1 || x.c0 with the flags in\n\
          the first byte of x.c1 and the sign taken from y.c1 (from y.c0 if y.c1 = 0).",
     );
+    let mut modulus = (-Fp::ONE).to_bytes_be();
+    modulus[47] += 1; // p - 1 ends in 0xaa
+    assert_eq!(Fp::from_bytes_be(&modulus).is_none().unwrap_u8(), 1);
+    doc.hex("field_modulus", modulus);
     doc.hex("g1_x", g1.x().to_bytes_be());
     doc.hex("g1_y", g1.y().to_bytes_be());
     doc.hex("g1_compressed", g1.to_compressed());
@@ -821,4 +825,46 @@ fn ibs_worked_example() {
     doc.hex("V", v.to_compressed());
     doc.hex("signature", &encoded);
     settle("ibs_worked_example.txt", &doc);
+}
+
+// ---------------------------------------------------------------------------
+// The specification quotes only checked numbers
+
+/// Every long hex or base64 string in `docs/spec.md` occurs in a vector
+/// file, so a number the specification quotes is one the tests check.
+#[test]
+fn spec_quotes_only_vector_values() {
+    if std::env::var_os("IBEMAIL_WRITE_VECTORS").is_some() {
+        return; // the files are being rewritten under our feet
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let spec = std::fs::read_to_string(root.join("docs/spec.md")).unwrap();
+    let mut corpus = String::new();
+    for dir in [
+        "tests/vectors/encodings",
+        "tests/vectors/ibe",
+        "tests/vectors/continuity",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "txt") {
+                corpus.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let base64_char = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    let mut checked = 0;
+    for token in spec.split(|c: char| !base64_char(c)) {
+        let token = token.strip_prefix("0x").unwrap_or(token);
+        let hex = token.len() >= 24 && token.bytes().all(|b| b.is_ascii_hexdigit());
+        let base64 = token.len() >= 40;
+        if hex || base64 {
+            assert!(
+                corpus.contains(token),
+                "docs/spec.md quotes {token}, which no vector file has"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} values checked");
 }

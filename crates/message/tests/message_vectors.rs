@@ -199,6 +199,16 @@ fn sealed_message() {
     doc.hex("X", params.x_bytes());
     doc.hex("Y", params.y_bytes());
     doc.decimal("generation_decimal", generation);
+    doc.text(
+        "kem_oid_text",
+        "2.25.39632899932755161904767908401202920215",
+    );
+    doc.text("kem_uuid_text", "1dd104d5-146d-43a0-907a-54c4a07cfb17");
+    assert_eq!(
+        u128::from_str_radix("1dd104d5146d43a0907a54c4a07cfb17", 16).unwrap(),
+        39632899932755161904767908401202920215
+    );
+    doc.hex("kem_oid", kem_oid());
     doc.hex("cek", cek);
     let mut infos = Vec::new();
     for (i, address) in addresses.iter().enumerate() {

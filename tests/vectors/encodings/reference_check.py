@@ -14,7 +14,12 @@ written out with Python integers and hashlib. It checks
   W = e(Z, K) with the pairing normalised as the specification says;
 - ibs_worked_example.txt: the signing master scalar, the challenge, and the
   verification equation (the hash to G2 of the identity is taken from the
-  file).
+  file);
+- the seeds: ChaCha20 as docs/spec.md section 14 describes it gives the
+  master key and sigma of kem_worked_example.txt and the random bytes of
+  sealed_message.txt and ibs_worked_example.txt;
+- sealed_message.txt: the recipient identifiers, the KDF input, the KEK and
+  the GCM nonce (not AES: Python has none built in).
 
 Run it from anywhere with Python 3.8 or later:
     python3 tests/vectors/encodings/reference_check.py
@@ -330,6 +335,7 @@ def check_pairing():
 def check_points():
     v = load("points.txt")
     assert on_curve(FP, G1) and on_curve(FP2, G2)
+    check("field_modulus", v["field_modulus"], P.to_bytes(48, "big"))
     check("g1_x", v["g1_x"], G1[0].to_bytes(48, "big"))
     check("g1_y", v["g1_y"], G1[1].to_bytes(48, "big"))
     check("g1_compressed", v["g1_compressed"], compress_g1(G1))
@@ -439,7 +445,63 @@ def check_ibs():
     check("e(g1, V) = e(S, U + h Q)", fp12_bytes(lhs), fp12_bytes(rhs))
     return "signing scalar, challenge, verification equation"
 
+def chacha20_keystream(key, length):
+    """RFC 8439 ChaCha20 with the given key, nonce 0, counter from 0."""
+    def rotl(v, n): return ((v << n) | (v >> (32 - n))) & 0xFFFFFFFF
+    def quarter(x, a, b, c, d):
+        x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = rotl(x[d] ^ x[a], 16)
+        x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = rotl(x[b] ^ x[c], 12)
+        x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = rotl(x[d] ^ x[a], 8)
+        x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = rotl(x[b] ^ x[c], 7)
+    words = [int.from_bytes(key[4 * i:4 * i + 4], "little") for i in range(8)]
+    out, counter = b"", 0
+    while len(out) < length:
+        state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574] + words + [counter, 0, 0, 0]
+        x = list(state)
+        for _ in range(10):
+            quarter(x, 0, 4, 8, 12); quarter(x, 1, 5, 9, 13); quarter(x, 2, 6, 10, 14); quarter(x, 3, 7, 11, 15)
+            quarter(x, 0, 5, 10, 15); quarter(x, 1, 6, 11, 12); quarter(x, 2, 7, 8, 13); quarter(x, 3, 4, 9, 14)
+        out += b"".join(((a + b) & 0xFFFFFFFF).to_bytes(4, "little") for a, b in zip(x, state))
+        counter += 1
+    return out[:length]
+
+def check_seeds():
+    ks = chacha20_keystream(bytes([1] + [0] * 30 + [0x5A]), 160)
+    dst = b"IBEMAIL-V1-BB2KEM-BLS12381-SHA256-MASTER-SCALAR"
+    master = (hash_to_scalar(ks[:48], dst).to_bytes(32, "big")
+              + hash_to_scalar(ks[48:96], dst).to_bytes(32, "big") + ks[96:128])
+    kem = load("kem_worked_example.txt")
+    check("master key from kat_001's seed", kem["master_key"], master)
+    check("sigma from kat_001's seed", kem["sigma"], ks[128:160])
+    ibs = load("ibs_worked_example.txt")
+    check("rho", ibs["rho"], chacha20_keystream(ibs["rng_seed"], 32))
+    sealed = load("sealed_message.txt")
+    ks = chacha20_keystream(sealed["rng_seed"], 128)
+    check("cek", sealed["cek"], ks[:32])
+    for n, at in ((1, 32), (2, 80)):
+        check(f"recipient_{n}_sigma", sealed[f"recipient_{n}_sigma"], ks[at:at + 32])
+        check(f"recipient_{n}_ukm", sealed[f"recipient_{n}_ukm"], ks[at + 32:at + 48])
+    return "ChaCha20 draws"
+
+def check_sealed():
+    v = load("sealed_message.txt")
+    for n in (1, 2):
+        address, ukm = v[f"recipient_{n}_text"], v[f"recipient_{n}_ukm"]
+        check("rid", v[f"recipient_{n}_rid"],
+              hashlib.sha256(b"IBEMAIL-V1-RID" + ukm + address.encode()).digest())
+        info = bytes.fromhex("3024300b060960864801650304012d020120a0120410") + ukm
+        check("kdf_info", v[f"recipient_{n}_kdf_info"], info)
+        prk = hmac.new(bytes(32), v[f"recipient_{n}_shared_secret"], hashlib.sha256).digest()
+        check("kek", v[f"recipient_{n}_kek"], hkdf_expand(prk, info, 32))
+        check("recipient info holds the rid", True, v[f"recipient_{n}_rid"] in v[f"recipient_{n}_recipient_info"])
+    check("nonce", v["nonce"], hashlib.sha256(b"IBEMAIL-V1-NONCE" + v["recipient_infos"]).digest()[:12])
+    check("recipient infos sorted", v["recipient_infos"][4:],
+          b"".join(sorted([v["recipient_1_recipient_info"], v["recipient_2_recipient_info"]])))
+    check("nonce in the DER", True, bytes.fromhex("040c") + v["nonce"] in v["content_info"])
+    return "rid, KDF input, KEK, nonce"
+
 if __name__ == "__main__":
     for name, run in (("pairing_g1_g2.txt", check_pairing), ("points.txt", check_points),
-                      ("kem_worked_example.txt", check_kem), ("ibs_worked_example.txt", check_ibs)):
+                      ("kem_worked_example.txt", check_kem), ("ibs_worked_example.txt", check_ibs),
+                      ("seeds", check_seeds), ("sealed_message.txt", check_sealed)):
         print(f"{name}: ok ({run()})")
