@@ -50,7 +50,7 @@ use ibemail_ibe::{
     Capsule, DecapsulationError, Generation, Identity, MasterKey, PublicParams, SharedSecret,
     SigningKey, UserKey,
 };
-use ibemail_params::{Policy, Record};
+use ibemail_params::{MAX_NAME_LEN, MAX_PUBLISHING_DOMAIN_LEN, Policy, Record, record_name};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -211,6 +211,22 @@ pub enum StoreError {
     /// Generation numbers are exhausted (2^32 - 1 rotations).
     #[error("generation numbers are exhausted")]
     GenerationOverflow,
+    /// The domain is a valid identity domain, but its record name
+    /// `_ibemailkey.<domain>` is longer than DNS allows: its parameters
+    /// could never be published.
+    #[error(
+        "{name} would be {} octets, more than the {MAX_NAME_LEN} a DNS name may have: \
+         {domain} ({} octets) cannot publish ibemail parameters; a domain may have at most \
+         {MAX_PUBLISHING_DOMAIN_LEN} octets",
+        name.len(),
+        domain.len()
+    )]
+    RecordNameTooLong {
+        /// The (normalised) domain.
+        domain: String,
+        /// Its record name.
+        name: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -557,6 +573,12 @@ impl Store {
             path: dir.to_path_buf(),
             problem: format!("domain {domain:?}: {e}"),
         })?;
+        // Refused before anything is created: a store whose record DNS
+        // cannot hold would be a domain nobody can ever send to.
+        let name = record_name(&domain);
+        if name.len() > MAX_NAME_LEN {
+            return Err(StoreError::RecordNameTooLong { domain, name });
+        }
         match fs::read_dir(dir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
