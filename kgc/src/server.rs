@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::access::KeyError;
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
 use crate::service::{KeyService, Peer};
 
@@ -135,6 +136,29 @@ fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
     )
 }
 
+/// The service's answer on the wire: only the server speaks the protocol.
+fn to_wire(result: Result<Response, KeyError>) -> Response {
+    result.unwrap_or_else(|e| {
+        let status = match &e {
+            KeyError::Unavailable(_) => Status::Internal,
+            KeyError::Forbidden(_) => Status::Forbidden,
+            KeyError::NotServed(_) => Status::WrongDomain,
+            KeyError::Invalid(_) => Status::BadRequest,
+            KeyError::UnknownGeneration(_) => Status::UnknownGeneration,
+            KeyError::Retired(_) => Status::Retired,
+            KeyError::Rejected => Status::Rejected,
+        };
+        let reason = match e {
+            KeyError::Unavailable(r)
+            | KeyError::Forbidden(r)
+            | KeyError::NotServed(r)
+            | KeyError::Invalid(r) => r,
+            other => other.to_string(),
+        };
+        Response::Error(status, reason)
+    })
+}
+
 /// Runs key work (pairings, scalar multiplications) off the async threads.
 async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(work)
@@ -213,7 +237,14 @@ async fn handle_connection(
                 capsule,
             }) => {
                 let service = service.clone();
-                off_thread(move || service.open(&identity, generation, &capsule, peer)).await
+                off_thread(move || {
+                    to_wire(
+                        service
+                            .open(&identity, generation, &capsule, peer)
+                            .map(|secret| Response::Opened(*secret.as_bytes())),
+                    )
+                })
+                .await
             }
             Ok(Request::Sign { identity, .. }) if !grant.sign => forbidden("sign", &identity, peer),
             Ok(Request::Sign {
@@ -222,7 +253,14 @@ async fn handle_connection(
                 message,
             }) => {
                 let service = service.clone();
-                off_thread(move || service.sign(&identity, generation, &message, peer)).await
+                off_thread(move || {
+                    to_wire(
+                        service
+                            .sign(&identity, generation, &message, peer)
+                            .map(|signature| Response::Signed(generation, signature.to_bytes())),
+                    )
+                })
+                .await
             }
             Err(e) => {
                 let status = match e {

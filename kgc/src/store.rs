@@ -527,12 +527,6 @@ fn destroy(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -960,7 +954,7 @@ impl Store {
 
     /// [`Store::records_at`] now.
     pub fn records(&self) -> Vec<Record> {
-        self.records_at(unix_now())
+        self.records_at(crate::clock::now())
     }
 
     /// The continuity signature of `record` by the generation before it,

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::address::{Rcpt, canonical};
 use crate::config::Config;
-use crate::engine::{Kind, Message, Origin, Reply, Verdict};
+use crate::engine::verdict::{Kind, Message, Origin, Reply, Verdict};
 
 /// Which way a message goes, as the engine decides it (DESIGN §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
