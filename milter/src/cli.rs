@@ -169,12 +169,57 @@ pub fn lookup(
     }
 }
 
-/// `encrypt`: seals stdin for the recipients, to stdout.
+/// The key service named by `--kgc-dir` or `--kgc-socket`.
+fn key_access(
+    kgc_dir: Option<&PathBuf>,
+    kgc_socket: Option<&PathBuf>,
+) -> Result<Arc<dyn KeyAccess>, Failure> {
+    if let Some(dir) = kgc_dir {
+        Ok(Arc::new(
+            KeyService::load(std::slice::from_ref(dir), 16)
+                .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", dir.display())))?,
+        ))
+    } else if let Some(socket) = kgc_socket {
+        Ok(Arc::new(KgcClient::new(socket, Duration::from_secs(10))))
+    } else {
+        Err(Failure(
+            Exit::Usage,
+            "--kgc-dir or --kgc-socket is needed".into(),
+        ))
+    }
+}
+
+/// A key service signing as one sender, for the message crate.
+struct CliSigner<'a> {
+    keys: Arc<dyn KeyAccess>,
+    rt: &'a tokio::runtime::Runtime,
+    identity: Identity,
+    generation: ibemail_ibe::Generation,
+}
+
+impl ibemail_message::MessageSigner for CliSigner<'_> {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    fn generation(&self) -> ibemail_ibe::Generation {
+        self.generation
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<ibemail_ibe::Signature, String> {
+        self.rt
+            .block_on(self.keys.sign(&self.identity, self.generation, digest))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `encrypt`: seals stdin for the recipients, to stdout; with `sign`
+/// (`--kgc-dir`, `--kgc-socket`), signed as its From address inside and
+/// outside, as the milter does.
 pub fn encrypt(
     rcpts: &[String],
     record: &[String],
     record_file: Option<&PathBuf>,
     dns: &DnsArgs,
+    sign: Option<(Option<&PathBuf>, Option<&PathBuf>)>,
 ) -> Result<(), Failure> {
     let identities = rcpts
         .iter()
@@ -235,10 +280,44 @@ pub fn encrypt(
     }
     let dyn_recipients: Vec<&dyn Recipient> =
         recipients.iter().map(|r| r as &dyn Recipient).collect();
-    let sealed =
-        ibemail_message::seal_owned(message, &dyn_recipients, &mut OsRng, &Limits::default())
-            .map_err(|e| Failure(Exit::Failed, e.to_string()))?;
+    let rt = runtime()?;
+    let mut signer = match sign {
+        None => None,
+        Some((kgc_dir, kgc_socket)) => {
+            let keys = key_access(kgc_dir, kgc_socket)?;
+            let identity = ibemail_message::signature::from_address(&message)
+                .map_err(|e| Failure(Exit::Failed, format!("cannot sign: {e}")))?;
+            let generation = rt
+                .block_on(keys.signing_generation(&identity))
+                .map_err(|e| Failure(key_exit(&e), format!("cannot sign: {e}")))?;
+            Some(CliSigner {
+                keys,
+                rt: &rt,
+                identity,
+                generation,
+            })
+        }
+    };
+    let sealed = ibemail_message::seal_signed(
+        message,
+        &dyn_recipients,
+        signer
+            .as_mut()
+            .map(|s| s as &mut dyn ibemail_message::MessageSigner),
+        &mut OsRng,
+        &Limits::default(),
+    )
+    .map_err(|e| Failure(Exit::Failed, e.to_string()))?;
     write_stdout(&sealed.to_bytes())
+}
+
+/// The exit status for a key service error: temporary trouble is 75.
+fn key_exit(e: &crate::ports::KeyError) -> Exit {
+    if e.is_temporary() {
+        Exit::TempFail
+    } else {
+        Exit::Failed
+    }
 }
 
 /// `verify`: checks the signatures of stdin.
@@ -285,19 +364,7 @@ pub fn decrypt(
         .collect::<Result<Vec<_>, _>>()?;
     let message = read_stdin()?;
     let limits = Limits::default();
-    let keys: Arc<dyn KeyAccess> = if let Some(dir) = kgc_dir {
-        Arc::new(
-            KeyService::load(std::slice::from_ref(dir), 16)
-                .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", dir.display())))?,
-        )
-    } else if let Some(socket) = kgc_socket {
-        Arc::new(KgcClient::new(socket, Duration::from_secs(10)))
-    } else {
-        return Err(Failure(
-            Exit::Usage,
-            "--kgc-dir or --kgc-socket is needed".into(),
-        ));
-    };
+    let keys = key_access(kgc_dir, kgc_socket)?;
     let rt = runtime()?;
     let opened =
         ibemail_message::open_owned(message, &identities, &limits, |id, generation, capsule| {

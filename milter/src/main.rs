@@ -128,6 +128,17 @@ enum Command {
         record_file: Option<PathBuf>,
         #[command(flatten)]
         dns: DnsArgs,
+        /// Sign as the message's From address (inside and outside, as the
+        /// milter does), with the key service named by --kgc-socket or
+        /// --kgc-dir.
+        #[arg(long)]
+        sign: bool,
+        /// The KGC daemon's socket (to sign).
+        #[arg(long, value_name = "PATH", conflicts_with = "kgc_dir")]
+        kgc_socket: Option<PathBuf>,
+        /// The KGC key store, opened in this process (to sign).
+        #[arg(long, value_name = "DIR")]
+        kgc_dir: Option<PathBuf>,
     },
     /// Check the IBE-Signature fields of one message (stdin) against the
     /// signer domain's S= parameter in DNS, and that the signer is the
@@ -197,7 +208,13 @@ fn main() -> ExitCode {
             record,
             record_file,
             dns,
-        } => encrypt(rcpts, record, record_file.as_ref(), dns),
+            sign,
+            kgc_socket,
+            kgc_dir,
+        } => {
+            let signer = sign.then_some((kgc_dir.as_ref(), kgc_socket.as_ref()));
+            encrypt(rcpts, record, record_file.as_ref(), dns, signer)
+        }
         Command::Verify { dns } => verify(dns),
         Command::Decrypt {
             rcpts,

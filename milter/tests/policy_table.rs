@@ -29,7 +29,7 @@ use rand_core::OsRng;
 /// What each domain "publishes".
 #[derive(Clone)]
 enum Dns {
-    Params(Record),
+    Params(Box<Record>),
     None,
     Down,
     PolicyRequires,
@@ -43,11 +43,11 @@ impl FakeDns {
         let outcome = match self.0.get(domain).cloned().unwrap_or(Dns::None) {
             Dns::Params(record) => Outcome::Parameters {
                 published: RecordSet {
-                    records: vec![record.clone()],
+                    records: vec![(*record).clone()],
                     rejected: Vec::new(),
                     conflicting: Vec::new(),
                 },
-                record,
+                record: *record,
             },
             Dns::None => Outcome::NotIbe(NotIbeReason::NxDomain),
             Dns::Down => Outcome::Temporary("no answer (timeout)".into()),
@@ -223,7 +223,7 @@ fn tempfails(v: &Verdict) -> bool {
 #[test]
 fn the_policy_table() {
     let keys = keys();
-    let b = || Dns::Params(keys.b_record.clone());
+    let b = || Dns::Params(Box::new(keys.b_record.clone()));
     let opportunistic = "";
     let require_b = "[policy.domains.\"b.test\"]\nencrypt = \"require\"\n";
     let never_b = "[policy.domains.\"b.test\"]\nencrypt = \"never\"\n";
@@ -234,47 +234,144 @@ fn the_policy_table() {
     // (name, extra config, DNS, message, origin, expected kind, tempfail?)
     #[allow(clippy::type_complexity)]
     let rows: Vec<(&str, &str, Vec<(&str, Dns)>, Message, Origin, Kind, bool)> = vec![
-        ("ibemail domain: sealed", opportunistic, vec![("b.test", b())],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Encrypted, false),
-        ("submitted on the host: sealed too", opportunistic, vec![("b.test", b())],
-            alice_to(&["bob@b.test"]), Origin::Local, Kind::Encrypted, false),
-        ("no ibemail, opportunistic: as it is", opportunistic, vec![],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Plaintext, false),
-        ("no ibemail, require: deferred", require_b, vec![],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Tempfail, true),
-        ("DNS down: deferred, never plaintext", opportunistic, vec![("b.test", Dns::Down)],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Tempfail, true),
-        ("record stripped under its policy: deferred", opportunistic,
-            vec![("b.test", Dns::PolicyRequires)],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Tempfail, true),
-        ("encrypt never: as it is", never_b, vec![("b.test", b())],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Plaintext, false),
-        ("mixed recipients: sealed, copy re-injected", opportunistic, vec![("b.test", b())],
-            alice_to(&["bob@b.test", "carol@c.test"]), Origin::Internal, Kind::Split, false),
-        ("an address that cannot be an identity: refused", opportunistic,
+        (
+            "ibemail domain: sealed",
+            opportunistic,
             vec![("b.test", b())],
-            alice_to(&["\"bob smith\"@b.test"]), Origin::Internal, Kind::Rejected, false),
-        ("outside client to a remote domain: not ours", opportunistic, vec![("b.test", b())],
-            message("mallory@c.test", &["bob@b.test"]), Origin::External,
-            Kind::Untouched, false),
-        ("plain inbound, no signature, report: as it is", opportunistic, vec![],
-            message("carol@c.test", &["alice@a.test"]), Origin::External,
-            Kind::Untouched, false),
-        ("plain inbound, signature required: held", require_sig, vec![],
-            message("carol@c.test", &["alice@a.test"]), Origin::External,
-            Kind::Unsigned, false),
-        ("sealed to its recipient: opened", opportunistic, vec![],
-            sealed_for(&keys, "carol@c.test", &["alice@a.test"]), Origin::External,
-            Kind::Decrypted, false),
-        ("sealed, plus a local recipient it was not sealed to: not opened", opportunistic,
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Encrypted,
+            false,
+        ),
+        (
+            "submitted on the host: sealed too",
+            opportunistic,
+            vec![("b.test", b())],
+            alice_to(&["bob@b.test"]),
+            Origin::Local,
+            Kind::Encrypted,
+            false,
+        ),
+        (
+            "no ibemail, opportunistic: as it is",
+            opportunistic,
+            vec![],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Plaintext,
+            false,
+        ),
+        (
+            "no ibemail, require: deferred",
+            require_b,
+            vec![],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Tempfail,
+            true,
+        ),
+        (
+            "DNS down: deferred, never plaintext",
+            opportunistic,
+            vec![("b.test", Dns::Down)],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Tempfail,
+            true,
+        ),
+        (
+            "record stripped under its policy: deferred",
+            opportunistic,
+            vec![("b.test", Dns::PolicyRequires)],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Tempfail,
+            true,
+        ),
+        (
+            "encrypt never: as it is",
+            never_b,
+            vec![("b.test", b())],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Plaintext,
+            false,
+        ),
+        (
+            "mixed recipients: sealed, copy re-injected",
+            opportunistic,
+            vec![("b.test", b())],
+            alice_to(&["bob@b.test", "carol@c.test"]),
+            Origin::Internal,
+            Kind::Split,
+            false,
+        ),
+        (
+            "an address that cannot be an identity: refused",
+            opportunistic,
+            vec![("b.test", b())],
+            alice_to(&["\"bob smith\"@b.test"]),
+            Origin::Internal,
+            Kind::Rejected,
+            false,
+        ),
+        (
+            "outside client to a remote domain: not ours",
+            opportunistic,
+            vec![("b.test", b())],
+            message("mallory@c.test", &["bob@b.test"]),
+            Origin::External,
+            Kind::Untouched,
+            false,
+        ),
+        (
+            "plain inbound, no signature, report: as it is",
+            opportunistic,
+            vec![],
+            message("carol@c.test", &["alice@a.test"]),
+            Origin::External,
+            Kind::Untouched,
+            false,
+        ),
+        (
+            "plain inbound, signature required: held",
+            require_sig,
+            vec![],
+            message("carol@c.test", &["alice@a.test"]),
+            Origin::External,
+            Kind::Unsigned,
+            false,
+        ),
+        (
+            "sealed to its recipient: opened",
+            opportunistic,
+            vec![],
+            sealed_for(&keys, "carol@c.test", &["alice@a.test"]),
+            Origin::External,
+            Kind::Decrypted,
+            false,
+        ),
+        (
+            "sealed, plus a local recipient it was not sealed to: not opened",
+            opportunistic,
             vec![],
             Message {
                 recipients: vec!["<alice@a.test>".into(), "<dave@a.test>".into()],
                 ..sealed_for(&keys, "carol@c.test", &["alice@a.test"])
             },
-            Origin::External, Kind::Untouched, false),
-        ("signed and sealed by our user", sign, vec![("b.test", b())],
-            alice_to(&["bob@b.test"]), Origin::Internal, Kind::Encrypted, false),
+            Origin::External,
+            Kind::Untouched,
+            false,
+        ),
+        (
+            "signed and sealed by our user",
+            sign,
+            vec![("b.test", b())],
+            alice_to(&["bob@b.test"]),
+            Origin::Internal,
+            Kind::Encrypted,
+            false,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, extra, dns, message, origin, kind, tempfail) in rows {
@@ -314,19 +411,18 @@ fn the_policy_table() {
                     failures.push(format!("{name}: notifications not kept local"));
                 }
             }
-            Kind::Unsigned => {
+            Kind::Unsigned
                 if !verdict
                     .actions
                     .iter()
-                    .any(|a| matches!(a, Action::Quarantine(_)))
-                {
-                    failures.push(format!("{name}: not held"));
-                }
+                    .any(|a| matches!(a, Action::Quarantine(_))) =>
+            {
+                failures.push(format!("{name}: not held"));
             }
-            Kind::Encrypted if extra == sign => {
-                if verdict.note.signature.as_deref() != Some("signed n=1") {
-                    failures.push(format!("{name}: note {:?}", verdict.note));
-                }
+            Kind::Encrypted
+                if extra == sign && verdict.note.signature.as_deref() != Some("signed n=1") =>
+            {
+                failures.push(format!("{name}: note {:?}", verdict.note));
             }
             Kind::Encrypted | Kind::Plaintext | Kind::Untouched => {
                 // Nothing readable leaves when sealed: the body is replaced.

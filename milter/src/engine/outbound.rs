@@ -7,12 +7,11 @@
 use std::sync::Arc;
 
 use ibemail_discovery::Outcome;
-use ibemail_message::signature::SIGNATURE_FIELD;
 use ibemail_message::{IbeRecipient, Recipient};
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use super::fields::{delete_headers, milter_value, split_message};
+use super::fields::{delete_headers, milter_value};
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use super::{Engine, now};
 use crate::address::Rcpt;
@@ -20,8 +19,6 @@ use crate::config::EncryptPolicy;
 use crate::ledger::{self, Claim};
 use crate::reinject;
 use crate::signing::Signer;
-
-const SIGNATURE_FIELD_LEN: usize = SIGNATURE_FIELD.len();
 
 /// The verdict for a recipient our identity rules refuse (a quoted or
 /// over-long local part) in a domain whose mail must or can be encrypted:
@@ -125,22 +122,30 @@ impl Engine {
             .map(|s| format!("signed n={}", s.generation));
         clear_domains.sort();
         clear_domains.dedup();
+        // The message crate signs, from a blocking thread, with the key
+        // service behind a `MessageSigner`.
+        let key_signer = match signer.as_ref().map(|s| self.message_signer(s)).transpose() {
+            Ok(key_signer) => key_signer,
+            Err(e) => return Verdict::tempfail(format!("signing failed: {e}")),
+        };
         if sealed_for.is_empty() {
-            let actions = match &signer {
+            let actions = match key_signer {
                 None => Vec::new(),
-                Some(signer) => match self.sign(signer, &raw, false).await {
-                    Ok(value) => vec![Action::InsertHeader {
-                        index: 0,
-                        name: SIGNATURE_FIELD.into(),
-                        value: milter_value(value.as_bytes()),
-                    }],
-                    Err(e) => {
-                        return Verdict::tempfail(format!(
-                            "signing as {} failed: {e}",
-                            signer.identity
-                        ));
+                Some(mut key_signer) => {
+                    let signed = tokio::task::spawn_blocking(move || {
+                        ibemail_message::signature_field(&raw, &mut key_signer)
+                    })
+                    .await;
+                    match signed {
+                        Ok(Ok((name, value))) => vec![Action::InsertHeader {
+                            index: 0,
+                            name,
+                            value: milter_value(&value),
+                        }],
+                        Ok(Err(e)) => return Verdict::tempfail(format!("signing failed: {e}")),
+                        Err(e) => return Verdict::tempfail(format!("signing task failed: {e}")),
                     }
-                },
+                }
             };
             return Verdict {
                 reply: Reply::Continue,
@@ -159,25 +164,23 @@ impl Engine {
         sealed_domains.sort();
         sealed_domains.dedup();
         let mut detail = format!("sealed for {}", sealed_domains.join(", "));
-        // Unsigned, the sealing task and the re-injected copy share one
-        // copy of a possibly large message.
+        // The sealing task and the re-injected copy share one copy of a
+        // possibly large message; without a copy to make, the sealing task
+        // holds the only reference and encrypts the message where it lies.
         let raw = Arc::new(raw);
-
-        // Seal first: a failure here must not leave a re-injected copy.
-        let content = match self.signed_copy(signer.as_ref(), &raw, true).await {
-            Ok(content) => content,
-            Err(verdict) => return verdict,
-        };
-        // Keep the plaintext only for a re-injected copy. Otherwise the
-        // sealing task holds the only reference and encrypts the message
-        // where it lies, without copying it.
-        let reinject_source = (!plain.is_empty()).then_some(raw);
+        let reinject_source = (!plain.is_empty()).then(|| raw.clone());
         let limits = self.limits;
+        // Seal first (signed inside and outside by the message crate): a
+        // failure here must not leave a re-injected copy.
+        let mut seal_signer = key_signer.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let dyn_recipients: Vec<&dyn Recipient> =
                 sealed_for.iter().map(|r| r as &dyn Recipient).collect();
-            let content = Arc::unwrap_or_clone(content);
-            ibemail_message::seal_owned(content, &dyn_recipients, &mut OsRng, &limits)
+            let content = Arc::unwrap_or_clone(raw);
+            let signer = seal_signer
+                .as_mut()
+                .map(|s| s as &mut dyn ibemail_message::MessageSigner);
+            ibemail_message::seal_signed(content, &dyn_recipients, signer, &mut OsRng, &limits)
         })
         .await;
         let sealed = match sealed {
@@ -185,22 +188,20 @@ impl Engine {
             Ok(Err(e)) => return Verdict::tempfail(format!("sealing failed: {e}")),
             Err(e) => return Verdict::tempfail(format!("sealing task failed: {e}")),
         };
-        // Then sign the outside, so that re-encrypting is detected.
-        let outer_signature = match &signer {
-            None => None,
-            Some(signer) => match self.sign(signer, &sealed.to_bytes(), false).await {
-                Ok(value) => Some(value),
-                Err(e) => {
-                    return Verdict::tempfail(format!("signing the sealed message failed: {e}"));
-                }
-            },
-        };
 
         let mut actions = Vec::new();
         let kind = if let Some(raw) = reinject_source {
-            let copy = match self.signed_copy(signer.as_ref(), &raw, false).await {
+            let copy = match key_signer {
+                None => Ok(raw),
+                Some(mut key_signer) => tokio::task::spawn_blocking(move || {
+                    ibemail_message::sign_message(&raw, &mut key_signer).map(Arc::new)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("signing task failed: {e}"))),
+            };
+            let copy = match copy {
                 Ok(copy) => copy,
-                Err(verdict) => return verdict,
+                Err(e) => return Verdict::tempfail(format!("signing the copy failed: {e}")),
             };
             if let Err(verdict) = self.reinject_once(message, &plain, &copy).await {
                 return verdict;
@@ -215,16 +216,10 @@ impl Engine {
             Kind::Encrypted
         };
         actions.extend(delete_headers(&message.headers, |_, _, _| true));
-        actions.extend(outer_signature.map(|value| Action::AddHeader {
-            name: SIGNATURE_FIELD.into(),
-            value: milter_value(value.as_bytes()),
+        actions.extend(sealed.fields.iter().map(|(name, value)| Action::AddHeader {
+            name: name.clone(),
+            value: milter_value(value),
         }));
-        let (outer, _) = split_message(&sealed.header);
-        actions.extend(
-            outer
-                .into_iter()
-                .map(|(name, value)| Action::AddHeader { name, value }),
-        );
         actions.push(Action::ReplaceBody(sealed.body));
         Verdict {
             reply: Reply::Continue,
@@ -289,28 +284,5 @@ impl Engine {
             "{what} re-injected"
         );
         Ok(())
-    }
-
-    /// `raw` as it leaves: as it is without a signer, or with the signer's
-    /// `IBE-Signature` on top (`sealed`: made for the sealed copy).
-    async fn signed_copy(
-        &self,
-        signer: Option<&Signer>,
-        raw: &Arc<Vec<u8>>,
-        sealed: bool,
-    ) -> Result<Arc<Vec<u8>>, Verdict> {
-        let Some(signer) = signer else {
-            return Ok(raw.clone());
-        };
-        let value = self.sign(signer, raw, sealed).await.map_err(|e| {
-            Verdict::tempfail(format!("signing as {} failed: {e}", signer.identity))
-        })?;
-        let mut signed = Vec::with_capacity(raw.len() + value.len() + SIGNATURE_FIELD_LEN + 3);
-        signed.extend_from_slice(SIGNATURE_FIELD.as_bytes());
-        signed.push(b':');
-        signed.extend_from_slice(value.as_bytes());
-        signed.extend_from_slice(b"\r\n");
-        signed.extend_from_slice(raw);
-        Ok(Arc::new(signed))
     }
 }

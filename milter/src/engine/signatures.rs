@@ -3,16 +3,51 @@
 //! signatures, and the per-domain signature policy (`report` or
 //! `require`) applied to the result.
 
-use ibemail_ibe::{Generation, Identity};
-use ibemail_message::signature::{self, Unsigned};
+use std::sync::Arc;
+
+use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_message::MessageSigner;
+use ibemail_message::signature;
 use tracing::{info, warn};
 
 use super::Engine;
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use crate::address::canonical;
 use crate::config::{SignPolicy, SignaturePolicy};
+use crate::metrics::Metrics;
 use crate::ports::{KeyAccess, KeyError};
 use crate::signing::{SigResult, Signer, verify_signatures};
+
+/// The key service signing as one sender, for the message crate.
+#[derive(Clone)]
+pub(crate) struct KeySigner {
+    keys: Arc<dyn KeyAccess>,
+    handle: tokio::runtime::Handle,
+    signer: Signer,
+    metrics: Arc<Metrics>,
+}
+
+impl MessageSigner for KeySigner {
+    fn identity(&self) -> &Identity {
+        &self.signer.identity
+    }
+
+    fn generation(&self) -> Generation {
+        self.signer.generation
+    }
+
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
+        let signature = self
+            .handle
+            .block_on(
+                self.keys
+                    .sign(&self.signer.identity, self.signer.generation, digest),
+            )
+            .map_err(|e| format!("as {}: {e}", self.signer.identity))?;
+        self.metrics.signed();
+        Ok(signature)
+    }
+}
 
 impl Engine {
     /// The address to sign `message` as, if this message is signed: the
@@ -69,29 +104,20 @@ impl Engine {
             .ok_or_else(|| KeyError::NotServed("no KGC configured".into()))
     }
 
-    /// Signs `message` as the signer: the complete `IBE-Signature` field
-    /// value (leading space, CRLF folding). `sealed`: the message is sealed
-    /// right after (`e=1`).
-    pub(crate) async fn sign(
-        &self,
-        signer: &Signer,
-        message: &[u8],
-        sealed: bool,
-    ) -> Result<String, KeyError> {
-        let Signer {
-            identity,
-            generation,
-        } = signer;
-        let generation = *generation;
-        let unsigned = if sealed {
-            Unsigned::new_sealed(message, identity, generation)
-        } else {
-            Unsigned::new(message, identity, generation)
-        };
-        let digest = *unsigned.digest();
-        let signature = self.keys()?.sign(identity, generation, &digest).await?;
-        self.metrics.signed();
-        Ok(unsigned.field_value(&signature))
+    /// The key service as the message crate's signer, for `signer`: used
+    /// from a blocking thread (it waits for the key service there).
+    pub(crate) fn message_signer(&self, signer: &Signer) -> Result<KeySigner, KeyError> {
+        let keys = self
+            .ports
+            .keys
+            .clone()
+            .ok_or_else(|| KeyError::NotServed("no KGC configured".into()))?;
+        Ok(KeySigner {
+            keys,
+            handle: tokio::runtime::Handle::current(),
+            signer: signer.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Verifies the `IBE-Signature` fields of `message` with this
