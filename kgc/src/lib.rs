@@ -1,6 +1,6 @@
 //! # ibemail-kgc
 //!
-//! The key generation center of one or more mail domains (DESIGN.md §6):
+//! The key generation center of one or more mail domains:
 //!
 //! - [`store`]: the master-key store on disk, generations and rotation;
 //! - [`service`]: opening capsules with the master key and signing with

@@ -1,6 +1,6 @@
 //! # ibemail-milter
 //!
-//! The Postfix side of ibemail (DESIGN.md §6, §7):
+//! The Postfix side of ibemail (ARCHITECTURE.md, "The milter"):
 //!
 //! - [`config`]: the TOML configuration, validated up front;
 //! - [`engine`]: what to do with one message — seal outbound mail for

@@ -1,7 +1,7 @@
 //! # ibemail-discovery
 //!
 //! Finds a domain's ibemail parameters in DNS (`_ibemailkey.<domain>` TXT),
-//! the way a sending server needs them (DESIGN.md §4, §7):
+//! the way a sending server needs them (the record: `docs/spec.md`):
 //!
 //! - configurable name servers, timeouts and attempts (hickory-resolver);
 //! - a bounded cache honouring TTLs, with negative caching of NXDOMAIN and

@@ -1,6 +1,6 @@
 //! # ibemail-message
 //!
-//! Sealing and opening whole RFC 5322 messages (DESIGN.md §5). No I/O: bytes
+//! Sealing and opening whole RFC 5322 messages (`docs/spec.md`). No I/O: bytes
 //! in, bytes out; randomness and the capsule-opening function come from the
 //! caller.
 //!

@@ -1,6 +1,6 @@
 //! # ibemail-params
 //!
-//! The `_ibemailkey.<domain>` TXT record (DESIGN.md §4): emit, parse, and
+//! The `_ibemailkey.<domain>` TXT record (`docs/spec.md`): emit, parse, and
 //! choose the generation a sender should use. No I/O: the caller does the DNS
 //! query and passes the character-strings and the current time.
 //!
