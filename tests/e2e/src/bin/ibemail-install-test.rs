@@ -302,6 +302,11 @@ fn stop(child: &mut Child) {
 /// Removes what this test put on the system outside the packages: its two
 /// key stores and files in /etc/ibemail. Other stores are never touched.
 fn clean_up() {
+    // A run that stopped half-way leaves the packages installed with its
+    // configuration: start from nothing, as on a fresh machine.
+    let _ = Command::new("dpkg")
+        .args(["--purge", "ibemail-milter", "ibemail-kgc"])
+        .output();
     for dir in [A_STORE, B_STORE, "/run/ibemail-b.test"] {
         let _ = std::fs::remove_dir_all(dir);
     }
