@@ -19,12 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
-use ibemail_message::CapsuleError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::access::{BoxFuture, KeyAccess, KeyError};
 use crate::protocol::{self, MAX_FRAME, Request, Response, Status};
-use crate::service::{SignError, response_to_secret, response_to_signature};
 use crate::tls::{Pin, TlsIdentity};
 
 /// How long an endpoint that failed is tried only after the others.
@@ -383,55 +382,115 @@ impl KgcClient {
         connect_tls(connector, *own, host, port).await
     }
 
-    /// Domains and active generations the daemon serves.
-    pub async fn hello(&self) -> Result<Vec<(String, Generation)>, String> {
-        match self.request(&Request::Hello).await? {
+    /// Domains and the generation each signs with, as the daemon serves them.
+    pub async fn hello(&self) -> Result<Vec<(String, Generation)>, KeyError> {
+        match self.ask(&Request::Hello).await? {
             Response::Hello(domains) => Ok(domains),
-            Response::Error(status, reason) => Err(format!("{status:?}: {reason}")),
-            Response::Opened(_) | Response::Signed(..) | Response::Synced(_) => {
-                Err("unexpected answer".into())
-            }
+            other => Err(unexpected("HELLO", other)),
         }
     }
 
     /// Asks the daemon to open a capsule. Connection problems are
-    /// [`CapsuleError::Unavailable`] (temporary: the mail stays queued).
+    /// [`KeyError::Unavailable`] (temporary: the mail stays queued).
     pub async fn open(
         &self,
         identity: &Identity,
         generation: Generation,
         capsule: &Capsule,
-    ) -> Result<SharedSecret, CapsuleError> {
+    ) -> Result<SharedSecret, KeyError> {
         let request = Request::Open {
             generation,
             identity: identity.as_str().to_string(),
             capsule: capsule.to_bytes().to_vec(),
         };
-        let response = self
-            .request(&request)
-            .await
-            .map_err(CapsuleError::Unavailable)?;
-        response_to_secret(response, generation)
+        match self.ask(&request).await? {
+            Response::Opened(secret) => Ok(SharedSecret::from_bytes(secret)),
+            other => Err(unexpected("OPEN", other)),
+        }
     }
 
     /// Asks the daemon to sign `message` (a digest) as `identity`.
-    /// Connection problems are [`SignError::Unavailable`].
     pub async fn sign(
         &self,
         identity: &Identity,
         generation: Generation,
         message: &[u8],
-    ) -> Result<(Generation, Signature), SignError> {
+    ) -> Result<Signature, KeyError> {
         let request = Request::Sign {
             generation,
             identity: identity.as_str().to_string(),
             message: message.to_vec(),
         };
-        let response = self
-            .request(&request)
-            .await
-            .map_err(SignError::Unavailable)?;
-        response_to_signature(response)
+        match self.ask(&request).await? {
+            Response::Signed(signed, _) if signed != generation => Err(KeyError::Unavailable(
+                format!("the KGC signed with generation {signed}, not {generation}"),
+            )),
+            Response::Signed(_, bytes) => Signature::from_bytes(&bytes).map_err(|e| {
+                KeyError::Unavailable(format!("the KGC sent an invalid signature: {e}"))
+            }),
+            other => Err(unexpected("SIGN", other)),
+        }
+    }
+
+    /// [`KgcClient::request`], with the daemon's errors as key errors.
+    async fn ask(&self, request: &Request) -> Result<Response, KeyError> {
+        match self.request(request).await.map_err(KeyError::Unavailable)? {
+            Response::Error(status, reason) => Err(from_wire(status, reason)),
+            response => Ok(response),
+        }
+    }
+}
+
+/// A daemon's error status as a key error.
+fn from_wire(status: Status, reason: String) -> KeyError {
+    match status {
+        Status::UnknownGeneration => KeyError::UnknownGeneration(generation_in(&reason)),
+        Status::Retired => KeyError::Retired(generation_in(&reason)),
+        Status::Rejected => KeyError::Rejected,
+        Status::WrongDomain => KeyError::NotServed(reason),
+        Status::BadRequest => KeyError::Invalid(reason),
+        // A daemon that does not grant us OPEN or SIGN is misconfigured,
+        // which is fixed without the mail: it waits.
+        Status::Forbidden => KeyError::Forbidden(reason),
+        Status::Ok | Status::Internal | Status::UnsupportedVersion => {
+            KeyError::Unavailable(format!("{status:?}: {reason}"))
+        }
+    }
+}
+
+/// The generation a daemon's reason names ("generation 3 was retired"), or 0.
+fn generation_in(reason: &str) -> Generation {
+    reason
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or(0)
+}
+
+fn unexpected(what: &str, response: Response) -> KeyError {
+    KeyError::Unavailable(format!("unexpected answer to {what}: {response:?}"))
+}
+
+impl KeyAccess for KgcClient {
+    fn served(&self) -> BoxFuture<'_, Result<Vec<(String, Generation)>, KeyError>> {
+        Box::pin(self.hello())
+    }
+
+    fn open<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        capsule: &'a Capsule,
+    ) -> BoxFuture<'a, Result<SharedSecret, KeyError>> {
+        Box::pin(KgcClient::open(self, identity, generation, capsule))
+    }
+
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        digest: &'a [u8],
+    ) -> BoxFuture<'a, Result<Signature, KeyError>> {
+        Box::pin(KgcClient::sign(self, identity, generation, digest))
     }
 }
 

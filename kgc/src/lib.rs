@@ -1,10 +1,12 @@
 //! # ibemail-kgc
 //!
-//! The key generation center of one or more mail domains (DESIGN.md §6):
+//! The key generation center of one or more mail domains:
 //!
 //! - [`store`]: the master-key store on disk, generations and rotation;
 //! - [`service`]: opening capsules with the master key and signing with
 //!   keys derived on demand (cached);
+//! - [`access`]: [`access::KeyAccess`], the one way callers reach keys,
+//!   whether the service runs in their process or behind the daemon;
 //! - [`protocol`], [`server`], [`client`]: the `ibemail-kgc serve` daemon on a
 //!   Unix socket and its client, so the milter never holds a key;
 //! - [`tls`]: the same daemon over mutual TLS, clients allowed by pinned
@@ -18,7 +20,9 @@
 //! - [`socket`]: Unix sockets that appear with their final mode;
 //! - [`check`]: comparing the published `_ibemailkey` records with the store;
 //! - [`publish`], [`tsig`]: publishing them by TSIG-signed DNS UPDATE;
+//! - [`cli`]: the `ibemail-kgc` commands and the `serve` loop;
 //! - [`duration`]: `30d`-style durations of the command line;
+//! - [`clock`]: the one clock of policy decisions;
 //! - [`metrics`]: the daemon's Prometheus counters and the HTTP endpoint
 //!   both daemons serve them on;
 //! - [`logging`]: log lines of both daemons (text or JSON, colour only on a
@@ -32,9 +36,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod accounts;
 pub mod check;
+pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod duration;
 pub mod export;
 pub mod logging;

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::access::KeyError;
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
 use crate::replica::Replication;
 use crate::service::{KeyService, Peer};
@@ -294,6 +295,29 @@ fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
     )
 }
 
+/// The service's answer on the wire: only the server speaks the protocol.
+fn to_wire(result: Result<Response, KeyError>) -> Response {
+    result.unwrap_or_else(|e| {
+        let status = match &e {
+            KeyError::Unavailable(_) => Status::Internal,
+            KeyError::Forbidden(_) => Status::Forbidden,
+            KeyError::NotServed(_) => Status::WrongDomain,
+            KeyError::Invalid(_) => Status::BadRequest,
+            KeyError::UnknownGeneration(_) => Status::UnknownGeneration,
+            KeyError::Retired(_) => Status::Retired,
+            KeyError::Rejected => Status::Rejected,
+        };
+        let reason = match e {
+            KeyError::Unavailable(r)
+            | KeyError::Forbidden(r)
+            | KeyError::NotServed(r)
+            | KeyError::Invalid(r) => r,
+            other => other.to_string(),
+        };
+        Response::Error(status, reason)
+    })
+}
+
 /// Runs key work (pairings, scalar multiplications) off the async threads.
 async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(work)
@@ -383,7 +407,14 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 capsule,
             }) => {
                 let service = service.clone();
-                off_thread(move || service.open(&identity, generation, &capsule, peer)).await
+                off_thread(move || {
+                    to_wire(
+                        service
+                            .open(&identity, generation, &capsule, peer)
+                            .map(|secret| Response::Opened(*secret.as_bytes())),
+                    )
+                })
+                .await
             }
             Ok(Request::Sign { identity, .. }) if !grant.sign => forbidden("sign", &identity, peer),
             Ok(Request::Sign {
@@ -392,7 +423,14 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 message,
             }) => {
                 let service = service.clone();
-                off_thread(move || service.sign(&identity, generation, &message, peer)).await
+                off_thread(move || {
+                    to_wire(
+                        service
+                            .sign(&identity, generation, &message, peer)
+                            .map(|signature| Response::Signed(generation, signature.to_bytes())),
+                    )
+                })
+                .await
             }
             Ok(Request::Sync { domain, .. }) if !grant.replicate => {
                 forbidden("replicate", &domain, peer)

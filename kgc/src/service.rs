@@ -11,8 +11,8 @@ use lru::LruCache;
 use rand_core::OsRng;
 use tracing::{info, warn};
 
+use crate::access::{BoxFuture, KeyAccess, KeyError};
 use crate::metrics::KgcMetrics;
-use crate::protocol::{Response, Status};
 use crate::store::{Store, StoreError};
 
 /// Who asked, for the audit log.
@@ -75,25 +75,8 @@ impl Default for SigningSwitch {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Derived keys by (identity, generation).
 type KeyCache<T> = LruCache<(String, Generation), Arc<T>>;
-
-/// Why a message could not be signed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SignError {
-    /// Temporary: the KGC is unreachable or failed; try again later.
-    #[error("KGC unavailable: {0}")]
-    Unavailable(String),
-    /// The KGC will not sign as this identity (not its domain, no key).
-    #[error("KGC refused to sign: {0}")]
-    Refused(String),
-}
 
 impl std::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,7 +115,7 @@ impl KeyService {
     }
 
     fn signing_generation_of(&self, store: &Store) -> Option<Generation> {
-        store.signing_generation(unix_now(), self.switch.ttl, self.switch.fallback)
+        store.signing_generation(crate::clock::now(), self.switch.ttl, self.switch.fallback)
     }
 
     fn open_all(dirs: &[PathBuf]) -> Result<Vec<Arc<Store>>, StoreError> {
@@ -202,14 +185,11 @@ impl KeyService {
     }
 
     /// The identity and the store of its domain, or why not.
-    fn resolve(&self, identity: &str) -> Result<(Identity, Arc<Store>), (Status, String)> {
-        let identity = Identity::parse(identity)
-            .map_err(|e| (Status::BadRequest, format!("identity: {e}")))?;
+    fn resolve(&self, identity: &str) -> Result<(Identity, Arc<Store>), KeyError> {
+        let identity =
+            Identity::parse(identity).map_err(|e| KeyError::Invalid(format!("identity: {e}")))?;
         let store = self.store_for(identity.domain()).ok_or_else(|| {
-            (
-                Status::WrongDomain,
-                format!("this KGC does not serve {}", identity.domain()),
-            )
+            KeyError::NotServed(format!("this KGC does not serve {}", identity.domain()))
         })?;
         Ok((identity, store))
     }
@@ -228,122 +208,74 @@ impl KeyService {
         generation: Generation,
         message: &[u8],
         peer: Peer,
-    ) -> Response {
-        let response = self.sign_inner(identity, generation, message);
-        self.audit("sign", identity, generation, &response, peer);
-        response
-    }
-
-    fn sign_inner(&self, identity: &str, generation: Generation, message: &[u8]) -> Response {
-        let (identity, store) = match self.resolve(identity) {
-            Ok(found) => found,
-            Err((status, reason)) => return Response::Error(status, reason),
-        };
-        match Self::cached(&self.signing_cache, &identity, generation, || {
-            store.extract_signing(&identity, generation)
-        }) {
-            Ok(key) => Response::Signed(generation, key.sign(message, &mut OsRng).to_bytes()),
-            Err(e) => store_error(e),
-        }
-    }
-
-    /// In-process convenience: [`KeyService::sign`] with typed results.
-    pub fn sign_as(
-        &self,
-        identity: &Identity,
-        generation: Generation,
-        message: &[u8],
-    ) -> Result<(Generation, Signature), SignError> {
-        response_to_signature(self.sign(identity.as_str(), generation, message, Peer::default()))
+    ) -> Result<Signature, KeyError> {
+        let result = self.resolve(identity).and_then(|(identity, store)| {
+            let key = Self::cached(&self.signing_cache, &identity, generation, || {
+                store.extract_signing(&identity, generation)
+            })
+            .map_err(store_error)?;
+            Ok(key.sign(message, &mut OsRng))
+        });
+        self.audit("sign", identity, generation, result.as_ref().err(), peer);
+        result
     }
 
     /// Opens `capsule` for `identity` at `generation` and logs the key use
-    /// (identity, generation, outcome, peer; never key material).
+    /// (identity, generation, outcome, peer; never key material). The
+    /// identity is resolved before the capsule is decoded, so a request for
+    /// a domain this KGC does not serve says so, whatever the capsule.
     pub fn open(
         &self,
         identity: &str,
         generation: Generation,
         capsule: &[u8],
         peer: Peer,
-    ) -> Response {
-        self.open_logged(
-            identity,
-            generation,
-            || Capsule::from_bytes(capsule).ok(),
-            peer,
-        )
+    ) -> Result<SharedSecret, KeyError> {
+        let result = self.resolve(identity).and_then(|(identity, store)| {
+            let capsule = Capsule::from_bytes(capsule).map_err(|_| KeyError::Rejected)?;
+            Self::decapsulate(&store, &identity, generation, &capsule)
+        });
+        self.audit("open", identity, generation, result.as_ref().err(), peer);
+        result
     }
 
-    /// In-process convenience: the same as [`KeyService::open`] (audit log
-    /// included) for an already decoded capsule, as the message crate's
-    /// opener passes it.
+    /// [`KeyService::open`] for an already decoded capsule, as the message
+    /// crate's opener passes it.
     pub fn open_capsule(
         &self,
         identity: &Identity,
         generation: Generation,
         capsule: &Capsule,
-    ) -> Result<SharedSecret, ibemail_message::CapsuleError> {
-        let response = self.open_logged(
+    ) -> Result<SharedSecret, KeyError> {
+        let result = self
+            .store_for(identity.domain())
+            .ok_or_else(|| {
+                KeyError::NotServed(format!("this KGC does not serve {}", identity.domain()))
+            })
+            .and_then(|store| Self::decapsulate(&store, identity, generation, capsule));
+        self.audit(
+            "open",
             identity.as_str(),
             generation,
-            || Some(capsule.clone()),
+            result.as_ref().err(),
             Peer::default(),
         );
-        response_to_secret(response, generation)
+        result
     }
 
-    /// [`KeyService::open_inner`] and its audit line.
-    fn open_logged(
-        &self,
-        identity: &str,
+    fn decapsulate(
+        store: &Store,
+        identity: &Identity,
         generation: Generation,
-        capsule: impl FnOnce() -> Option<Capsule>,
-        peer: Peer,
-    ) -> Response {
-        let response = self.open_inner(identity, generation, capsule);
-        self.audit("open", identity, generation, &response, peer);
-        response
-    }
-
-    /// Resolves the identity, then decodes the capsule (so a request for a
-    /// domain this KGC does not serve says so, whatever the capsule), then
-    /// opens it with the master key.
-    fn open_inner(
-        &self,
-        identity: &str,
-        generation: Generation,
-        capsule: impl FnOnce() -> Option<Capsule>,
-    ) -> Response {
-        let (identity, store) = match self.resolve(identity) {
-            Ok(found) => found,
-            Err((status, reason)) => return Response::Error(status, reason),
-        };
-        let Some(capsule) = capsule() else {
-            return Response::Error(Status::Rejected, "invalid capsule".into());
-        };
-        match store.decapsulate(&identity, generation, &capsule) {
-            Ok(Ok(secret)) => Response::Opened(*secret.as_bytes()),
-            Ok(Err(_)) => Response::Error(Status::Rejected, "capsule rejected".into()),
-            Err(e) => store_error(e),
+        capsule: &Capsule,
+    ) -> Result<SharedSecret, KeyError> {
+        match store.decapsulate(identity, generation, capsule) {
+            Ok(Ok(secret)) => Ok(secret),
+            Ok(Err(_)) => Err(KeyError::Rejected),
+            Err(e) => Err(store_error(e)),
         }
     }
-}
 
-/// A key store error as a response.
-fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::Retired(n) => {
-            Response::Error(Status::Retired, format!("generation {n} was retired"))
-        }
-        StoreError::UnknownGeneration(n) => Response::Error(
-            Status::UnknownGeneration,
-            format!("generation {n} does not exist"),
-        ),
-        e => Response::Error(Status::Internal, e.to_string()),
-    }
-}
-
-impl KeyService {
     /// One audit line per key use: operation, identity, generation, outcome
     /// and peer — never key material; successes at info, everything else at
     /// warn. The outcome is also counted in [`KeyService::metrics`].
@@ -352,88 +284,88 @@ impl KeyService {
         operation: &str,
         identity: &str,
         generation: Generation,
-        response: &Response,
+        error: Option<&KeyError>,
         peer: Peer,
     ) {
-        let outcome = audit(operation, identity, generation, response, peer);
+        let outcome = match error {
+            None if operation == "sign" => "signed",
+            None => "opened",
+            Some(KeyError::Rejected) => "rejected",
+            Some(KeyError::Retired(_)) => "retired",
+            Some(KeyError::UnknownGeneration(_)) => "unknown-generation",
+            Some(KeyError::NotServed(_)) => "wrong-domain",
+            Some(_) => "error",
+        };
+        let mut line = format!(
+            "key use: {operation} identity={identity} generation={generation} outcome={outcome} \
+             peer_uid={} peer_pid={}",
+            peer.uid.map_or("-".into(), |u| u.to_string()),
+            peer.pid.map_or("-".into(), |p| p.to_string()),
+        );
+        if let Some(address) = peer.address {
+            line.push_str(&format!(" peer_addr={address}"));
+        }
+        if let Some(pin) = peer.certificate {
+            line.push_str(&format!(" peer_cert={pin}"));
+        }
+        if error.is_none() {
+            info!(target: "ibemail_kgc::audit", "{line}");
+        } else {
+            warn!(target: "ibemail_kgc::audit", "{line}");
+        }
         self.metrics.request(operation, outcome);
     }
 }
 
-/// Writes the audit line; returns the outcome word.
-fn audit(
-    operation: &str,
-    identity: &str,
-    generation: Generation,
-    response: &Response,
-    peer: Peer,
-) -> &'static str {
-    let outcome = match response {
-        Response::Opened(_) => "opened",
-        Response::Signed(..) => "signed",
-        Response::Error(Status::Rejected, _) => "rejected",
-        Response::Error(Status::Retired, _) => "retired",
-        Response::Error(Status::UnknownGeneration, _) => "unknown-generation",
-        Response::Error(Status::WrongDomain, _) => "wrong-domain",
-        Response::Error(_, _) => "error",
-        Response::Hello(_) | Response::Synced(_) => "unexpected",
-    };
-    let mut line = format!(
-        "key use: {operation} identity={identity} generation={generation} outcome={outcome} peer_uid={} peer_pid={}",
-        peer.uid.map_or("-".into(), |u| u.to_string()),
-        peer.pid.map_or("-".into(), |p| p.to_string()),
-    );
-    if let Some(address) = peer.address {
-        line.push_str(&format!(" peer_addr={address}"));
-    }
-    if let Some(pin) = peer.certificate {
-        line.push_str(&format!(" peer_cert={pin}"));
-    }
-    if matches!(response, Response::Opened(_) | Response::Signed(..)) {
-        info!(target: "ibemail_kgc::audit", "{line}");
-    } else {
-        warn!(target: "ibemail_kgc::audit", "{line}");
-    }
-    outcome
-}
-
-/// Maps a SIGN response to a signature.
-pub fn response_to_signature(response: Response) -> Result<(Generation, Signature), SignError> {
-    match response {
-        Response::Signed(generation, bytes) => Signature::from_bytes(&bytes)
-            .map(|s| (generation, s))
-            .map_err(|e| SignError::Unavailable(format!("KGC sent an invalid signature: {e}"))),
-        Response::Error(Status::Internal, reason) => Err(SignError::Unavailable(reason)),
-        Response::Error(status, reason) => Err(SignError::Refused(format!("{status:?}: {reason}"))),
-        Response::Hello(_) | Response::Opened(_) | Response::Synced(_) => {
-            Err(SignError::Unavailable("unexpected answer to SIGN".into()))
-        }
+/// A key store error as a key error.
+fn store_error(e: StoreError) -> KeyError {
+    match e {
+        StoreError::Retired(n) => KeyError::Retired(n),
+        StoreError::UnknownGeneration(n) => KeyError::UnknownGeneration(n),
+        e => KeyError::Unavailable(e.to_string()),
     }
 }
 
-/// Maps a daemon response to what the message crate expects of an opener.
-pub fn response_to_secret(
-    response: Response,
-    generation: Generation,
-) -> Result<SharedSecret, ibemail_message::CapsuleError> {
-    use ibemail_message::CapsuleError;
-    match response {
-        Response::Opened(secret) => Ok(SharedSecret::from_bytes(secret)),
-        Response::Error(Status::UnknownGeneration | Status::Retired, _) => {
-            Err(CapsuleError::UnknownGeneration(generation))
-        }
-        Response::Error(Status::Rejected, _) => Err(CapsuleError::Rejected),
-        // A daemon that does not grant us OPEN is misconfigured, which is
-        // fixed without the mail: keep it queued, do not quarantine it.
-        Response::Error(Status::Internal | Status::Forbidden, reason) => {
-            Err(CapsuleError::Unavailable(reason))
-        }
-        Response::Error(status, reason) => {
-            Err(CapsuleError::Refused(format!("{status:?}: {reason}")))
-        }
-        Response::Hello(_) | Response::Signed(..) | Response::Synced(_) => Err(
-            CapsuleError::Unavailable("unexpected answer to OPEN".into()),
-        ),
+impl KeyAccess for KeyService {
+    fn served(&self) -> BoxFuture<'_, Result<Vec<(String, Generation)>, KeyError>> {
+        Box::pin(std::future::ready(Ok(self.hello())))
+    }
+
+    fn open<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        capsule: &'a Capsule,
+    ) -> BoxFuture<'a, Result<SharedSecret, KeyError>> {
+        Box::pin(std::future::ready(
+            self.open_capsule(identity, generation, capsule),
+        ))
+    }
+
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        digest: &'a [u8],
+    ) -> BoxFuture<'a, Result<Signature, KeyError>> {
+        Box::pin(std::future::ready(KeyService::sign(
+            self,
+            identity.as_str(),
+            generation,
+            digest,
+            Peer::default(),
+        )))
+    }
+
+    fn signing_generation<'a>(
+        &'a self,
+        identity: &'a Identity,
+    ) -> BoxFuture<'a, Result<Generation, KeyError>> {
+        Box::pin(std::future::ready(
+            self.active_generation(identity).ok_or_else(|| {
+                KeyError::NotServed(format!("the KGC has no key for {}", identity.domain()))
+            }),
+        ))
     }
 }
 

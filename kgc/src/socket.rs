@@ -28,6 +28,35 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Binds `path` with `mode`, first removing a stale socket there — one
+/// nobody listens on. A live socket (another daemon running) or a file
+/// that is not a socket is never touched: the error says which.
+pub fn bind_replacing_stale(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Err(_) => {}
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running daemon", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+    }
+    bind_with_mode(path, mode)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -45,5 +74,22 @@ mod tests {
         let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
         assert!(listener.accept().is_ok());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_a_live_one_or_a_file_never() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.sock");
+        let live = bind_replacing_stale(&path, 0o600).unwrap();
+        let refused = bind_replacing_stale(&path, 0o600).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse);
+        drop(live);
+        // The file stays behind, nobody listening: replaced.
+        assert!(path.exists());
+        let _again = bind_replacing_stale(&path, 0o600).unwrap();
+        let file = tmp.path().join("plain");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(bind_replacing_stale(&file, 0o600).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     }
 }

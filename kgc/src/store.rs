@@ -59,7 +59,7 @@ use ibemail_ibe::{
     Capsule, DecapsulationError, Generation, Identity, MasterKey, PublicParams, SharedSecret,
     SigningKey, UserKey,
 };
-use ibemail_params::{Policy, Record};
+use ibemail_params::{MAX_NAME_LEN, MAX_PUBLISHING_DOMAIN_LEN, Policy, Record, record_name};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -242,6 +242,22 @@ pub enum StoreError {
     /// A release of a generation that is not pending.
     #[error("generation {0} is not staged: nothing to release")]
     NotStaged(Generation),
+    /// The domain is a valid identity domain, but its record name
+    /// `_ibemailkey.<domain>` is longer than DNS allows: its parameters
+    /// could never be published.
+    #[error(
+        "{name} would be {} octets, more than the {MAX_NAME_LEN} a DNS name may have: \
+         {domain} ({} octets) cannot publish ibemail parameters; a domain may have at most \
+         {MAX_PUBLISHING_DOMAIN_LEN} octets",
+        name.len(),
+        domain.len()
+    )]
+    RecordNameTooLong {
+        /// The (normalised) domain.
+        domain: String,
+        /// Its record name.
+        name: String,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -658,12 +674,6 @@ pub(crate) fn destroy(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -704,6 +714,12 @@ impl Store {
             path: dir.to_path_buf(),
             problem: format!("domain {domain:?}: {e}"),
         })?;
+        // Refused before anything is created: a store whose record DNS
+        // cannot hold would be a domain nobody can ever send to.
+        let name = record_name(&domain);
+        if name.len() > MAX_NAME_LEN {
+            return Err(StoreError::RecordNameTooLong { domain, name });
+        }
         match fs::read_dir(dir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -1203,7 +1219,7 @@ impl Store {
 
     /// [`Store::records_at`] now.
     pub fn records(&self) -> Vec<Record> {
-        self.records_at(unix_now())
+        self.records_at(crate::clock::now())
     }
 
     /// The continuity signature of `record` by the generation before it,

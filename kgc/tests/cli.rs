@@ -76,6 +76,37 @@ fn setup_prints_a_parseable_record_and_creates_private_files() {
         .stdout(stdout.clone());
 }
 
+/// `_ibemailkey.<domain>` must fit DNS's 253 octets: a 241-octet domain
+/// can publish, a 242-octet one (still a valid address domain) cannot, and
+/// setup says so without creating anything.
+#[test]
+fn setup_refuses_a_domain_whose_record_name_dns_cannot_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let labels = |last: usize| format!("{0}.{0}.{0}.{1}.test", "a".repeat(63), "b".repeat(last));
+    let longest = labels(44);
+    assert_eq!(longest.len(), 241);
+    let fits = tmp.path().join("fits");
+    kgc()
+        .args(["setup", "--domain", &longest, "--dir"])
+        .arg(&fits)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("_ibemailkey.{longest}.")));
+
+    let too_long = labels(45);
+    let dir = tmp.path().join("kgc");
+    kgc()
+        .args(["setup", "--domain", &too_long, "--dir"])
+        .arg(&dir)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "would be 254 octets, more than the 253 a DNS name may have",
+        ))
+        .stderr(predicate::str::contains("at most 241 octets"));
+    assert!(!dir.exists(), "nothing is created for a refused domain");
+}
+
 #[test]
 fn setup_refuses_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();

@@ -8,10 +8,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::KgcClient;
-use ibemail_kgc::service::SignError;
 use ibemail_kgc::store::Store;
-use ibemail_message::CapsuleError;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use rustix::process::{Pid, Signal, kill_process};
@@ -121,16 +120,16 @@ async fn sixty_four_concurrent_clients_each_open_their_capsule() {
     let bob = Identity::parse("bob@b.test").unwrap();
     assert_eq!(
         daemon.client().open(&bob, 1, &capsule).await.unwrap_err(),
-        CapsuleError::Rejected
+        KeyError::Rejected
     );
     assert_eq!(
         daemon.client().open(&bob, 9, &capsule).await.unwrap_err(),
-        CapsuleError::UnknownGeneration(9)
+        KeyError::UnknownGeneration(9)
     );
     let carol = Identity::parse("carol@c.test").unwrap();
     assert!(matches!(
         daemon.client().open(&carol, 1, &capsule).await.unwrap_err(),
-        CapsuleError::Refused(_)
+        KeyError::NotServed(_)
     ));
 }
 
@@ -143,8 +142,7 @@ async fn sign_requests_sign_as_the_identity_and_nothing_else() {
     let params = store.records()[0].signing.unwrap();
     let alice = Identity::parse("alice@b.test").unwrap();
     let digest = [0x5a; 32];
-    let (generation, signature) = daemon.client().sign(&alice, 1, &digest).await.unwrap();
-    assert_eq!(generation, 1);
+    let signature = daemon.client().sign(&alice, 1, &digest).await.unwrap();
     ibemail_ibe::verify(&params, &alice, 1, &digest, &signature).unwrap();
     // Not Bob's signature, not of another digest.
     let bob = Identity::parse("bob@b.test").unwrap();
@@ -154,11 +152,11 @@ async fn sign_requests_sign_as_the_identity_and_nothing_else() {
     let carol = Identity::parse("carol@c.test").unwrap();
     assert!(matches!(
         daemon.client().sign(&carol, 1, &digest).await.unwrap_err(),
-        SignError::Refused(reason) if reason.contains("does not serve")
+        KeyError::NotServed(reason) if reason.contains("does not serve")
     ));
     assert!(matches!(
         daemon.client().sign(&alice, 7, &digest).await.unwrap_err(),
-        SignError::Refused(reason) if reason.contains("generation 7")
+        KeyError::UnknownGeneration(7)
     ));
     assert!(daemon.client().sign(&alice, 1, &[0; 65]).await.is_err());
 }
@@ -178,7 +176,7 @@ async fn a_uid_outside_the_allow_list_is_refused() {
     // A milter the daemon does not grant is misconfigured: the mail stays
     // queued (a temporary error), it is not quarantined as undecryptable.
     match daemon.client().open(&bob, 1, &capsule).await.unwrap_err() {
-        CapsuleError::Unavailable(reason) => assert!(reason.contains("no grant"), "{reason}"),
+        KeyError::Forbidden(reason) => assert!(reason.contains("no grant"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -201,7 +199,7 @@ async fn open_and_sign_are_granted_separately() {
     let opened = opener.client().open(&bob, 1, &capsule).await.unwrap();
     assert_eq!(opened.as_bytes(), secret.as_bytes());
     match opener.client().sign(&bob, 1, &digest).await.unwrap_err() {
-        SignError::Refused(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
+        KeyError::Forbidden(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
         other => panic!("signing must be refused, got {other:?}"),
     }
     drop(opener);
@@ -209,7 +207,7 @@ async fn open_and_sign_are_granted_separately() {
     let signer = Daemon::start(&dir, &tmp.path().join("sign.sock"), &["--allow-sign", &me]);
     signer.client().sign(&bob, 1, &digest).await.unwrap();
     match signer.client().open(&bob, 1, &capsule).await.unwrap_err() {
-        CapsuleError::Unavailable(reason) => assert!(reason.contains("no open grant"), "{reason}"),
+        KeyError::Forbidden(reason) => assert!(reason.contains("no open grant"), "{reason}"),
         other => panic!("opening must be refused, got {other:?}"),
     }
     drop(signer);
@@ -227,7 +225,7 @@ async fn open_and_sign_are_granted_separately() {
         .unwrap();
     assert_eq!(opened.as_bytes(), alice_secret.as_bytes());
     match filter.client().open(&bob, 1, &capsule).await.unwrap_err() {
-        CapsuleError::Unavailable(reason) => assert!(reason.contains("no open grant"), "{reason}"),
+        KeyError::Forbidden(reason) => assert!(reason.contains("no open grant"), "{reason}"),
         other => panic!("another user's mail must be refused, got {other:?}"),
     }
     drop(filter);

@@ -470,7 +470,10 @@ fn a_staged_rotation_that_crashed_before_its_key_leaves_the_old_generation_activ
     assert_eq!(store.release(2, 99, at).unwrap(), 3600);
     assert_eq!(store.active_generation(), Some(2));
     assert_eq!(store.state(1), Some(State::Retiring { until: at + 3600 }));
-    assert!(matches!(store.release(2, 99, at), Err(StoreError::NotStaged(2))));
+    assert!(matches!(
+        store.release(2, 99, at),
+        Err(StoreError::NotStaged(2))
+    ));
 
     // A standalone store that inherits a staged state file from a crash
     // as a primary does not make its own rotation pending.

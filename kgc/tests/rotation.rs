@@ -6,12 +6,24 @@
 #![allow(clippy::unwrap_used)]
 
 use ibemail_ibe::Identity;
+use ibemail_kgc::access::KeyError;
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::{Retention, State, Store, Wait};
-use ibemail_message::{IbeRecipient, Limits, OpenError, Recipient, open, seal};
+use ibemail_message::{CapsuleError, IbeRecipient, Limits, OpenError, Recipient, open, seal};
 use ibemail_params::Policy;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+
+/// The key service's errors as the message crate's opener reports them
+/// (as the milter maps them).
+fn to_capsule_error(e: KeyError) -> CapsuleError {
+    match e {
+        KeyError::UnknownGeneration(n) | KeyError::Retired(n) => CapsuleError::UnknownGeneration(n),
+        KeyError::Rejected => CapsuleError::Rejected,
+        e if e.is_temporary() => CapsuleError::Unavailable(e.to_string()),
+        e => CapsuleError::Refused(e.to_string()),
+    }
+}
 
 const MESSAGE: &[u8] =
     b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: queued\r\n\r\nsent before the rotation\r\n";
@@ -46,7 +58,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
         &sealed,
         std::slice::from_ref(&bob),
         &Limits::default(),
-        |id, n, c| service.open_capsule(id, n, c),
+        |id, n, c| service.open_capsule(id, n, c).map_err(to_capsule_error),
     )
     .unwrap();
     assert_eq!((opened.message.as_slice(), opened.generation), (MESSAGE, 1));
@@ -70,7 +82,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
             &sealed2,
             std::slice::from_ref(&bob),
             &Limits::default(),
-            |id, n, c| service.open_capsule(id, n, c)
+            |id, n, c| service.open_capsule(id, n, c).map_err(to_capsule_error)
         )
         .is_ok()
     );
@@ -129,7 +141,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
         &sealed,
         std::slice::from_ref(&bob),
         &Limits::default(),
-        |id, n, c| service.open_capsule(id, n, c),
+        |id, n, c| service.open_capsule(id, n, c).map_err(to_capsule_error),
     );
     assert!(opened.is_ok(), "withdrawn, the key still opens queued mail");
     // Then the key is destroyed, its file overwritten before unlinking.
@@ -153,7 +165,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
         &sealed,
         std::slice::from_ref(&bob),
         &Limits::default(),
-        |id, n, c| service.open_capsule(id, n, c),
+        |id, n, c| service.open_capsule(id, n, c).map_err(to_capsule_error),
     )
     .unwrap_err();
     assert_eq!(err, OpenError::UnknownGeneration(1));
@@ -171,7 +183,7 @@ fn sealed_mail_opens_during_overlap_and_is_refused_after_retirement() {
             &sealed2,
             std::slice::from_ref(&bob),
             &Limits::default(),
-            |id, n, c| service.open_capsule(id, n, c)
+            |id, n, c| service.open_capsule(id, n, c).map_err(to_capsule_error)
         )
         .is_ok()
     );

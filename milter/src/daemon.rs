@@ -1,14 +1,14 @@
-//! `ibemail-milter run`: process work around [`ibemail_milter::run`] —
+//! `ibemail-milter run`: process work around [`crate::run`] —
 //! logging, the socket (a stale Unix socket is replaced), the metrics
 //! listener, SIGHUP reload and SIGTERM drain.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metrics::{self, Metrics};
 use ibemail_kgc::logging::{self, LogFormat};
-use ibemail_milter::config::Config;
-use ibemail_milter::engine::Engine;
-use ibemail_milter::metrics::{self, Metrics};
 use indymilter::EitherListener;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
@@ -22,8 +22,7 @@ async fn bind(socket: &str) -> Result<EitherListener<TcpListener, UnixListener>,
         Ok(EitherListener::Tcp(listener))
     } else if let Some(path) = socket.strip_prefix("unix:") {
         let path = Path::new(path);
-        replace_stale(path)?;
-        let listener = ibemail_kgc::socket::bind_with_mode(path, 0o660)
+        let listener = ibemail_kgc::socket::bind_replacing_stale(path, 0o660)
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 UnixListener::from_std(l)
@@ -37,27 +36,8 @@ async fn bind(socket: &str) -> Result<EitherListener<TcpListener, UnixListener>,
     }
 }
 
-/// Removes a socket file nobody listens on; refuses to touch a live one or
-/// a file that is not a socket.
-fn replace_stale(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::FileTypeExt as _;
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(meta) if !meta.file_type().is_socket() => Err(format!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        )),
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!("{} is in use by a running milter", path.display()));
-            }
-            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))
-        }
-    }
-}
-
 /// Why `run` stopped with an error.
-pub(crate) enum RunError {
+pub enum RunError {
     /// The configuration cannot work (a mistake in the file, a key store
     /// or pin file it cannot read): restarting will not help.
     Config(String),
@@ -67,7 +47,7 @@ pub(crate) enum RunError {
 
 /// Runs the milter until SIGTERM or SIGINT. `log_format` (the command
 /// line's) overrides the configuration's.
-pub(crate) fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), RunError> {
+pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), RunError> {
     let config = Config::load(config_path).map_err(RunError::Config)?;
     logging::init(log_format.unwrap_or(config.log_format), "info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +115,7 @@ async fn serve(
         }
         info!("shutting down; finishing messages in progress");
     };
-    ibemail_milter::run(listener, engine, reload_rx, shutdown)
+    crate::run(listener, engine, reload_rx, shutdown)
         .await
         .map_err(|e| format!("milter: {e}"))?;
     info!("stopped");

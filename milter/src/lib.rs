@@ -1,6 +1,6 @@
 //! # ibemail-milter
 //!
-//! The Postfix side of ibemail (DESIGN.md §6, §7):
+//! The Postfix side of ibemail (ARCHITECTURE.md, "The milter"):
 //!
 //! - [`config`]: the TOML configuration, validated up front;
 //! - [`engine`]: what to do with one message — seal outbound mail for
@@ -26,7 +26,9 @@
 
 pub mod address;
 pub mod authres;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
@@ -34,6 +36,7 @@ pub mod message_log;
 pub mod metrics;
 pub mod milter;
 pub mod offline;
+pub mod ports;
 pub mod reinject;
 pub mod signing;
 pub mod transit;

@@ -1,37 +1,23 @@
 //! `ibemail-milter`: the Postfix milter of ibemail and its offline tools.
 //!
-//! Process concerns only (arguments, runtime, exit status); the work is in
-//! the library crates.
+//! Arguments and exit status only: the commands are in the library
+//! (`ibemail_milter::cli`, `ibemail_milter::daemon`).
 
 #![forbid(unsafe_code)]
 // A command-line tool prints its results.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand};
-use ibemail_discovery::{
-    Discovery, DiscoveryConfig, DnssecPolicy, DomainPolicy, Outcome, PinPolicy, PinStore,
-    TrustAnchor,
-};
-use ibemail_ibe::Identity;
-use ibemail_kgc::accounts;
-use ibemail_kgc::client::KgcClient;
+use clap::{Parser, Subcommand};
+use ibemail_discovery::PinPolicy;
 use ibemail_kgc::logging::LogFormat;
-use ibemail_kgc::service::KeyService;
-use ibemail_message::{IbeRecipient, Limits, Recipient};
-use ibemail_milter::config::Config;
-use ibemail_milter::doctor::{Severity, describe};
-use ibemail_milter::offline::{Exit, RecordBook, lookup_exit, lookup_report};
-use ibemail_milter::signing::{SigResult, verify_signatures};
-use rand_core::OsRng;
-
-mod daemon;
+use ibemail_milter::cli::{
+    DnsArgs, Failure, check_config, decrypt, doctor, encrypt, lookup, verify,
+};
+use ibemail_milter::daemon;
+use ibemail_milter::offline::Exit;
 
 #[derive(Parser)]
 #[command(
@@ -67,74 +53,6 @@ struct Cli {
         value_name = "text|json"
     )]
     log_format: Option<LogFormat>,
-}
-
-/// DNS options shared by the commands that look up parameters.
-#[derive(Args, Clone)]
-struct DnsArgs {
-    /// Take the resolvers, trust anchor, timeouts and the domain's DNSSEC
-    /// and pin policy from the milter's configuration file (the options
-    /// below override them), so a lookup sees what the milter sees.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53).
-    #[arg(long = "resolver", value_name = "ADDR:PORT")]
-    resolvers: Vec<SocketAddr>,
-    /// DNSSEC trust anchor file (DNSKEY lines); default: the root KSKs.
-    #[arg(long, value_name = "FILE")]
-    trust_anchor: Option<PathBuf>,
-    /// DNSSEC policy: off, prefer (use secure and insecure answers) or
-    /// require (use only secure answers). Default: prefer.
-    #[arg(long, value_name = "off|prefer|require")]
-    dnssec: Option<DnssecPolicy>,
-    /// Seconds to wait for one DNS answer. Default: 5.
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<u64>,
-}
-
-impl DnsArgs {
-    /// The milter configuration named by `--config`, if any.
-    fn milter_config(&self) -> Result<Option<Config>, Failure> {
-        self.config
-            .as_deref()
-            .map(Config::load)
-            .transpose()
-            .map_err(|e| Failure(Exit::Usage, e))
-    }
-
-    fn discovery(
-        &self,
-        milter: Option<&Config>,
-        pins: Option<Arc<PinStore>>,
-    ) -> Result<Discovery, String> {
-        let mut config = milter.map_or_else(DiscoveryConfig::default, Config::discovery_config);
-        if !self.resolvers.is_empty() {
-            config.servers = self.resolvers.clone();
-        }
-        if let Some(path) = &self.trust_anchor {
-            config.trust_anchor = TrustAnchor::File(path.clone());
-        }
-        if let Some(seconds) = self.timeout {
-            config.timeout = Duration::from_secs(seconds);
-        }
-        Discovery::new(config, pins).map_err(|e| e.to_string())
-    }
-
-    /// The lookup policy for `domain`: the configuration's, or no pinning
-    /// and DNSSEC `prefer`; `--dnssec` overrides.
-    fn policy(&self, milter: Option<&Config>, domain: &str) -> DomainPolicy {
-        let mut policy = milter.map_or(
-            DomainPolicy {
-                dnssec: DnssecPolicy::Prefer,
-                pin: PinPolicy::Off,
-            },
-            |c| c.policy_for(domain).lookup,
-        );
-        if let Some(dnssec) = self.dnssec {
-            policy.dnssec = dnssec;
-        }
-        policy
-    }
 }
 
 #[derive(Subcommand)]
@@ -210,6 +128,17 @@ enum Command {
         record_file: Option<PathBuf>,
         #[command(flatten)]
         dns: DnsArgs,
+        /// Sign as the message's From address (inside and outside, as the
+        /// milter does), with the key service named by --kgc-socket or
+        /// --kgc-dir.
+        #[arg(long)]
+        sign: bool,
+        /// The KGC daemon's socket (to sign).
+        #[arg(long, value_name = "PATH", conflicts_with = "kgc_dir")]
+        kgc_socket: Option<PathBuf>,
+        /// The KGC key store, opened in this process (to sign).
+        #[arg(long, value_name = "DIR")]
+        kgc_dir: Option<PathBuf>,
     },
     /// Check the IBE-Signature fields of one message (stdin) against the
     /// signer domain's S= parameter in DNS, and that the signer is the
@@ -237,220 +166,6 @@ enum Command {
         #[arg(long, group = "kgc", required = true, value_name = "PATH")]
         kgc_socket: Option<PathBuf>,
     },
-}
-
-/// A failure: what to print and how to exit.
-struct Failure(Exit, String);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure(Exit::TempFail, format!("tokio runtime: {e}")))
-}
-
-fn read_stdin() -> Result<Vec<u8>, Failure> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .map_err(|e| Failure(Exit::TempFail, format!("reading stdin: {e}")))?;
-    Ok(input)
-}
-
-fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure(Exit::TempFail, format!("writing stdout: {e}")))
-}
-
-fn parse_identity(address: &str) -> Result<Identity, Failure> {
-    Identity::parse(address).map_err(|e| Failure(Exit::Usage, format!("{address}: {e}")))
-}
-
-fn lookup(
-    domain: &str,
-    dns: &DnsArgs,
-    pins: Option<PathBuf>,
-    pin: Option<PinPolicy>,
-) -> Result<(), Failure> {
-    let milter = dns.milter_config()?;
-    let mut policy = dns.policy(milter.as_ref(), domain);
-    let pin_store = |path: &PathBuf, open: fn(&std::path::Path) -> std::io::Result<PinStore>| {
-        open(path)
-            .map(Arc::new)
-            .map_err(|e| Failure(Exit::Failed, format!("pin file {}: {e}", path.display())))
-    };
-    let pins = match (&pins, milter.as_ref().and_then(|c| c.pins.as_ref())) {
-        (Some(path), _) => {
-            policy.pin = pin.unwrap_or(PinPolicy::Policy);
-            Some(pin_store(path, PinStore::open)?)
-        }
-        (None, Some(path)) => {
-            policy.pin = pin.unwrap_or(policy.pin);
-            Some(pin_store(path, PinStore::snapshot)?)
-        }
-        (None, None) => {
-            policy.pin = PinPolicy::Off;
-            None
-        }
-    };
-    if pins.is_none() || policy.pin == PinPolicy::Off {
-        policy.pin = PinPolicy::Off;
-    }
-    let discovery = dns
-        .discovery(milter.as_ref(), pins)
-        .map_err(|e| Failure(Exit::Usage, e))?;
-    let result = runtime()?.block_on(discovery.lookup(domain, policy, now()));
-    print!("{}", lookup_report(&result));
-    match lookup_exit(&result) {
-        Exit::Ok => Ok(()),
-        exit => Err(Failure(exit, String::new())),
-    }
-}
-
-fn encrypt(
-    rcpts: &[String],
-    record: &[String],
-    record_file: Option<&PathBuf>,
-    dns: &DnsArgs,
-) -> Result<(), Failure> {
-    let identities = rcpts
-        .iter()
-        .map(|r| parse_identity(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut book = RecordBook::default();
-    for text in record {
-        book.add_text(text);
-    }
-    if let Some(path) = record_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", path.display())))?;
-        book.add_file(&text)
-            .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", path.display())))?;
-    }
-    let message = read_stdin()?;
-    let now = now();
-    let mut recipients = Vec::with_capacity(identities.len());
-    if book.is_empty() {
-        let milter = dns.milter_config()?;
-        let discovery = dns
-            .discovery(milter.as_ref(), None)
-            .map_err(|e| Failure(Exit::Usage, e))?;
-        let rt = runtime()?;
-        for identity in identities {
-            let policy = DomainPolicy {
-                pin: PinPolicy::Off,
-                ..dns.policy(milter.as_ref(), identity.domain())
-            };
-            let found = rt.block_on(discovery.lookup(identity.domain(), policy, now));
-            match found.outcome {
-                Outcome::Parameters { record, .. } => recipients.push(IbeRecipient {
-                    identity,
-                    generation: record.generation,
-                    params: record.params,
-                }),
-                Outcome::Temporary(_) => return Err(Failure(Exit::TempFail, found.summary())),
-                Outcome::Refused(_) => return Err(Failure(Exit::Refused, found.summary())),
-                Outcome::NotIbe(_) => return Err(Failure(Exit::Failed, found.summary())),
-            }
-        }
-    } else {
-        for identity in identities {
-            let set = book.records_for(identity.domain());
-            let Some(record) = set.select(now) else {
-                let mut why = format!("no usable record for {}", identity.domain());
-                for rejected in &set.rejected {
-                    why.push_str(&format!("; {rejected}"));
-                }
-                return Err(Failure(Exit::Failed, why));
-            };
-            recipients.push(IbeRecipient {
-                identity,
-                generation: record.generation,
-                params: record.params.clone(),
-            });
-        }
-    }
-    let dyn_recipients: Vec<&dyn Recipient> =
-        recipients.iter().map(|r| r as &dyn Recipient).collect();
-    let sealed =
-        ibemail_message::seal_owned(message, &dyn_recipients, &mut OsRng, &Limits::default())
-            .map_err(|e| Failure(Exit::Failed, e.to_string()))?;
-    write_stdout(&sealed.to_bytes())
-}
-
-fn verify(dns: &DnsArgs) -> Result<(), Failure> {
-    let message = read_stdin()?;
-    let milter = dns.milter_config()?;
-    let discovery = dns
-        .discovery(milter.as_ref(), None)
-        .map_err(|e| Failure(Exit::Usage, e))?;
-    let result = runtime()?.block_on(verify_signatures(
-        &discovery,
-        |domain| DomainPolicy {
-            pin: PinPolicy::Off,
-            ..dns.policy(milter.as_ref(), domain)
-        },
-        |_| {},
-        &message,
-        // A decrypted message (from `decrypt`) has its inner signature.
-        true,
-        now(),
-    ));
-    let layer = if ibemail_message::is_encrypted(&message) {
-        "outside the encryption"
-    } else {
-        "this message"
-    };
-    write_stdout(format!("{}\n", result.resinfo(layer)).as_bytes())?;
-    match result {
-        SigResult::Pass { .. } => Ok(()),
-        SigResult::TempError(_) => Err(Failure(Exit::TempFail, String::new())),
-        _ => Err(Failure(Exit::Failed, String::new())),
-    }
-}
-
-fn decrypt(
-    rcpts: &[String],
-    kgc_dir: Option<&PathBuf>,
-    kgc_socket: Option<&PathBuf>,
-) -> Result<(), Failure> {
-    let identities = rcpts
-        .iter()
-        .map(|r| parse_identity(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let message = read_stdin()?;
-    let limits = Limits::default();
-    let opened = if let Some(dir) = kgc_dir {
-        let service = KeyService::load(std::slice::from_ref(dir), 16)
-            .map_err(|e| Failure(Exit::Failed, format!("{}: {e}", dir.display())))?;
-        ibemail_message::open_owned(message, &identities, &limits, |id, generation, capsule| {
-            service.open_capsule(id, generation, capsule)
-        })
-    } else if let Some(socket) = kgc_socket {
-        let client = KgcClient::new(socket, Duration::from_secs(10));
-        let rt = runtime()?;
-        ibemail_message::open_owned(message, &identities, &limits, |id, generation, capsule| {
-            rt.block_on(client.open(id, generation, capsule))
-        })
-    } else {
-        return Err(Failure(
-            Exit::Usage,
-            "--kgc-dir or --kgc-socket is needed".into(),
-        ));
-    };
-    match opened {
-        Ok(opened) => write_stdout(&opened.message),
-        Err(e) if e.is_temporary() => Err(Failure(Exit::TempFail, e.to_string())),
-        Err(e) => Err(Failure(Exit::Failed, e.to_string())),
-    }
 }
 
 fn main() -> ExitCode {
@@ -493,7 +208,13 @@ fn main() -> ExitCode {
             record,
             record_file,
             dns,
-        } => encrypt(rcpts, record, record_file.as_ref(), dns),
+            sign,
+            kgc_socket,
+            kgc_dir,
+        } => {
+            let signer = sign.then_some((kgc_dir.as_ref(), kgc_socket.as_ref()));
+            encrypt(rcpts, record, record_file.as_ref(), dns, signer)
+        }
         Command::Verify { dns } => verify(dns),
         Command::Decrypt {
             rcpts,
@@ -516,38 +237,4 @@ fn main() -> ExitCode {
             ExitCode::from(exit as u8)
         }
     }
-}
-
-/// `--check-config`: parse, explain, exit.
-fn check_config(path: &std::path::Path) -> Result<(), Failure> {
-    let config = Config::load(path).map_err(|e| Failure(Exit::Failed, e))?;
-    print!("{}", describe(&config));
-    println!("{}: configuration OK", path.display());
-    Ok(())
-}
-
-/// `doctor`: the setup check, run as the milter's user.
-fn doctor(
-    config: &std::path::Path,
-    postfix: Option<&std::path::Path>,
-    user: &str,
-) -> Result<(), Failure> {
-    if accounts::current_uid() == 0 {
-        match accounts::by_name(user) {
-            Some(account) => accounts::become_user(account.uid, account.gid)
-                .map_err(|e| Failure(Exit::Failed, e))?,
-            None => println!(
-                "WARNING  doctor: no user {user:?}; checking as root, which may reach what the \
-                 milter cannot; fix: --user USER (the milter's User= in its unit)"
-            ),
-        }
-    }
-    let findings = runtime()?.block_on(ibemail_milter::doctor::run(config, postfix));
-    for finding in &findings {
-        println!("{finding}");
-    }
-    if findings.iter().any(|f| f.severity == Severity::Error) {
-        return Err(Failure(Exit::Failed, String::new()));
-    }
-    Ok(())
 }

@@ -22,9 +22,9 @@ use tracing::{info, warn};
 
 use crate::address::{Rcpt, canonical};
 use crate::config::Config;
-use crate::engine::{Kind, Message, Origin, Reply, Verdict};
+use crate::engine::verdict::{Kind, Message, Origin, Reply, Verdict};
 
-/// Which way a message goes, as the engine decides it (DESIGN §7).
+/// Which way a message goes, as the engine decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// From our users to at least one remote recipient.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ibemail_discovery::{Lookup, Outcome};
 use tokio::net::TcpListener;
 
-use crate::engine::Kind;
+use crate::engine::verdict::Kind;
 use crate::signing::SigResult;
 
 /// Upper bounds (seconds) of the processing-time histogram buckets.

@@ -9,15 +9,11 @@
 //! re-encrypt the message, but cannot re-sign the outside without the
 //! sender's key (the paper's §5 argument).
 
-use ibemail_discovery::{Discovery, DomainPolicy, Lookup, Outcome, RefusedReason};
+use ibemail_discovery::{DomainPolicy, Lookup, Outcome, RefusedReason};
 use ibemail_ibe::{Generation, Identity};
-use ibemail_kgc::service::SignError;
-use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError, Unsigned};
-use tracing::info;
+use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError};
 
-use crate::address::canonical;
-use crate::config::SignPolicy;
-use crate::engine::{Engine, Keys, Message, Origin};
+use crate::ports::Parameters;
 
 /// Who signs one outbound message, and with which generation.
 #[derive(Clone, Debug)]
@@ -114,120 +110,6 @@ pub fn combine(outer: SigResult, inner: SigResult) -> SigResult {
     }
 }
 
-impl Engine {
-    /// The address to sign `message` as, if this message is signed: the
-    /// sender is ours (authenticated, internal or local), the From address
-    /// is in a local domain that signs, and it is the sender's own address
-    /// (the SASL login, or the envelope sender when not authenticated).
-    pub(crate) fn signer(&self, message: &Message, origin: Origin, raw: &[u8]) -> Option<Identity> {
-        if origin == Origin::External {
-            return None;
-        }
-        let from = signature::from_address(raw).ok()?;
-        if self.config.sign_policy(from.domain()) != SignPolicy::Always {
-            return None;
-        }
-        let own = match &message.auth_authen {
-            Some(login) => match Identity::parse(login) {
-                Ok(login) => login == from,
-                // A login without a domain names a user of our one local
-                // domain; with several, `bob` would also sign as
-                // bob@<every other domain>, so a full address is needed.
-                Err(_) => {
-                    !login.contains('@')
-                        && self.config.local_domains.len() == 1
-                        && Identity::parse(&format!("{login}@{}", from.domain()))
-                            .is_ok_and(|l| l == from)
-                }
-            },
-            None => Identity::parse(&canonical(&message.sender)).is_ok_and(|s| s == from),
-        };
-        if !own {
-            info!(
-                queue_id = %message.queue_id,
-                from = %from,
-                "not signed: From is not the sender's own address"
-            );
-            return None;
-        }
-        Some(from)
-    }
-
-    /// The generation `identity` signs with: its domain's active one, asked
-    /// of the KGC once per message (the daemon: one HELLO).
-    pub(crate) async fn signing_generation(
-        &self,
-        identity: &Identity,
-    ) -> Result<Generation, SignError> {
-        match &self.keys {
-            Keys::None => return Err(SignError::Refused("no KGC configured".into())),
-            Keys::InProcess(service) => service.active_generation(identity),
-            Keys::Daemon(client) => client
-                .hello()
-                .await
-                .map_err(SignError::Unavailable)?
-                .into_iter()
-                .find(|(domain, _)| domain == identity.domain())
-                .map(|(_, n)| n),
-        }
-        .ok_or_else(|| SignError::Refused(format!("the KGC has no key for {}", identity.domain())))
-    }
-
-    /// Signs `message` as the signer: the complete `IBE-Signature` field
-    /// value (leading space, CRLF folding). `sealed`: the message is sealed
-    /// right after (`e=1`).
-    pub(crate) async fn sign(
-        &self,
-        signer: &Signer,
-        message: &[u8],
-        sealed: bool,
-    ) -> Result<String, SignError> {
-        let Signer {
-            identity,
-            generation,
-        } = signer;
-        let generation = *generation;
-        let unsigned = if sealed {
-            Unsigned::new_sealed(message, identity, generation)
-        } else {
-            Unsigned::new(message, identity, generation)
-        };
-        let digest = *unsigned.digest();
-        let (signed_generation, signature) = match &self.keys {
-            Keys::None => return Err(SignError::Refused("no KGC configured".into())),
-            Keys::InProcess(service) => {
-                let service = service.clone();
-                let identity = identity.clone();
-                tokio::task::spawn_blocking(move || service.sign_as(&identity, generation, &digest))
-                    .await
-                    .map_err(|e| SignError::Unavailable(format!("signing task: {e}")))??
-            }
-            Keys::Daemon(client) => client.sign(identity, generation, &digest).await?,
-        };
-        if signed_generation != generation {
-            return Err(SignError::Unavailable(format!(
-                "KGC signed with generation {signed_generation}, not {generation}"
-            )));
-        }
-        self.metrics.signed();
-        Ok(unsigned.field_value(&signature))
-    }
-
-    /// Verifies the `IBE-Signature` fields of `message` with this
-    /// milter's DNS and per-domain lookup policy.
-    pub(crate) async fn verify(&self, message: &[u8], arrived_sealed: bool, now: u64) -> SigResult {
-        verify_signatures(
-            &self.discovery,
-            |domain| self.config.policy_for(domain).lookup,
-            |found| self.metrics.lookup(found),
-            message,
-            arrived_sealed,
-            now,
-        )
-        .await
-    }
-}
-
 /// Verifies the `IBE-Signature` fields of `message`: pass if one by the
 /// From address verifies; otherwise the most telling failure. The signer
 /// domain's parameters are looked up with `discovery` under `policy`;
@@ -239,7 +121,7 @@ impl Engine {
 /// signature of some other domain can neither cost a DNS query nor turn a
 /// failure into a temporary error.
 pub async fn verify_signatures(
-    discovery: &Discovery,
+    discovery: &dyn Parameters,
     policy: impl Fn(&str) -> DomainPolicy,
     on_lookup: impl Fn(&Lookup),
     message: &[u8],
@@ -281,7 +163,7 @@ pub async fn verify_signatures(
 /// have rotated within our cache's TTL — and if DNS still does not have it,
 /// the result is a temporary error (the mail is retried), never a failure.
 async fn verify_one(
-    discovery: &Discovery,
+    discovery: &dyn Parameters,
     policy: &impl Fn(&str) -> DomainPolicy,
     on_lookup: &impl Fn(&Lookup),
     message: &[u8],

@@ -537,6 +537,71 @@ fn verify_checks_a_signature_against_the_signers_dns() {
     assert!(out.starts_with("ibesig=temperror"), "{out}");
 }
 
+/// `encrypt --sign` signs as the From address inside and outside, as the
+/// milter does: `verify` passes on the sealed message (the outside) and on
+/// the decrypted one (the inside, made to travel sealed).
+#[test]
+fn encrypt_signs_inside_and_outside_like_the_milter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, a) = kgc(tmp.path(), "a.test");
+    let (b_dir, b) = kgc(tmp.path(), "b.test");
+    let knot = Knot::start_on(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &[Zone::new(
+            "a.test",
+            Signing::Signed,
+            &[&format!("_ibemailkey TXT \"{}\"", record_text(&a))],
+        )],
+    );
+    let dns = vec![
+        "--resolver".to_string(),
+        knot.addr.to_string(),
+        "--trust-anchor".to_string(),
+        knot.trust_anchor_file().to_str().unwrap().to_string(),
+    ];
+    let message = b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nHello.\r\n";
+    let sealed = encrypt(
+        &[
+            "--record",
+            &record_text(&b),
+            "--rcpt",
+            "bob@b.test",
+            "--sign",
+            "--kgc-dir",
+            a_dir.to_str().unwrap(),
+        ],
+        message,
+    );
+    assert!(sealed.starts_with(b"IBE-Signature:"));
+    let (code, out) = verify(&dns, &sealed);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("header.i=alice@a.test"), "{out}");
+    let (code, opened, stderr) = decrypt(
+        &["--kgc-dir", b_dir.to_str().unwrap(), "--rcpt", "bob@b.test"],
+        &sealed,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(opened.ends_with(message));
+    // The inside carries e=1: it passes only where it arrived sealed, and
+    // `verify` of the decrypted message says so rather than passing it.
+    assert!(String::from_utf8_lossy(&opened).contains("e=1"));
+    // Without a key service to sign with, nothing is written.
+    let out = milter()
+        .args([
+            "encrypt",
+            "--record",
+            &record_text(&b),
+            "--rcpt",
+            "bob@b.test",
+            "--sign",
+        ])
+        .write_stdin(message.as_slice())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(out.stdout.is_empty());
+}
+
 /// `lookup`, as the administrator runs it, under an on-path DNS attacker
 /// (the reproduction): once b.test was seen with its published
 /// policy, stripping its record or substituting the attacker's generation

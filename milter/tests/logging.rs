@@ -62,7 +62,11 @@ fn config(dir: &Path, addr: SocketAddr, extra: &str) -> std::path::PathBuf {
     let path = dir.join("milter.toml");
     std::fs::write(
         &path,
-        format!("socket = \"inet:{addr}\"\nauthserv_id = \"mx.test\"\n{extra}"),
+        // state_dir first: `extra` may open tables.
+        format!(
+            "socket = \"inet:{addr}\"\nauthserv_id = \"mx.test\"\nstate_dir = \"{}\"\n{extra}",
+            dir.display()
+        ),
     )
     .unwrap();
     path

@@ -1,7 +1,7 @@
 //! # ibemail-discovery
 //!
 //! Finds a domain's ibemail parameters in DNS (`_ibemailkey.<domain>` TXT),
-//! the way a sending server needs them (DESIGN.md §4, §7):
+//! the way a sending server needs them (the record: `docs/spec.md`):
 //!
 //! - configurable name servers, timeouts and attempts (hickory-resolver);
 //! - a bounded cache honouring TTLs, with negative caching of NXDOMAIN and
@@ -36,7 +36,7 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
@@ -402,6 +402,30 @@ fn combine_proofs(proofs: impl Iterator<Item = Proof>, validated: bool) -> Dnsse
     status.unwrap_or(DnssecStatus::Unchecked)
 }
 
+/// The DNSSEC status of a "no such record" answer for `qname`. A signed
+/// SOA proves nothing by itself — any signed zone's SOA can be replayed
+/// into a forged denial: the answer is secure only if its SOA is of a zone
+/// enclosing the name and a validated NSEC or NSEC3 record proves the
+/// absence. Otherwise it is at best insecure (and a policy in force holds).
+fn denial_status(none: &NoRecords, qname: &Name, validated: bool) -> DnssecStatus {
+    let status = combine_proofs(none.soa.iter().map(|s| s.proof), validated);
+    if status != DnssecStatus::Secure {
+        return status;
+    }
+    let enclosing = none.soa.as_ref().is_some_and(|soa| soa.name.zone_of(qname));
+    let proven = none.authorities.as_deref().is_some_and(|records| {
+        records.iter().any(|r| {
+            matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3)
+                && r.proof == Proof::Secure
+        })
+    });
+    if enclosing && proven {
+        DnssecStatus::Secure
+    } else {
+        DnssecStatus::Insecure
+    }
+}
+
 impl Discovery {
     /// Builds the resolvers. `pins` enables pinning for domains whose
     /// policy asks for it.
@@ -727,7 +751,8 @@ impl Discovery {
                 })
             }
             Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
-                let mut dnssec = combine_proofs(none.soa.iter().map(|s| s.proof), validate);
+                let qname = Name::from_ascii(&name).map_err(|e| format!("{domain}: {e}"))?;
+                let mut dnssec = denial_status(&none, &qname, validate);
                 if dnssec == DnssecStatus::Secure {
                     dnssec = self.unaliased(&name).await;
                 }
@@ -777,9 +802,10 @@ impl Discovery {
     async fn unaliased(&self, name: &str) -> DnssecStatus {
         match self.validating.lookup(name, RecordType::CNAME).await {
             Ok(_) => DnssecStatus::Insecure,
-            Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
-                combine_proofs(none.soa.iter().map(|s| s.proof), true)
-            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(none))) => match Name::from_ascii(name) {
+                Ok(qname) => denial_status(&none, &qname, true),
+                Err(_) => DnssecStatus::Insecure,
+            },
             Err(NetError::Dns(DnsError::Nsec { proof, .. })) => {
                 combine_proofs(std::iter::once(proof), true)
             }

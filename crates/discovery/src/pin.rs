@@ -38,16 +38,22 @@
 //! policy, nor shorten one. A DNSSEC-secure "no such record" ends it.
 //!
 //! The file (if any) holds `domain generation sha256(X‖Y) [S=<base64>]`
-//! and `domain policy <unix time> [max-age]` lines, rewritten atomically
-//! (one writer at a time, a fresh temporary file, fsync, rename, fsync of
-//! the directory) when pins change or a policy's deadline moved by more
-//! than a quarter of its max-age. Lines that do not parse are skipped with
-//! a warning rather than stopping the milter. Files of the previous format
+//! and `domain policy <unix time> [max-age]` lines. It is a journal: a
+//! change appends the domain's lines after a `domain -` line (which drops
+//! what came before for it), synced; once the appended lines outgrow the
+//! rest the file is rewritten whole (a fresh temporary file, synced,
+//! renamed, the directory synced). One writer at a time. A policy's
+//! deadline that only moved forward is written once it moved by more than
+//! a quarter of its max-age. Lines that do not parse are skipped with a
+//! warning rather than stopping the milter. Files of the previous formats
 //! (`domain generation sha256(X‖Y) [sha256(S)]`) are read; a hashed `S` is
-//! learned when a record matching it is published.
+//! learned when a record matching it is published, an unknown one only
+//! from a DNSSEC-secure answer. At most [`MAX_DOMAINS`] domains are kept;
+//! a full store forgets the least recently used one.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -55,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_ibe::SigningParams;
+use ibemail_ibe::{SIGNING_PARAMS_BYTES, SigningParams};
 use ibemail_params::{Policy, Record, RecordSet};
 use sha2::{Digest, Sha256};
 
@@ -193,8 +199,9 @@ enum SigningPin {
     Unknown,
     /// A pin file of the previous format: the hash only.
     Hash([u8; 32]),
-    /// The parameter itself.
-    Known(SigningParams),
+    /// The parameter itself, encoded (decoded when it vouches: a store of
+    /// many domains opens without decoding a point per generation).
+    Known([u8; SIGNING_PARAMS_BYTES]),
 }
 
 /// The pinned fingerprints of one generation.
@@ -210,7 +217,7 @@ impl Pin {
             params: Sha256::digest(record.params.to_bytes()).into(),
             signing: record
                 .signing
-                .map_or(SigningPin::Unknown, SigningPin::Known),
+                .map_or(SigningPin::Unknown, |s| SigningPin::Known(s.to_bytes())),
         }
     }
 
@@ -219,7 +226,7 @@ impl Pin {
         let params: [u8; 32] = Sha256::digest(record.params.to_bytes()).into();
         let signing = match (self.signing, record.signing) {
             (SigningPin::Unknown, _) => false,
-            (SigningPin::Known(s), Some(seen)) => s != seen,
+            (SigningPin::Known(s), Some(seen)) => s != seen.to_bytes(),
             (SigningPin::Hash(h), Some(seen)) => Sha256::digest(seen.to_bytes()).as_slice() != h,
             (_, None) => true,
         };
@@ -232,7 +239,7 @@ impl Pin {
     /// attacker bring his own).
     fn vouching(&self, published: Option<&Record>) -> Option<SigningParams> {
         match self.signing {
-            SigningPin::Known(s) => Some(s),
+            SigningPin::Known(s) => SigningParams::from_bytes(&s).ok(),
             SigningPin::Hash(h) => published?
                 .signing
                 .filter(|s| Sha256::digest(s.to_bytes()).as_slice() == h),
@@ -263,6 +270,9 @@ struct DomainPins {
     policy_max_age: Option<u64>,
     /// `policy_until` as last written to the file.
     saved_until: Option<u64>,
+    /// When a lookup last used the pins (not saved): the least recently
+    /// used domain makes room in a full store.
+    last_used: u64,
 }
 
 impl DomainPins {
@@ -343,9 +353,24 @@ pub struct PinStore {
     pins: Mutex<Pins>,
     verified: Verified,
     /// Held while the file is written: one writer at a time, each writing
-    /// a snapshot taken after it got here, so the last write is the newest.
-    writing: Mutex<()>,
+    /// what the pins are when it got here, so the last write is the newest.
+    writing: Mutex<Journal>,
 }
+
+/// The file is a journal: a change appends the changed domains' lines
+/// (after a `domain -` line that drops what came before for it), and once
+/// the appended lines outgrow the rest the file is written whole again.
+/// Adding a domain to a large store costs a line, not a rewrite.
+#[derive(Debug, Default)]
+struct Journal {
+    /// Bytes of the file when it was last written whole.
+    whole: u64,
+    /// Bytes appended since.
+    appended: u64,
+}
+
+/// Appended bytes below which the file is never rewritten whole.
+const COMPACT_AFTER: u64 = 1 << 20;
 
 /// Continuity signatures already verified (a pairing each), so that a
 /// lookup served from the cache costs hashing, not pairings.
@@ -399,9 +424,35 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The file lines of one domain's pins.
+fn lines_of(domain: &str, entry: &DomainPins) -> String {
+    let mut text = String::new();
+    for (generation, pin) in &entry.generations {
+        text.push_str(&format!("{domain} {generation} {}", hex(&pin.params)));
+        match pin.signing {
+            SigningPin::Known(s) => text.push_str(&format!(" S={}", STANDARD.encode(s))),
+            SigningPin::Hash(h) => text.push_str(&format!(" {}", hex(&h))),
+            SigningPin::Unknown => {}
+        }
+        text.push('\n');
+    }
+    if let Some(until) = entry.policy_until {
+        text.push_str(&format!("{domain} policy {until}"));
+        if let Some(max_age) = entry.policy_max_age {
+            text.push_str(&format!(" {max_age}"));
+        }
+        text.push('\n');
+    }
+    text
+}
+
 /// One line of a pin file.
 fn parse_line(pins: &mut Pins, fields: &[&str]) -> Option<()> {
     let name = fields.first()?;
+    if fields.get(1) == Some(&"-") {
+        pins.remove(*name);
+        return (fields.len() == 2).then_some(());
+    }
     if fields.get(1) == Some(&"policy") {
         let until: u64 = fields.get(2)?.parse().ok()?;
         let max_age: Option<u64> = match fields.get(3) {
@@ -422,9 +473,7 @@ fn parse_line(pins: &mut Pins, fields: &[&str]) -> Option<()> {
     let signing = match fields.get(3) {
         None => SigningPin::Unknown,
         Some(f) => match f.strip_prefix("S=") {
-            Some(b64) => {
-                SigningPin::Known(SigningParams::from_bytes(&STANDARD.decode(b64).ok()?).ok()?)
-            }
+            Some(b64) => SigningPin::Known(STANDARD.decode(b64).ok()?.try_into().ok()?),
             None => SigningPin::Hash(parse_hex32(f)?),
         },
     };
@@ -455,7 +504,7 @@ impl PinStore {
             path: None,
             pins: Mutex::new(BTreeMap::new()),
             verified: Verified::default(),
-            writing: Mutex::new(()),
+            writing: Mutex::new(Journal::default()),
         }
     }
 
@@ -463,8 +512,10 @@ impl PinStore {
     /// must exist). Lines that do not parse are skipped with a warning.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let mut pins: Pins = BTreeMap::new();
+        let mut size = 0;
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                size = text.len() as u64;
                 for (n, line) in text.lines().enumerate() {
                     let fields: Vec<&str> = line.split_whitespace().collect();
                     if fields.is_empty() || fields[0].starts_with('#') {
@@ -483,11 +534,18 @@ impl PinStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        let whole = pins
+            .iter()
+            .map(|(domain, entry)| lines_of(domain, entry).len() as u64)
+            .sum::<u64>();
         Ok(PinStore {
             path: Some(path.to_path_buf()),
             pins: Mutex::new(pins),
             verified: Verified::default(),
-            writing: Mutex::new(()),
+            writing: Mutex::new(Journal {
+                whole,
+                appended: size.saturating_sub(whole),
+            }),
         })
     }
 
@@ -523,43 +581,59 @@ impl PinStore {
         self.lock().get(domain).cloned()
     }
 
-    /// Writes the pins as they are now.
-    fn save(&self) {
+    /// Writes what `domains` (changed or evicted) are now: appended to the
+    /// journal, or the whole file when the journal has grown too long.
+    fn save(&self, domains: &[&str]) {
         let Some(path) = &self.path else { return };
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let snapshot = {
+        let mut journal = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::new();
+        {
             let mut pins = self.lock();
-            for entry in pins.values_mut() {
-                entry.saved_until = entry.policy_until;
+            for domain in domains {
+                text.push_str(&format!("{domain} -\n"));
+                if let Some(entry) = pins.get_mut(*domain) {
+                    entry.saved_until = entry.policy_until;
+                    text.push_str(&lines_of(domain, entry));
+                }
             }
-            pins.clone()
+        }
+        let appended = journal.appended.saturating_add(text.len() as u64);
+        let result = if appended > COMPACT_AFTER.max(journal.whole) || !path.exists() {
+            self.rewrite(path, &mut journal)
+        } else {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    f.write_all(text.as_bytes())?;
+                    f.sync_data()
+                })
+                .map(|()| journal.appended = appended)
         };
+        if let Err(e) = result {
+            tracing::warn!("cannot save pins to {}: {e}", path.display());
+        }
+    }
+
+    /// Writes the whole file afresh (a temporary file, synced, renamed).
+    fn rewrite(&self, path: &Path, journal: &mut Journal) -> std::io::Result<()> {
         let mut text = String::from(
-            "# ibemail parameter pins 3: domain generation sha256(X||Y) [S=base64]; \
-             domain policy require-until [max-age]\n",
+            "# ibemail parameter pins 4: domain generation sha256(X||Y) [S=base64]; \
+             domain policy require-until [max-age]; domain - (forget the lines above)\n",
         );
-        for (domain, entry) in &snapshot {
-            for (generation, pin) in &entry.generations {
-                text.push_str(&format!("{domain} {generation} {}", hex(&pin.params)));
-                match pin.signing {
-                    SigningPin::Known(s) => {
-                        text.push_str(&format!(" S={}", STANDARD.encode(s.to_bytes())));
-                    }
-                    SigningPin::Hash(h) => text.push_str(&format!(" {}", hex(&h))),
-                    SigningPin::Unknown => {}
-                }
-                text.push('\n');
-            }
-            if let Some(until) = entry.policy_until {
-                text.push_str(&format!("{domain} policy {until}"));
-                if let Some(max_age) = entry.policy_max_age {
-                    text.push_str(&format!(" {max_age}"));
-                }
-                text.push('\n');
+        {
+            let mut pins = self.lock();
+            for (domain, entry) in pins.iter_mut() {
+                entry.saved_until = entry.policy_until;
+                text.push_str(&lines_of(domain, entry));
             }
         }
         let temp = temporary(path);
-        let result = std::fs::File::create(&temp)
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()
@@ -569,10 +643,13 @@ impl PinStore {
                 Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
                 _ => Ok(()),
             });
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = std::fs::remove_file(&temp);
-            tracing::warn!("cannot save pins to {}: {e}", path.display());
         }
+        result?;
+        journal.whole = text.len() as u64;
+        journal.appended = 0;
+        Ok(())
     }
 
     /// Replaces `domain`'s pins by `entry` if they are still `expected`
@@ -594,26 +671,30 @@ impl PinStore {
         }
         let save = entry.needs_save(current);
         entry.saved_until = current.and_then(|c| c.saved_until);
-        if current.is_none() && pins.len() >= MAX_DOMAINS {
-            // Make room: a domain whose policy is not in force.
-            let idle = pins
+        entry.last_used = now;
+        // A full store makes room: the least recently used domain goes.
+        let evicted = if current.is_none() && pins.len() >= MAX_DOMAINS {
+            let oldest = pins
                 .iter()
-                .find(|(_, d)| d.policy_until.is_none_or(|until| until <= now))
+                .min_by_key(|(_, d)| d.last_used)
                 .map(|(name, _)| name.clone());
-            match idle {
-                Some(name) => {
-                    pins.remove(&name);
-                }
-                None => {
-                    tracing::warn!("pin store full ({MAX_DOMAINS} domains): {domain} not pinned");
-                    return true;
-                }
+            if let Some(name) = &oldest {
+                pins.remove(name);
+                tracing::info!("pin store full ({MAX_DOMAINS} domains): {name} forgotten");
             }
-        }
+            oldest
+        } else {
+            None
+        };
         pins.insert(domain.to_string(), entry);
         drop(pins);
+        let mut changed = Vec::new();
         if save {
-            self.save();
+            changed.push(domain);
+        }
+        changed.extend(evicted.as_deref());
+        if !changed.is_empty() {
+            self.save(&changed);
         }
         true
     }
@@ -810,18 +891,19 @@ fn judge(
         entry.generations.insert(record.generation, Pin::of(record));
     }
     // Learn a hashed S that the published record matches; an S never
-    // pinned only from an answer that brings no new generation.
+    // pinned only from a DNSSEC-secure answer (a spoofed one would bring
+    // the attacker's key, to vouch for his successor next time).
     for (generation, pin) in entry.generations.iter_mut() {
         let Some(record) = published.generation(*generation) else {
             continue;
         };
         let learn = match pin.signing {
             SigningPin::Hash(_) => pin.vouching(Some(record)),
-            SigningPin::Unknown if accepted.is_empty() => record.signing,
+            SigningPin::Unknown if secure => record.signing,
             _ => None,
         };
         if let Some(s) = learn {
-            pin.signing = SigningPin::Known(s);
+            pin.signing = SigningPin::Known(s.to_bytes());
         }
     }
     entry.trim();
@@ -1145,6 +1227,103 @@ mod tests {
         with_evil_s.continuity = None;
         let evil3 = record(3, 77, Some(Policy::require(7 * DAY)), Some(&evil));
         assert!(check(&store, &[&evil3, &with_evil_s], 0).is_violation());
+    }
+
+    /// Two spoofed answers: the pinned generation (pinned without S) with
+    /// the attacker's S, then his generation 2 signed with it. An S learned
+    /// from an answer that is not DNSSEC-secure vouches for nothing.
+    #[test]
+    fn an_s_learned_from_a_spoofed_answer_vouches_for_nothing() {
+        let store = PinStore::in_memory();
+        let week = Some(Policy::require(7 * DAY));
+        let g1 = Record::new(1, key(1).public_params()).with_policy(week);
+        assert_eq!(check(&store, &[&g1], 0), PinStatus::FirstUse);
+        let evil = key(66);
+        let g1_evil_s = g1.clone().with_signing(evil.signing_params());
+        check(&store, &[&g1_evil_s], 60);
+        let mine = key(77);
+        let mut g2 = Record::new(2, mine.public_params()).with_signing(mine.signing_params());
+        let bytes = Policy::signed_bytes(None);
+        g2.continuity = Some(evil.sign_successor(&g2.successor("b.test", &bytes).unwrap()));
+        assert!(check(&store, &[&g2], 120).is_violation());
+        assert_eq!(
+            store.policy_until("b.test"),
+            Some(60 + 7 * DAY),
+            "policy stands"
+        );
+        // From a DNSSEC-secure answer it is learned, and then vouches.
+        let genuine = key(1);
+        let g1_real = g1.clone().with_signing(genuine.signing_params());
+        let published = set(&[&g1_real]);
+        store.check("b.test", &published, &g1_real, true, 180);
+        let g2_real = record(2, 2, week, Some(&genuine));
+        assert_eq!(
+            check(&store, &[&g2_real], 240),
+            PinStatus::NewGeneration { previous: 1 }
+        );
+    }
+
+    /// A new domain in a large store costs a few appended lines, not a
+    /// rewrite of the file; reopening replays the journal.
+    #[test]
+    fn a_new_domain_is_appended_not_rewritten() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let s = STANDARD.encode(key(5).signing_params().to_bytes());
+        let mut text = String::new();
+        for n in 0..5000 {
+            for g in 1..=4 {
+                text.push_str(&format!("r{n}.example {g} {} S={s}\n", "ab".repeat(32)));
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        let store = PinStore::open(&path).unwrap();
+        assert_eq!(store.len(), 5000);
+        let g1 = record(1, 1, Some(Policy::require(DAY)), None);
+        assert_eq!(check(&store, &[&g1], 0), PinStatus::FirstUse);
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(after.ino(), before.ino(), "the file was rewritten");
+        assert!(
+            after.len() - before.len() < 1024,
+            "{} bytes added",
+            after.len() - before.len()
+        );
+        // A change of the same domain appends its lines anew, after `-`.
+        let g2 = record(2, 2, None, Some(&key(1)));
+        check(&store, &[&g2, &g1], 10);
+        drop(store);
+        let store = PinStore::open(&path).unwrap();
+        assert_eq!(store.len(), 5001);
+        assert_eq!(store.policy_until("b.test"), None, "the last lines count");
+        assert_eq!(check(&store, &[&g2], 20), PinStatus::Match);
+    }
+
+    /// A full store makes room for a new domain by forgetting the least
+    /// recently used one: a new domain's policy is always remembered.
+    #[test]
+    fn a_full_store_forgets_the_least_recently_used_domain() {
+        let store = PinStore::in_memory();
+        let junk = record(1, 5, Some(Policy::require(365 * DAY)), None);
+        let junk_set = set(&[&junk]);
+        for n in 0..MAX_DOMAINS {
+            store.check(
+                &format!("r{n}.example"),
+                &junk_set,
+                &junk,
+                false,
+                1 + n as u64,
+            );
+        }
+        // r0 is used again: it is the most recent now.
+        store.check("r0.example", &junk_set, &junk, false, 1_000_000);
+        let g1 = record(1, 1, Some(Policy::require(7 * DAY)), None);
+        assert_eq!(check(&store, &[&g1], 1_000_001), PinStatus::FirstUse);
+        assert_eq!(store.policy_until("b.test"), Some(1_000_001 + 7 * DAY));
+        assert_eq!(store.len(), MAX_DOMAINS);
+        assert!(store.knows("r0.example"));
+        assert!(!store.knows("r1.example"), "the least recently used went");
     }
 
     /// A replayed, still validly signed RRset of an older generation must

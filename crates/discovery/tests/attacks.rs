@@ -10,8 +10,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RecordType};
 
 use ibemail_discovery::{
     Discovery, DiscoveryConfig, DnssecPolicy, DnssecStatus, DomainPolicy, Lookup, Outcome,
@@ -466,4 +470,165 @@ async fn an_answer_of_too_many_records_is_not_parsed() {
         Outcome::Temporary(reason) => assert!(reason.contains("at most"), "{reason}"),
         other => panic!("{other:?}"),
     }
+}
+
+fn ask_udp(to: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let out = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).ok()?;
+    out.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    out.send_to(query, to).ok()?;
+    let mut answer = [0u8; 65_535];
+    let (n, _) = out.recv_from(&mut answer).ok()?;
+    Some(answer[..n].to_vec())
+}
+
+/// A UDP forwarder to `genuine`; while `attacking`, queries for `victim`
+/// of type TXT or CNAME are answered NXDOMAIN with the signed SOA RRset
+/// of `soa_zone` (fetched from the genuine server, RRSIG included).
+fn forging_proxy(
+    ip: IpAddr,
+    genuine: SocketAddr,
+    victim: &'static str,
+    soa_zone: &'static str,
+    rcode: ResponseCode,
+    attacking: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+    let addr = udp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_535];
+        loop {
+            let Ok((n, client)) = udp.recv_from(&mut buf) else {
+                continue;
+            };
+            let query = buf[..n].to_vec();
+            let Some(answer) = ask_udp(genuine, &query) else {
+                continue;
+            };
+            let parsed = Message::from_vec(&query).unwrap();
+            let q = &parsed.queries[0];
+            let name = q.name().to_ascii().to_ascii_lowercase();
+            let forge = attacking.load(std::sync::atomic::Ordering::SeqCst)
+                && name == victim
+                && matches!(q.query_type(), RecordType::TXT | RecordType::CNAME);
+            let reply = if forge {
+                // The genuine, signed SOA of another zone, asked with the
+                // client's own EDNS flags (DO bit).
+                let mut soa_query = parsed.clone();
+                soa_query.queries[0].set_name(Name::from_ascii(soa_zone).unwrap());
+                soa_query.queries[0].set_query_type(RecordType::SOA);
+                let soa =
+                    Message::from_vec(&ask_udp(genuine, &soa_query.to_vec().unwrap()).unwrap())
+                        .unwrap();
+                let mut forged = Message::from_vec(&answer).unwrap();
+                forged.answers.clear();
+                forged.authorities = soa.answers;
+                forged.additionals.clear();
+                forged.metadata.response_code = rcode;
+                forged.to_vec().unwrap()
+            } else {
+                answer
+            };
+            let _ = udp.send_to(&reply, client);
+        }
+    });
+    addr
+}
+
+/// One run: a sender meets ub.test (week-long policy), then the attacker
+/// answers with `rcode` and the signed SOA of `soa_zone`. Returns what the
+/// sender concluded, if it was not a deferral.
+async fn forged_denial(
+    genuine: &Knot,
+    ip: IpAddr,
+    soa_zone: &'static str,
+    rcode: ResponseCode,
+) -> Option<String> {
+    let attacking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = forging_proxy(
+        ip,
+        genuine.addr,
+        "_ibemailkey.ub.test.",
+        soa_zone,
+        rcode,
+        attacking.clone(),
+    );
+    let pins = Arc::new(PinStore::in_memory());
+    let discovery = Discovery::new(
+        DiscoveryConfig {
+            servers: vec![proxy],
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+            trust_anchor: TrustAnchor::File(genuine.trust_anchor_file()),
+            recursion_desired: false,
+            max_ttl: Duration::ZERO,
+            max_negative_ttl: Duration::ZERO,
+            ..DiscoveryConfig::default()
+        },
+        Some(pins.clone()),
+    )
+    .unwrap();
+    let policy = DomainPolicy {
+        dnssec: DnssecPolicy::Prefer,
+        pin: PinPolicy::Policy,
+    };
+    // The sender meets ub.test and its week-long policy.
+    let first = discovery.lookup("ub.test", policy, NOW).await;
+    assert!(
+        matches!(first.outcome, Outcome::Parameters { .. }),
+        "{}",
+        first.summary()
+    );
+    assert_eq!(pins.policy_until("ub.test"), Some(NOW + WEEK));
+    // The attacker strips the record with a forged denial.
+    attacking.store(true, std::sync::atomic::Ordering::SeqCst);
+    let l = discovery.lookup("ub.test", policy, NOW + 60).await;
+    let held = matches!(
+        l.outcome,
+        Outcome::Refused(RefusedReason::PolicyRequires { .. }) | Outcome::Temporary(_)
+    );
+    (!held).then(|| {
+        format!(
+            "SOA of {soa_zone}, {rcode}: {} (dnssec {}); policy now {:?}",
+            l.summary(),
+            l.dnssec,
+            pins.policy_until("ub.test")
+        )
+    })
+}
+
+/// An on-path attacker answers `_ibemailkey.ub.test` (unsigned, under the
+/// signed `test.`) with NXDOMAIN or an empty answer and, in the authority
+/// section, a genuine signed SOA RRset of another zone (the parent, or one
+/// he owns): public, replayable, no key needed. A signed SOA proves
+/// nothing alone: a denial is secure only with a validated NSEC/NSEC3 and
+/// the SOA of a zone enclosing the name, so the policy holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_denial_with_a_signed_soa_of_another_zone_is_not_secure() {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 190, 1));
+    let genuine = Knot::start_on(
+        ip,
+        &[
+            Zone::new("ub.test", Signing::Unsigned, &["www A 192.0.2.1"]),
+            // Any signed zone will do: say, one the attacker owns.
+            Zone::new("attacker.test", Signing::Signed, &["www A 192.0.2.1"]),
+        ],
+    );
+    let k = MasterKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+    let g1 = Record::new(1, k.public_params())
+        .with_signing(k.signing_params())
+        .with_policy(Some(Policy::require(WEEK)));
+    genuine.set_txt("ub.test", "_ibemailkey", &[&g1.zone_rdata()]);
+    let mut broken = Vec::new();
+    for (zone, rcode) in [
+        ("test.", ResponseCode::NXDomain),
+        ("attacker.test.", ResponseCode::NXDomain),
+        ("attacker.test.", ResponseCode::NoError),
+    ] {
+        broken.extend(forged_denial(&genuine, ip, zone, rcode).await);
+    }
+    assert!(
+        broken.is_empty(),
+        "a stripped record of a domain with a policy in force must defer the mail, but:\n{}",
+        broken.join("\n")
+    );
 }

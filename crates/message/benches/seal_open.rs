@@ -1,6 +1,6 @@
 //! `cargo bench -p ibemail-message --bench seal_open`: sealing and opening
 //! whole messages of 1 KiB to 25 MiB, beside `openssl cms` doing the same job
-//! with AES-256-GCM to an RSA-2048 certificate (DESIGN.md §9 targets).
+//! with AES-256-GCM to an RSA-2048 certificate (the targets in docs/benchmarks.md).
 //!
 //! A small harness of our own rather than criterion, like `crates/ibe/benches/kem.rs`.
 //! Each size runs in fresh child processes (this binary re-executed with
@@ -337,7 +337,7 @@ fn child(spec: &str) {
 }
 
 /// One BLS12-381 pairing per call, on fixed points: the pairing floor that
-/// the DESIGN.md §9 targets are set beside.
+/// the targets in docs/benchmarks.md are set beside.
 fn one_pairing() -> impl FnMut() {
     use group::Group as _;
     let g1 = blstrs::G1Affine::from(blstrs::G1Projective::generator() * blstrs::Scalar::from(5u64));
@@ -776,7 +776,7 @@ fn main() {
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let find = |size: usize| ours.iter().find(|(s, _, _, _)| *s == size);
-    println!("DESIGN.md §9 targets");
+    println!("targets (docs/benchmarks.md)");
     if let Some((_, _, s, o)) = find(100 * KIB) {
         let cpu = s.cpu + o.cpu;
         // The pairing timed beside sealing and beside opening, in the same

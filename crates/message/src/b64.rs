@@ -4,6 +4,8 @@
 
 use base64_turbo::STANDARD;
 
+use crate::error::Malformed;
+
 /// Input bytes of one full line (57 bytes → 76 characters).
 pub(crate) const LINE_BYTES: usize = 57;
 const LINE_CHARS: usize = 76;
@@ -98,6 +100,99 @@ fn encode_into<'a>(data: &[u8], dst: &'a mut [u8]) -> &'a [u8] {
     // `dst` has exactly the room the text needs: encoding cannot fail.
     let n = STANDARD.encode_slice(data, &mut *dst).unwrap_or(0);
     &dst[..n]
+}
+
+// ---------------------------------------------------------------------------
+// Decoding any layout: the in-place fast path, then the general one.
+
+/// Decodes the base64 MIME body at `buf[start..]`, skipping whitespace,
+/// into `buf` itself, which becomes the decoded bytes. The usual layout
+/// (what [`crate::seal()`] writes: 76-character lines) is decoded in place,
+/// by lines, with SIMD; wherever that stops, [`decode_base64_general`]
+/// decodes the rest.
+pub(crate) fn decode_base64_in_place(mut buf: Vec<u8>, start: usize) -> Result<Vec<u8>, Malformed> {
+    let done = decode_lines_in_place(&mut buf, start);
+    let mut len = done.len;
+    if let Some(rest) = done.rest {
+        // Whole groups of 4 characters, without padding, were decoded
+        // before `rest`: decoding the rest alone and appending it is
+        // decoding the whole (with nothing more, the whole was valid).
+        let tail = &buf[rest..];
+        if len == 0 || !tail.trim_ascii().is_empty() {
+            let tail = decode_base64_general(tail)?;
+            // The decoded front ends at or before `rest`, and the tail
+            // decodes to fewer bytes than its text.
+            buf[len..len + tail.len()].copy_from_slice(&tail);
+            len += tail.len();
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`decode_base64_in_place`] of a borrowed body.
+#[cfg(test)]
+pub(crate) fn decode_base64(body: &[u8]) -> Result<Vec<u8>, Malformed> {
+    decode_base64_in_place(body.to_vec(), 0)
+}
+
+/// Decodes a base64 MIME body with whitespace anywhere, in bounded chunks
+/// so the only large allocation is the output.
+pub(crate) fn decode_base64_general(body: &[u8]) -> Result<Vec<u8>, Malformed> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    const CHUNK: usize = 4 * 1024;
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut finished = false;
+    // Decodes the longest prefix of `chunk` that is whole 4-character groups
+    // (all of it when `last`), keeping the rest for the next round.
+    let flush = |chunk: &mut Vec<u8>, out: &mut Vec<u8>, finished: &mut bool, last: bool| {
+        let whole = if last {
+            chunk.len()
+        } else {
+            chunk.len() / 4 * 4
+        };
+        if whole == 0 {
+            return Ok(());
+        }
+        if *finished {
+            return Err(Malformed::Base64); // data after padding
+        }
+        let start = out.len();
+        out.resize(start + whole / 4 * 3 + 3, 0);
+        let n = STANDARD
+            .decode_slice(&chunk[..whole], &mut out[start..])
+            .map_err(|_| Malformed::Base64)?;
+        out.truncate(start + n);
+        *finished = chunk[..whole].ends_with(b"=");
+        chunk.drain(..whole);
+        Ok(())
+    };
+    // Copy whole runs between whitespace (the 76-character lines), not
+    // byte by byte: this loop dominated opening large messages.
+    let mut rest = body;
+    while !rest.is_empty() {
+        let skip = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[skip..];
+        let run = rest
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .unwrap_or(rest.len());
+        chunk.extend_from_slice(&rest[..run]);
+        rest = &rest[run..];
+        if chunk.len() >= CHUNK {
+            flush(&mut chunk, &mut out, &mut finished, false)?;
+        }
+    }
+    flush(&mut chunk, &mut out, &mut finished, true)?;
+    if out.is_empty() {
+        return Err(Malformed::Base64);
+    }
+    Ok(out)
 }
 
 /// Base64 of `data` in 76-character lines ending in CRLF (RFC 2045 §6.8),

@@ -9,9 +9,10 @@ use cms::content_info::ContentInfo;
 use cms::enveloped_data::EnvelopedData;
 use der::{Decode, Encode};
 
+use crate::b64::decode_base64_general;
 use crate::cms::{ID_CT_AUTH_ENVELOPED_DATA, ID_ENVELOPED_DATA};
 use crate::header::{ContentType, HeaderSection, unfold};
-use crate::open::{decode_base64_general, is_pkcs7_mime};
+use crate::open::is_pkcs7_mime;
 
 /// True only if `message` is S/MIME whose body really is a CMS
 /// `EnvelopedData` or `AuthEnvelopedData` (RFC 5652, RFC 5083) with at least

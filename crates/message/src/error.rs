@@ -82,6 +82,9 @@ pub enum SealError {
     /// Encoding the CMS structure failed (an internal error).
     #[error("CMS encoding failed: {0}")]
     Encoding(String),
+    /// The signer could not sign (the key service's reason).
+    #[error("signing failed: {0}")]
+    Signing(String),
 }
 
 /// What an opener (the KGC, in process or over its socket) reports when it

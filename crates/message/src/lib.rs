@@ -1,6 +1,6 @@
 //! # ibemail-message
 //!
-//! Sealing and opening whole RFC 5322 messages (DESIGN.md §5). No I/O: bytes
+//! Sealing and opening whole RFC 5322 messages (`docs/spec.md`). No I/O: bytes
 //! in, bytes out; randomness and the capsule-opening function come from the
 //! caller.
 //!
@@ -62,16 +62,20 @@ mod error;
 mod frame;
 pub mod header;
 mod open;
+mod protocol;
 mod seal;
 pub mod signature;
+pub mod transit;
 
 pub use detect::is_cms_encrypted;
 pub use error::{CapsuleError, LimitExceeded, Malformed, OpenError, SealError};
 pub use open::{
     Candidate, Envelope, Opened, inspect, inspect_owned, is_encrypted, open, open_owned,
 };
+pub use protocol::{MessageSigner, seal_signed, sign_message, signature_field};
 pub use seal::{
-    ContentKey, IbeRecipient, OBSCURED_SUBJECT, Recipient, SMIME_FIELDS, Sealed, seal, seal_owned,
+    ContentKey, Field, IbeRecipient, OBSCURED_SUBJECT, Recipient, SMIME_FIELDS, Sealed, seal,
+    seal_owned,
 };
 
 /// Header fields copied from the original to the outside of a sealed

@@ -163,20 +163,37 @@ impl Recipient for IbeRecipient {
     }
 }
 
-/// A sealed message: the outer header section and the base64 body.
+/// One header field: its name, and its value as it follows the colon
+/// (leading space kept, folded with CRLF, no final CRLF).
+pub type Field = (String, Vec<u8>);
+
+/// A sealed message: the outer header fields and the base64 body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
-    /// Outer header fields, each ending in CRLF (no blank line).
-    pub header: Vec<u8>,
+    /// Outer header fields, top first.
+    pub fields: Vec<Field>,
     /// The base64-encoded CMS, lines of 76 characters ending in CRLF.
     pub body: Vec<u8>,
 }
 
 impl Sealed {
+    /// The header section: each field and its CRLF (no blank line).
+    pub fn header(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in &self.fields {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
     /// The whole message: header, blank line, body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.header.len() + 2 + self.body.len());
-        out.extend_from_slice(&self.header);
+        let header = self.header();
+        let mut out = Vec::with_capacity(header.len() + 2 + self.body.len());
+        out.extend_from_slice(&header);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
@@ -230,7 +247,7 @@ pub fn seal_owned(
 ) -> Result<Sealed, SealError> {
     check_limits(message.len(), recipients, limits)?;
     // The outer header is read from the plaintext, before it is encrypted.
-    let header = outer_header(&message);
+    let fields = outer_fields(&message);
 
     let mut cek = ContentKey(Zeroizing::new([0u8; CEK_BYTES]));
     rng.fill_bytes(cek.0.as_mut());
@@ -243,7 +260,7 @@ pub fn seal_owned(
     infos.sort();
 
     let body = seal_body(&mut message, &infos, &cek)?;
-    Ok(Sealed { header, body })
+    Ok(Sealed { fields, body })
 }
 
 fn check_limits(
@@ -386,19 +403,29 @@ pub(crate) fn content_nonce(recipient_set: &[u8]) -> [u8; NONCE_BYTES] {
     nonce
 }
 
-fn outer_header(message: &[u8]) -> Vec<u8> {
+/// The outer header: [`OUTER_FIELDS`] copied, an obscured Subject, the
+/// S/MIME fields.
+fn outer_fields(message: &[u8]) -> Vec<Field> {
     let section = HeaderSection::parse(message);
     let mut out = Vec::new();
     for field in &section.fields {
         if OUTER_FIELDS.iter().any(|name| field.is(name)) {
-            push_crlf_normalised(&mut out, field.raw);
+            let mut value = Vec::with_capacity(field.value().len());
+            push_crlf_normalised(&mut value, field.value());
+            while value.ends_with(b"\r\n") {
+                value.truncate(value.len() - 2);
+            }
+            out.push((String::from_utf8_lossy(field.name).into_owned(), value));
         }
     }
     if section.get("Subject").is_some() {
-        out.extend_from_slice(format!("Subject: {OBSCURED_SUBJECT}\r\n").as_bytes());
+        out.push((
+            "Subject".into(),
+            format!(" {OBSCURED_SUBJECT}").into_bytes(),
+        ));
     }
     for (name, value) in SMIME_FIELDS {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        out.push((name.into(), format!(" {value}").into_bytes()));
     }
     out
 }

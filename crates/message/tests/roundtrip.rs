@@ -139,8 +139,9 @@ The numbers are up.\r\n";
         &Limits::default(),
     )
     .unwrap();
-    let header = String::from_utf8(sealed.header.clone()).unwrap();
-    let section = HeaderSection::parse(&sealed.header);
+    let header_bytes = sealed.header();
+    let header = String::from_utf8(header_bytes.clone()).unwrap();
+    let section = HeaderSection::parse(&header_bytes);
     let names: Vec<String> = section
         .fields
         .iter()
@@ -199,7 +200,7 @@ fn messages_without_subject_get_no_obscured_subject() {
     )
     .unwrap();
     assert!(
-        !String::from_utf8(sealed.header)
+        !String::from_utf8(sealed.header())
             .unwrap()
             .contains("Subject")
     );

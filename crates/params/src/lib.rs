@@ -1,6 +1,6 @@
 //! # ibemail-params
 //!
-//! The `_ibemailkey.<domain>` TXT record (DESIGN.md §4): emit, parse, and
+//! The `_ibemailkey.<domain>` TXT record (`docs/spec.md`): emit, parse, and
 //! choose the generation a sender should use. No I/O: the caller does the DNS
 //! query and passes the character-strings and the current time.
 //!
@@ -80,9 +80,27 @@ pub const ALGORITHM_BB2_FO: &str = "bb2-fo";
 /// Curve name.
 pub const CURVE_BLS12_381: &str = "bls12-381";
 
+/// The longest domain name DNS can hold, in octets of its text form
+/// without the root dot (RFC 1035 §2.3.4: 255 octets on the wire).
+pub const MAX_NAME_LEN: usize = 253;
+
+/// The longest domain that can publish parameters: its record name
+/// `_ibemailkey.<domain>` must fit [`MAX_NAME_LEN`]. Identities allow
+/// domains of up to 253 octets; those of 242 and more have no record.
+pub const MAX_PUBLISHING_DOMAIN_LEN: usize = MAX_NAME_LEN - RECORD_LABEL.len() - 1;
+
 /// The DNS name that holds `domain`'s parameters.
+///
+/// It may be longer than DNS allows (see [`MAX_PUBLISHING_DOMAIN_LEN`]);
+/// [`record_name_fits`] says whether it is not.
 pub fn record_name(domain: &str) -> String {
     format!("{RECORD_LABEL}.{}", domain.trim_end_matches('.'))
+}
+
+/// True if `domain`'s record name fits DNS's limit of [`MAX_NAME_LEN`]
+/// octets, i.e. the domain can publish parameters at all.
+pub fn record_name_fits(domain: &str) -> bool {
+    record_name(domain).len() <= MAX_NAME_LEN
 }
 
 /// One published generation of a domain's parameters.
@@ -977,5 +995,18 @@ mod tests {
     #[test]
     fn record_name_strips_root_dot() {
         assert_eq!(record_name("b.test."), "_ibemailkey.b.test");
+    }
+
+    #[test]
+    fn record_names_past_dns_limit_do_not_fit() {
+        assert_eq!(MAX_PUBLISHING_DOMAIN_LEN, 241);
+        let longest = format!("{0}.{0}.{0}.{1}.test", "a".repeat(63), "b".repeat(44));
+        assert_eq!(longest.len(), MAX_PUBLISHING_DOMAIN_LEN);
+        assert_eq!(record_name(&longest).len(), MAX_NAME_LEN);
+        assert!(record_name_fits(&longest));
+        assert!(record_name_fits(&format!("{longest}.")));
+        let too_long = format!("{0}.{0}.{0}.{1}.test", "a".repeat(63), "b".repeat(45));
+        assert!(!record_name_fits(&too_long));
+        assert!(record_name_fits("b.test"));
     }
 }

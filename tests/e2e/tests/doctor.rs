@@ -54,9 +54,15 @@ fn the_doctor_passes_a_sound_setup_and_names_each_break_with_its_fix() {
         "ok       kgc: ",
         "ok       a.test: _ibemailkey.a.test is DNSSEC-signed (secure)",
         "ok       a.test: generation 1 as published opens with the KGC's key",
+        "ok       reinject: master.cf service ",
     ] {
         line(&report, expected);
     }
+    assert!(
+        line(&report, "ok       reinject: master.cf")
+            .contains("runs this milter as ibemail-reinject"),
+        "{report}"
+    );
 
     // Postfix would pass mail through unprocessed while the milter is down.
     world.a.postfix.postconf("milter_default_action = accept");
