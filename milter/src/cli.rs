@@ -339,7 +339,7 @@ pub fn verify(dns: &DnsArgs) -> Result<(), Failure> {
         true,
         now(),
     ));
-    let layer = if ibemail_message::is_encrypted(&message) {
+    let layer = if ibemail_message::is_cms_encrypted(&message) {
         "outside the encryption"
     } else {
         "this message"

@@ -48,8 +48,18 @@
 //! warning rather than stopping the milter. Files of the previous formats
 //! (`domain generation sha256(X‖Y) [sha256(S)]`) are read; a hashed `S` is
 //! learned when a record matching it is published, an unknown one only
-//! from a DNSSEC-secure answer. At most [`MAX_DOMAINS`] domains are kept;
-//! a full store forgets the least recently used one.
+//! from a DNSSEC-secure answer.
+//!
+//! At most [`MAX_DOMAINS`] domains are kept. A full store makes room for a
+//! new domain by forgetting the least recently used domain whose policy is
+//! not in force; a domain whose policy is in force is never forgotten (its
+//! policy is what keeps a stripped or substituted record from being
+//! accepted), so when every domain has one the new domain is used without
+//! being pinned. The file is written oldest use first, and a domain's
+//! recency on reading is where its last line stands: after a restart the
+//! store still forgets the least recently used domain, not the first by
+//! name. A file of more than [`MAX_DOMAINS`] domains is read down to the
+//! domains with a policy in force, then the most recently used.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -68,8 +78,8 @@ use sha2::{Digest, Sha256};
 /// Generations pinned per domain (the highest ones).
 pub const MAX_GENERATIONS: usize = 4;
 
-/// Domains pinned at most. Past it a new domain replaces one whose policy
-/// is not in force, or is not pinned at all.
+/// Domains pinned at most. Past it a new domain replaces the least
+/// recently used one whose policy is not in force, or is not pinned at all.
 pub const MAX_DOMAINS: usize = 100_000;
 
 /// How long a policy may be extended by an answer that is not vouched for,
@@ -270,12 +280,20 @@ struct DomainPins {
     policy_max_age: Option<u64>,
     /// `policy_until` as last written to the file.
     saved_until: Option<u64>,
-    /// When a lookup last used the pins (not saved): the least recently
-    /// used domain makes room in a full store.
+    /// When a lookup last used the pins, on the store's use counter (not
+    /// saved; read back from the domain's position in the file): the least
+    /// recently used domain without a policy in force makes room in a full
+    /// store.
     last_used: u64,
 }
 
 impl DomainPins {
+    /// True if the published policy is still in force at `now` (as
+    /// `Discovery` honours it: `until > now`).
+    fn policy_in_force(&self, now: u64) -> bool {
+        self.policy_until.is_some_and(|until| until > now)
+    }
+
     fn highest(&self) -> Option<u32> {
         self.generations.keys().next_back().copied()
     }
@@ -355,7 +373,17 @@ pub struct PinStore {
     /// Held while the file is written: one writer at a time, each writing
     /// what the pins are when it got here, so the last write is the newest.
     writing: Mutex<Journal>,
+    /// The use counter (`DomainPins::last_used`), advanced under the pins'
+    /// lock.
+    uses: AtomicU64,
+    /// When the store last warned that it is full of domains whose policy
+    /// is in force (a new domain then goes unpinned).
+    full_warned: AtomicU64,
 }
+
+/// How often, at most, the store warns that it is full of domains whose
+/// policy is in force.
+const FULL_WARNING_INTERVAL: u64 = 3600;
 
 /// The file is a journal: a change appends the changed domains' lines
 /// (after a `domain -` line that drops what came before for it), and once
@@ -505,14 +533,29 @@ impl PinStore {
             pins: Mutex::new(BTreeMap::new()),
             verified: Verified::default(),
             writing: Mutex::new(Journal::default()),
+            uses: AtomicU64::new(0),
+            full_warned: AtomicU64::new(0),
         }
     }
 
     /// A store persisted in `path` (created on first change; its directory
     /// must exist). Lines that do not parse are skipped with a warning.
+    /// A domain's recency is where its last line stands in the file; of a
+    /// file of more than [`MAX_DOMAINS`] domains, those whose policy is in
+    /// force now are kept first, then the most recently used.
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::open_at(path, now)
+    }
+
+    /// [`PinStore::open`] at `now` (unix seconds), which decides whose
+    /// policy is in force should the file hold too many domains.
+    fn open_at(path: &Path, now: u64) -> std::io::Result<Self> {
         let mut pins: Pins = BTreeMap::new();
         let mut size = 0;
+        let mut uses = 0;
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 size = text.len() as u64;
@@ -521,7 +564,12 @@ impl PinStore {
                     if fields.is_empty() || fields[0].starts_with('#') {
                         continue;
                     }
-                    if parse_line(&mut pins, &fields).is_none() {
+                    uses += 1;
+                    if parse_line(&mut pins, &fields).is_some() {
+                        if let Some(entry) = pins.get_mut(fields[0]) {
+                            entry.last_used = uses;
+                        }
+                    } else {
                         tracing::warn!(
                             "{}:{}: skipped: not `domain generation fingerprint [S=signing]` \
                              or `domain policy time [max-age]`",
@@ -533,6 +581,14 @@ impl PinStore {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        let dropped = keep_at_most(&mut pins, MAX_DOMAINS, now);
+        if dropped > 0 {
+            tracing::warn!(
+                "{}: {dropped} domains over the limit of {MAX_DOMAINS} not read \
+                 (kept: those whose policy is in force, then the most recently used)",
+                path.display()
+            );
         }
         let whole = pins
             .iter()
@@ -546,6 +602,8 @@ impl PinStore {
                 whole,
                 appended: size.saturating_sub(whole),
             }),
+            uses: AtomicU64::new(uses),
+            full_warned: AtomicU64::new(0),
         })
     }
 
@@ -622,8 +680,12 @@ impl PinStore {
              domain policy require-until [max-age]; domain - (forget the lines above)\n",
         );
         {
+            // Oldest use first: reading the file back gives each domain its
+            // recency by position (never an order by name).
             let mut pins = self.lock();
-            for (domain, entry) in pins.iter_mut() {
+            let mut entries: Vec<_> = pins.iter_mut().collect();
+            entries.sort_unstable_by_key(|(_, entry)| entry.last_used);
+            for (domain, entry) in entries {
                 entry.saved_until = entry.policy_until;
                 text.push_str(&lines_of(domain, entry));
             }
@@ -653,7 +715,11 @@ impl PinStore {
     }
 
     /// Replaces `domain`'s pins by `entry` if they are still `expected`
-    /// (false otherwise: another lookup changed them meanwhile).
+    /// (false otherwise: another lookup changed them meanwhile), and marks
+    /// the domain used. A new domain in a full store takes the place of the
+    /// least recently used domain whose policy is not in force at `now`;
+    /// if there is none it is not pinned (true all the same: the lookup
+    /// goes on as a first use).
     fn replace(
         &self,
         domain: &str,
@@ -666,23 +732,25 @@ impl PinStore {
         if current != expected {
             return false;
         }
+        let used = self.uses.fetch_add(1, Ordering::Relaxed) + 1;
         if current == Some(&entry) {
+            if let Some(current) = pins.get_mut(domain) {
+                current.last_used = used;
+            }
             return true;
         }
         let save = entry.needs_save(current);
         entry.saved_until = current.and_then(|c| c.saved_until);
-        entry.last_used = now;
-        // A full store makes room: the least recently used domain goes.
+        entry.last_used = used;
         let evicted = if current.is_none() && pins.len() >= MAX_DOMAINS {
-            let oldest = pins
-                .iter()
-                .min_by_key(|(_, d)| d.last_used)
-                .map(|(name, _)| name.clone());
-            if let Some(name) = &oldest {
-                pins.remove(name);
-                tracing::info!("pin store full ({MAX_DOMAINS} domains): {name} forgotten");
-            }
-            oldest
+            let Some(name) = least_recently_used_without_policy(&pins, now) else {
+                drop(pins);
+                self.warn_full(now);
+                return true;
+            };
+            pins.remove(&name);
+            tracing::info!("pin store full ({MAX_DOMAINS} domains): {name} forgotten");
+            Some(name)
         } else {
             None
         };
@@ -697,6 +765,25 @@ impl PinStore {
             self.save(&changed);
         }
         true
+    }
+
+    /// Warns, at most once per [`FULL_WARNING_INTERVAL`], that a new
+    /// domain went unpinned because every pinned domain's policy is in
+    /// force.
+    fn warn_full(&self, now: u64) {
+        let last = self.full_warned.load(Ordering::Relaxed);
+        if (last == 0 || now >= last.saturating_add(FULL_WARNING_INTERVAL))
+            && self
+                .full_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                "pin store full: all {MAX_DOMAINS} domains have a published policy in force, \
+                 none is forgotten; new domains are used without being pinned (trust on \
+                 first use at every lookup) until one expires"
+            );
+        }
     }
 
     /// Until when `domain`'s published policy requires encryption, if a
@@ -794,6 +881,39 @@ impl PinStore {
                 .is_some_and(|pin| !pin.contradicts(r))
         });
     }
+}
+
+/// The domain a full store forgets for a new one: the least recently used
+/// among those whose policy is not in force at `now`. None if every
+/// domain's policy is in force.
+fn least_recently_used_without_policy(pins: &Pins, now: u64) -> Option<String> {
+    pins.iter()
+        .filter(|(_, entry)| !entry.policy_in_force(now))
+        .min_by_key(|(_, entry)| entry.last_used)
+        .map(|(name, _)| name.clone())
+}
+
+/// Bounds a store read from a file to `max` domains: those whose policy is
+/// in force at `now` first, then the most recently used (never by name).
+/// Returns how many were dropped.
+fn keep_at_most(pins: &mut Pins, max: usize, now: u64) -> usize {
+    if pins.len() <= max {
+        return 0;
+    }
+    let mut order: Vec<(bool, u64, &String)> = pins
+        .iter()
+        .map(|(name, entry)| (entry.policy_in_force(now), entry.last_used, name))
+        .collect();
+    order.sort_unstable_by_key(|&(in_force, used, _)| std::cmp::Reverse((in_force, used)));
+    let dropped: Vec<String> = order
+        .iter()
+        .skip(max)
+        .map(|(_, _, name)| (*name).clone())
+        .collect();
+    for name in &dropped {
+        pins.remove(name);
+    }
+    dropped.len()
 }
 
 /// The outcome of comparing an answer with the pins: the status, and the
@@ -1301,29 +1421,119 @@ mod tests {
     }
 
     /// A full store makes room for a new domain by forgetting the least
-    /// recently used one: a new domain's policy is always remembered.
+    /// recently used domain without a policy in force; a lookup that only
+    /// matches the pins counts as a use.
     #[test]
-    fn a_full_store_forgets_the_least_recently_used_domain() {
+    fn a_full_store_forgets_the_least_recently_used_domain_without_a_policy() {
         let store = PinStore::in_memory();
-        let junk = record(1, 5, Some(Policy::require(365 * DAY)), None);
+        let junk = record(1, 5, None, None);
+        let junk_set = set(&[&junk]);
+        let policy = record(1, 6, Some(Policy::require(365 * DAY)), None);
+        let policy_set = set(&[&policy]);
+        // The least recently used of all, but its policy is in force.
+        store.check("p.example", &policy_set, &policy, false, 1);
+        for n in 1..MAX_DOMAINS {
+            store.check(&format!("r{n}.example"), &junk_set, &junk, false, 1);
+        }
+        // r1 is used again (its pins unchanged): it is the most recent now.
+        assert_eq!(
+            store.check("r1.example", &junk_set, &junk, false, 2),
+            PinStatus::Match
+        );
+        let g1 = record(1, 1, Some(Policy::require(7 * DAY)), None);
+        assert_eq!(check(&store, &[&g1], 3), PinStatus::FirstUse);
+        assert_eq!(store.policy_until("b.test"), Some(3 + 7 * DAY));
+        assert_eq!(store.len(), MAX_DOMAINS);
+        assert!(store.knows("p.example"), "a policy in force is kept");
+        assert!(store.knows("r1.example"));
+        assert!(!store.knows("r2.example"), "the least recently used went");
+    }
+
+    /// When every pinned domain's policy is in force a new domain is not
+    /// pinned (its lookup is a first use all the same); once policies
+    /// expire their domains make room again, least recently used first.
+    #[test]
+    fn a_store_full_of_policies_in_force_pins_no_new_domain() {
+        let store = PinStore::in_memory();
+        let junk = record(1, 5, Some(Policy::require(DAY)), None);
         let junk_set = set(&[&junk]);
         for n in 0..MAX_DOMAINS {
-            store.check(
-                &format!("r{n}.example"),
-                &junk_set,
-                &junk,
-                false,
-                1 + n as u64,
-            );
+            store.check(&format!("r{n}.example"), &junk_set, &junk, false, 1);
         }
-        // r0 is used again: it is the most recent now.
-        store.check("r0.example", &junk_set, &junk, false, 1_000_000);
+        store.check("r0.example", &junk_set, &junk, false, 2);
         let g1 = record(1, 1, Some(Policy::require(7 * DAY)), None);
-        assert_eq!(check(&store, &[&g1], 1_000_001), PinStatus::FirstUse);
-        assert_eq!(store.policy_until("b.test"), Some(1_000_001 + 7 * DAY));
+        assert_eq!(check(&store, &[&g1], 3), PinStatus::FirstUse);
+        assert!(!store.knows("b.test"));
+        assert_eq!(store.len(), MAX_DOMAINS);
+        assert!(store.knows("r0.example") && store.knows("r1.example"));
+        assert_eq!(check(&store, &[&g1], 4), PinStatus::FirstUse);
+        assert!(!store.knows("b.test"));
+        // A day later every policy has expired.
+        assert_eq!(check(&store, &[&g1], 3 * DAY), PinStatus::FirstUse);
+        assert!(store.knows("b.test"));
         assert_eq!(store.len(), MAX_DOMAINS);
         assert!(store.knows("r0.example"));
         assert!(!store.knows("r1.example"), "the least recently used went");
+    }
+
+    /// The file is written oldest use first and read back with each
+    /// domain's recency by position, so after a restart a full store
+    /// still forgets the least recently used domain, not the first by name.
+    #[test]
+    fn recency_survives_a_rewrite_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let junk = record(1, 5, None, None);
+        let junk_set = set(&[&junk]);
+        {
+            let store = PinStore::open(&path).unwrap();
+            for (n, name) in ["b.example", "c.example", "a.example"].iter().enumerate() {
+                store.check(name, &junk_set, &junk, false, n as u64);
+            }
+            // Used again, its pins unchanged: the most recent now.
+            store.check("b.example", &junk_set, &junk, false, 10);
+            store
+                .rewrite(&path, &mut store.writing.lock().unwrap())
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let order: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(order, ["c.example", "a.example", "b.example"]);
+        let store = PinStore::open(&path).unwrap();
+        let used = |name: &str| store.lock().get(name).unwrap().last_used;
+        assert!(used("c.example") < used("a.example"));
+        assert!(used("a.example") < used("b.example"));
+    }
+
+    /// A file of more than MAX_DOMAINS domains is read down to those whose
+    /// policy is in force, then the most recently used (the last in the
+    /// file) — never an order by name.
+    #[test]
+    fn an_oversized_file_keeps_policies_in_force_then_the_most_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let fingerprint = "ab".repeat(32);
+        let now = 1_000_000;
+        let mut text = format!(
+            "zz-policy.example 1 {fingerprint}\nzz-policy.example policy {} {DAY}\n\
+             expired.example 1 {fingerprint}\nexpired.example policy {now} {DAY}\n\
+             aa-first.example 1 {fingerprint}\n",
+            now + DAY
+        );
+        for n in 0..MAX_DOMAINS - 1 {
+            text.push_str(&format!("r{n}.example 1 {fingerprint}\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let store = PinStore::open_at(&path, now).unwrap();
+        assert_eq!(store.len(), MAX_DOMAINS);
+        assert!(store.knows("zz-policy.example"), "its policy is in force");
+        assert!(!store.knows("expired.example"), "its policy has expired");
+        assert!(!store.knows("aa-first.example"), "the least recently used");
+        assert!(store.knows("r0.example"));
     }
 
     /// A replayed, still validly signed RRset of an older generation must

@@ -5,6 +5,15 @@
 //! plus the trace fields added on the way, and notifications go to a local
 //! address. Anything else is delivered as it arrived, with its signature
 //! checked.
+//!
+//! A message counts as having arrived sealed — so that a signature made to
+//! travel sealed (`e=1`) passes — only if it opened here or its body really
+//! is CMS `EnvelopedData` or `AuthEnvelopedData`
+//! ([`ibemail_message::is_cms_encrypted`], the test the outbound side uses
+//! for "already encrypted"). Its Content-Type proves nothing: opaque-signed
+//! S/MIME (`smime-type=signed-data`) has the same type and is readable by
+//! anyone, so a man in the middle who decrypted a sealed copy of such mail
+//! could otherwise deliver it with its `e=1` signature passing.
 
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
 use ibemail_message::{CapsuleError, OpenError};
@@ -53,6 +62,9 @@ impl Engine {
         });
         let raw = message.to_bytes();
         let now = now();
+        // Not S/MIME at all. (S/MIME by its Content-Type is worth trying
+        // to open, so that a damaged ciphertext is held with a reason; it
+        // is taken for sealed only as the module comment says.)
         if !ibemail_message::is_encrypted(&raw) {
             return self
                 .as_is(message, &raw, origin, remove_forged, false, now)
@@ -67,8 +79,9 @@ impl Engine {
                 remote_recipients,
                 "encrypted message also for other domains: not opened"
             );
+            let sealed = ibemail_message::is_cms_encrypted(&raw);
             return self
-                .as_is(message, &raw, origin, remove_forged, true, now)
+                .as_is(message, &raw, origin, remove_forged, sealed, now)
                 .await;
         }
         // Who opens capsules: the keys in this process or the KGC daemon.
@@ -83,7 +96,11 @@ impl Engine {
                     .map_err(capsule_error)
             });
         // The signature outside is checked first, because opening consumes
-        // the sealed copy: it is decoded and decrypted where it lies.
+        // the sealed copy: it is decoded and decrypted where it lies. It is
+        // checked as having arrived sealed, and that result stands only if
+        // the message opens (which proves it) or its body is CMS-encrypted
+        // (checked below if it does not open: the check decodes the whole
+        // body, which a message that opens need not pay twice).
         let outer_result = self.verify(&raw, true, now).await;
         let outer_policy = self.signature_policy(&raw, origin);
         let identities: Vec<Identity> = local.iter().filter_map(|r| r.identity.clone()).collect();
@@ -195,9 +212,16 @@ impl Engine {
                 verdict
             }
             Err(e) if e.is_temporary() => Verdict::tempfail(format!("KGC unavailable: {e}")),
-            // Someone else's S/MIME, or not for our recipients: deliver as is.
+            // Someone else's S/MIME, or not for our recipients: deliver as
+            // is — as sealed only if its body really is encrypted.
             Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
-                self.report_as_is(message, outer_result, outer_policy, remove_forged, true)
+                let raw = message.to_bytes();
+                if ibemail_message::is_cms_encrypted(&raw) {
+                    self.report_as_is(message, outer_result, outer_policy, remove_forged, true)
+                } else {
+                    self.as_is(message, &raw, origin, remove_forged, false, now)
+                        .await
+                }
             }
             Err(e) => {
                 let reason = format!("ibemail: cannot decrypt: {e}");
