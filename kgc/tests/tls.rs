@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::{Endpoint, KgcClient};
 use ibemail_kgc::protocol::{Request, Response, Status};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
-use ibemail_kgc::access::KeyError;
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::Store;
 use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, generate_certificate, server_config};

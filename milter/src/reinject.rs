@@ -100,6 +100,9 @@ async fn transaction(
     let stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("{target}: {e}"))?;
+    // Commands and their replies alternate; the last piece of the body and
+    // the final dot must not wait for an acknowledgement.
+    let _ = stream.set_nodelay(true);
     let mut smtp = BufReader::new(stream);
     expect(&mut smtp, "greeting", 220).await?;
     command(&mut smtp, &format!("EHLO {helo}"), 250).await?;

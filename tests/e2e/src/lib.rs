@@ -386,6 +386,8 @@ pub struct Options {
     pub dkim: bool,
     /// Leave ibemail out of a.test's Postfix (benchmarks).
     pub a_without_ibemail: bool,
+    /// Leave ibemail out of b.test's Postfix (benchmarks).
+    pub b_without_ibemail: bool,
     /// Extra `main.cf` lines for a.test.
     pub a_postfix_extra: Vec<String>,
     /// Extra `main.cf` lines for b.test.
@@ -813,7 +815,11 @@ impl World {
                 }
             };
             let mut milters = before.clone();
-            if !(name == "a.test" && options.a_without_ibemail) {
+            let without = match name {
+                "a.test" => options.a_without_ibemail,
+                _ => options.b_without_ibemail,
+            };
+            if !without {
                 milters.push(format!("inet:{milter_addr}"));
             }
             milters.extend(after.iter().cloned());

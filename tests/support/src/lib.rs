@@ -95,7 +95,30 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Busy CPU seconds of the whole machine so far (all cores, from /proc/stat).
+/// CPU seconds (user + system) used so far by the live processes whose
+/// command name is `name` (all daemons of one kind).
+pub fn processes_busy_seconds(name: &str) -> f64 {
+    let mut seconds = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ... utime(14) stime(15)
+        let Some((head, _)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
+            continue;
+        }
+        if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
+            seconds += process_cpu_seconds(pid);
+        }
+    }
+    seconds
+}
+
+/// The machine's busy CPU time so far, in seconds (all cores, from
+/// /proc/stat), for CPU-per-message figures in benchmarks.
 pub fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let cpu = stat.lines().next().unwrap_or("");
