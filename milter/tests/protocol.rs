@@ -55,6 +55,8 @@ async fn outbound_is_sealed_and_inbound_opened_back_to_the_original() {
         "{}",
         first.1
     );
+    // Unsigned, and said so: a filter can tell it from "not checked".
+    assert!(first.1.contains("ibesig=none"), "{}", first.1);
     // Every recipient of this copy sees the same field: it names none of
     // them (one may be another's Bcc).
     assert!(!first.1.contains("bob@b.test"), "{}", first.1);

@@ -221,6 +221,7 @@ pub struct Config {
 }
 
 pub mod describe;
+mod kgc;
 mod parse;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ibemail_discovery::{Discovery, DnssecStatus, Outcome};
 use ibemail_ibe::{Generation, Identity};
-use ibemail_kgc::access::KeyAccess;
+use ibemail_kgc::access::{KeyAccess, KeyError};
 use ibemail_kgc::clock::now;
 use ibemail_kgc::service::KeyService;
 use ibemail_params::record_name;
@@ -271,11 +271,51 @@ async fn check_domain(
             "republish the store's records".into(),
         ),
     }
+    if config.sign_policy(domain) == SignPolicy::Always {
+        check_sign_grant(report, keys, domain, &postmaster, active).await;
+    }
     if config.sign_policy(domain) == SignPolicy::Always && record.signing.is_none() {
         report.error(
             domain,
             format!("signing is on but {name} has no S=: receivers cannot check the signatures"),
             "republish the records (ibemail-kgc publish); old records lack S=".into(),
         );
+    }
+}
+
+/// Signing is on: the KGC must sign for this milter, or every outbound
+/// message would wait in the queue.
+pub(super) async fn check_sign_grant(
+    report: &mut Report,
+    keys: &Arc<dyn KeyAccess>,
+    domain: &str,
+    postmaster: &Identity,
+    generation: Generation,
+) {
+    // A random digest: the signature the check obtains signs nothing.
+    let mut digest = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut digest);
+    match keys.sign(postmaster, generation, &digest).await {
+        Ok(_) => report.ok(
+            domain,
+            format!("the KGC signs for this milter (generation {generation})"),
+        ),
+        Err(KeyError::Forbidden(why)) => report.error(
+            domain,
+            format!(
+                "signing is on, but the KGC does not let this milter sign ({why}): outbound \
+                 mail would wait in the queue"
+            ),
+            format!(
+                "grant signing: ibemail-kgc serve --allow-uid {} (open and sign) or \
+                 --allow-sign {0}; over TLS --allow-cert PIN=open+sign",
+                ibemail_kgc::accounts::current_uid()
+            ),
+        ),
+        Err(e) => report.error(
+            domain,
+            format!("signing is on, but the KGC does not sign: {e}"),
+            "see the KGC's log (journalctl -u ibemail-kgc)".into(),
+        ),
     }
 }

@@ -2,6 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+
+use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
+use ibemail_kgc::access::{BoxFuture, KeyAccess, KeyError};
+
 use super::postfix::{milters, postfix_name};
 use super::*;
 
@@ -36,5 +41,56 @@ fn findings_are_one_line_with_their_fix() {
     assert_eq!(
         finding.to_string(),
         "ERROR    postfix: milter_default_action = accept; fix: postconf -e 'milter_default_action = tempfail'"
+    );
+}
+
+/// A KGC that opens but does not let this milter sign.
+struct OpensOnly;
+
+impl KeyAccess for OpensOnly {
+    fn served(&self) -> BoxFuture<'_, Result<Vec<(String, Generation)>, KeyError>> {
+        Box::pin(std::future::ready(Ok(vec![("a.test".to_string(), 1)])))
+    }
+    fn open<'a>(
+        &'a self,
+        _: &'a Identity,
+        _: Generation,
+        _: &'a Capsule,
+    ) -> BoxFuture<'a, Result<SharedSecret, KeyError>> {
+        Box::pin(std::future::ready(Err(KeyError::Rejected)))
+    }
+    fn sign<'a>(
+        &'a self,
+        _: &'a Identity,
+        _: Generation,
+        _: &'a [u8],
+    ) -> BoxFuture<'a, Result<Signature, KeyError>> {
+        Box::pin(std::future::ready(Err(KeyError::Forbidden(
+            "uid 107 has no sign grant".into(),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn signing_without_a_sign_grant_is_an_error_with_its_fix() {
+    let keys: Arc<dyn KeyAccess> = Arc::new(OpensOnly);
+    let postmaster = Identity::parse("postmaster@a.test").unwrap();
+    let mut report = Report::default();
+    super::domains::check_sign_grant(&mut report, &keys, "a.test", &postmaster, 1).await;
+    let [finding] = &report.0[..] else {
+        panic!("one finding expected")
+    };
+    assert_eq!(finding.severity, Severity::Error);
+    assert!(
+        finding.text.contains("does not let this milter sign"),
+        "{finding}"
+    );
+    assert!(
+        finding
+            .fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("--allow-sign"),
+        "{finding}"
     );
 }

@@ -176,9 +176,9 @@ impl Engine {
                 if let Some(sender) = crate::address::plain(&message.sender) {
                     results[0].push_str(&format!(" smtp.mailfrom={sender}"));
                 }
-                if signed != SigResult::None || policy == SignaturePolicy::Require {
-                    results.push(signed.resinfo("inside and outside the encryption"));
-                }
+                // Always said, `none` included: a filter or reader of the
+                // decrypted mail can tell "unsigned" from "not checked".
+                results.push(signed.resinfo("inside and outside the encryption"));
                 let mut actions = delete_headers(&message.headers, |_, _, _| true);
                 actions.push(Action::AddHeader {
                     name: authres::FIELD.into(),
