@@ -55,9 +55,43 @@ pub enum ExportError {
     /// The target of an import holds something.
     #[error("{0} exists and is not empty; an import never overwrites anything")]
     NotEmpty(std::path::PathBuf),
+    /// An export encrypted to age recipients, imported without the
+    /// fingerprint `export` printed, or with another.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Reading or writing the export.
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// What `export` wrote: the age file, and the fingerprint of what it
+/// holds, which `import` checks (an age recipient is a public key: anyone
+/// who knows it can make an export to it, so a recipients export proves
+/// nothing about who made it).
+pub struct Exported {
+    /// The age file.
+    pub bytes: Vec<u8>,
+    /// `sha256:HEX` of the archived files ([`fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// The fingerprint of an export's files, in archive order: SHA-256 over
+/// each file's name, a NUL, its mode, modification time and length (8
+/// octets each, big-endian) and its contents.
+fn fingerprint(entries: &[Entry]) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for entry in entries {
+        hash.update(entry.name.as_bytes());
+        hash.update([0]);
+        hash.update(u64::from(entry.mode).to_be_bytes());
+        hash.update(entry.mtime.to_be_bytes());
+        hash.update((entry.contents.len() as u64).to_be_bytes());
+        hash.update(&entry.contents[..]);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// How an export is encrypted.
@@ -158,7 +192,7 @@ fn export_files(dir: &Path) -> Result<Vec<Entry>, StoreError> {
 
 /// Encrypts the store in `dir` (checked by opening it) and returns the
 /// age file.
-pub fn export(dir: &Path, protection: Protection) -> Result<Vec<u8>, ExportError> {
+pub fn export(dir: &Path, protection: Protection) -> Result<Exported, ExportError> {
     Store::open(dir)?;
     let files = export_files(dir)?;
     let encryptor = match protection {
@@ -187,7 +221,10 @@ pub fn export(dir: &Path, protection: Protection) -> Result<Vec<u8>, ExportError
     }
     let writer = archive.into_inner()?;
     writer.finish()?;
-    Ok(output)
+    Ok(Exported {
+        bytes: output,
+        fingerprint: fingerprint(&files),
+    })
 }
 
 /// One file of a store, as archived.
@@ -293,11 +330,19 @@ fn with_role(text: &str, role: Role) -> Result<(String, String), ExportError> {
 
 /// Decrypts an export into `dir` (which must not exist or be empty) as a
 /// store of `role`, and opens it.
+///
+/// `expected` is the fingerprint `export` printed ([`Exported::fingerprint`]),
+/// obtained from its maker by a channel an attacker cannot rewrite. It is
+/// required for an export to age recipients: the recipient is public, so
+/// anyone could have made one, with master keys of their own. A
+/// passphrase export is authenticated by the passphrase; the fingerprint
+/// is checked there too when given.
 pub fn import(
     dir: &Path,
     encrypted: &[u8],
     unlock: &Unlock,
     role: Role,
+    expected: Option<&str>,
 ) -> Result<Store, ExportError> {
     let entries = read_archive(encrypted, unlock)?;
     let Some(store_entry) = entries.iter().find(|e| e.name == STORE_FILE_NAME) else {
@@ -326,6 +371,28 @@ pub fn import(
     }
     if keys == 0 {
         return Err(ExportError::Archive("no key in it".into()));
+    }
+    // Then who made it, still before writing anything.
+    let found = fingerprint(&entries);
+    match (expected, unlock) {
+        (Some(expected), _) if expected.trim().eq_ignore_ascii_case(&found) => {}
+        (Some(expected), _) => {
+            return Err(ExportError::Unauthenticated(format!(
+                "the export's fingerprint is not {}: it is not the export that was made \
+                 (replaced on the way, or another one); nothing was imported",
+                expected.trim()
+            )));
+        }
+        (None, Unlock::Identities(_)) => {
+            return Err(ExportError::Unauthenticated(
+                "an export to an age recipient must be checked against the fingerprint \
+                 `ibemail-kgc export` printed where it was made (--expect sha256:..., read \
+                 there, not from this host): the recipient is a public key, so anyone could \
+                 have made this file with master keys of their own"
+                    .into(),
+            ));
+        }
+        (None, Unlock::Passphrase(_)) => {}
     }
     match fs::read_dir(dir) {
         Ok(mut existing) => {
@@ -388,7 +455,9 @@ fn restore_metadata(dir: &Path, entry: &Entry) -> Result<(), StoreError> {
         .map_err(io_err(&path))?;
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.mtime);
     file.set_modified(time).map_err(io_err(&path))?;
-    file.set_permissions(fs::Permissions::from_mode(entry.mode))
+    // Read and write for the owner at most: no execute, setuid, setgid or
+    // sticky bit comes from an archive.
+    file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o600))
         .map_err(io_err(&path))?;
     file.sync_all().map_err(io_err(&path))
 }

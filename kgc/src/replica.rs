@@ -230,6 +230,10 @@ pub struct Applied {
     pub states: usize,
     /// Problems that were not repaired (a forked history).
     pub conflicts: Vec<String>,
+    /// The generations of those problems: a key here that differs from
+    /// the primary's or that the primary never had. They are not reported
+    /// to the primary as served.
+    pub forked: Vec<Generation>,
 }
 
 impl Applied {
@@ -319,10 +323,14 @@ impl Store {
                     write_atomic(&dir, &file.name, &file.contents)?;
                     applied.states += 1;
                 }
-                1 if current.is_some() => applied.conflicts.push(format!(
-                    "generation {generation}: the primary's key differs from this replica's \
-                     (a forked store); it is kept as it is here"
-                )),
+                1 if current.is_some() => {
+                    applied.conflicts.push(format!(
+                        "generation {generation}: the primary's key differs from this \
+                         replica's (a forked store); it is kept as it is here and not \
+                         reported to the primary as served"
+                    ));
+                    applied.forked.push(*generation);
+                }
                 1 => {
                     write_atomic(&dir, &file.name, &file.contents)?;
                     applied.added.push(*generation);
@@ -337,6 +345,7 @@ impl Store {
         }
         for entry in self.generations().filter(|e| e.has_key()) {
             if !primary_knows.contains(&entry.generation()) {
+                applied.forked.push(entry.generation());
                 applied.conflicts.push(format!(
                     "generation {}: this replica has a key the primary never had (a store \
                      not copied from this primary?)",
@@ -357,6 +366,11 @@ pub struct ReplicaSync {
     port: u16,
     connector: tokio_rustls::TlsConnector,
     own: Pin,
+    /// Per domain, the generations whose keys here were found equal to the
+    /// primary's at the last sync: only those are reported as served. A
+    /// domain not synced yet reports none, so a key of a forked store
+    /// never counts as the primary's.
+    verified: Arc<std::sync::Mutex<BTreeMap<String, Vec<Generation>>>>,
     /// Time allowed for one SYNC exchange.
     pub timeout: Duration,
 }
@@ -382,6 +396,7 @@ impl ReplicaSync {
             port,
             connector: tokio_rustls::TlsConnector::from(config),
             own: identity.fingerprints().certificate_pin(),
+            verified: Arc::default(),
             timeout: Duration::from_secs(10),
         })
     }
@@ -391,12 +406,25 @@ impl ReplicaSync {
         format!("tls:{}:{}", self.host, self.port)
     }
 
+    /// What to report as served for `store`: its keys that the last sync
+    /// found equal to the primary's.
+    fn serving(&self, store: &Store) -> Vec<Generation> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let known = verified.get(store.domain()).cloned().unwrap_or_default();
+        store
+            .with_keys()
+            .into_iter()
+            .filter(|g| known.contains(g))
+            .collect()
+    }
+
     /// One SYNC for `store`: reports what it serves, gets the primary's
     /// files.
     async fn fetch(&self, store: &Store) -> Result<Vec<StoreFile>, String> {
+        let serving = self.serving(store);
         let request = Request::Sync {
             domain: store.domain().to_string(),
-            serving: store.with_keys(),
+            serving,
         };
         let exchange = async {
             let mut stream =
@@ -439,17 +467,31 @@ impl ReplicaSync {
                 }
             };
             let domain = store.domain().to_string();
+            let reported = self.serving(&store);
             let result = match self.fetch(&store).await {
                 Ok(files) => {
                     let applied = tokio::task::spawn_blocking(move || {
-                        store.apply_primary_files(&files).map_err(|e| e.to_string())
+                        store
+                            .apply_primary_files(&files)
+                            .map(|applied| (applied, store.with_keys()))
+                            .map_err(|e| e.to_string())
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
-                    if let Ok(a) = &applied {
-                        changed |= a.changed();
-                    }
-                    applied
+                    applied.map(|(applied, keys)| {
+                        let verified: Vec<Generation> = keys
+                            .into_iter()
+                            .filter(|g| !applied.forked.contains(g))
+                            .collect();
+                        // Served now but not reported so (new keys, or the
+                        // first sync): report again below.
+                        changed |= applied.changed() || verified != reported;
+                        self.verified
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(domain.clone(), verified);
+                        applied
+                    })
                 }
                 Err(e) => Err(e),
             };

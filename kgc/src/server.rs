@@ -201,7 +201,14 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let config = Arc::new(config);
+    // Authenticated connections take a permit; handshakes do not. A
+    // handshake in progress is anyone's (no certificate checked yet): past
+    // `max_connections` of them the oldest is dropped, so a host that
+    // opens connections and stays silent cannot hold the port — a pinned
+    // client's handshake completes in milliseconds, long before it is the
+    // oldest.
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let pending = Arc::new(std::sync::Mutex::new(Handshakes::default()));
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -217,11 +224,29 @@ pub async fn serve_tls(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let (service, config, acceptor) = (service.clone(), config.clone(), acceptor.clone());
+                let (id, evicted) = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit(config.max_connections.max(1));
+                let (service, config, acceptor, permits, pending) = (
+                    service.clone(),
+                    config.clone(),
+                    acceptor.clone(),
+                    permits.clone(),
+                    pending.clone(),
+                );
                 tasks.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(config.read_timeout, acceptor.accept(stream)).await;
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(config.read_timeout, acceptor.accept(stream)) => {
+                            Some(done)
+                        }
+                        _ = evicted => None,
+                    };
+                    pending.lock().unwrap_or_else(|e| e.into_inner()).done(id);
+                    let Some(handshake) = handshake else {
+                        debug!("TLS handshake with {address} dropped: too many handshakes pending");
+                        return;
+                    };
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -264,6 +289,7 @@ pub async fn serve_tls(
                         certificate: Some(pin),
                         ..Peer::default()
                     };
+                    let Ok(permit) = permits.acquire_owned().await else { return };
                     serve_requests(stream, peer, grant, service, &config).await;
                     drop(permit);
                 });
@@ -273,6 +299,36 @@ pub async fn serve_tls(
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// TLS handshakes in progress, oldest first, each with the sender that
+/// drops it.
+#[derive(Default)]
+struct Handshakes {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Handshakes {
+    /// Admits a new handshake, dropping the oldest beyond `limit`; returns
+    /// its id and what tells it it was dropped.
+    fn admit(&mut self, limit: usize) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next;
+        self.next += 1;
+        let (drop_it, dropped) = tokio::sync::oneshot::channel();
+        self.queue.push_back((id, drop_it));
+        while self.queue.len() > limit {
+            if let Some((_, oldest)) = self.queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        (id, dropped)
+    }
+
+    /// The handshake `id` is over (done, failed or dropped).
+    fn done(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
 }
 
 /// The answer to a request for `capability` (`open`, `sign` or

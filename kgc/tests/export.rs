@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
 use ibemail_ibe::{Identity, encapsulate};
-use ibemail_kgc::export::{ExportError, Protection, Unlock, export, import};
+use ibemail_kgc::export::{ExportError, Exported, Protection, Unlock, export, import};
 use ibemail_kgc::store::{Role, Store};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
@@ -74,7 +74,10 @@ fn an_export_imports_as_the_same_store_with_modes_times_and_history() {
     )
     .unwrap();
     let key = age::x25519::Identity::generate();
-    let exported = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
+    let Exported {
+        bytes: exported,
+        fingerprint,
+    } = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
     // The master keys are not readable in the export.
     let master = std::fs::read_to_string(dir.join("gen-00000003.key")).unwrap();
     let master_line = master
@@ -94,6 +97,7 @@ fn an_export_imports_as_the_same_store_with_modes_times_and_history() {
         &exported,
         &Unlock::Identities(vec![Box::new(key)]),
         Role::Standalone,
+        Some(&fingerprint),
     )
     .unwrap();
     assert_eq!(files(&copy), files(&dir));
@@ -122,12 +126,17 @@ fn the_role_is_chosen_at_import() {
     let dir = tmp.path().join("store");
     store_with_history(&dir);
     let key = age::x25519::Identity::generate();
-    let exported = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
+    let Exported {
+        bytes: exported,
+        fingerprint,
+    } = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
     let unlock = Unlock::Identities(vec![Box::new(key)]);
     for role in [Role::Replica, Role::Primary, Role::Standalone] {
         let copy = tmp.path().join(role.to_string());
         assert_eq!(
-            import(&copy, &exported, &unlock, role).unwrap().role(),
+            import(&copy, &exported, &unlock, role, Some(&fingerprint))
+                .unwrap()
+                .role(),
             role
         );
     }
@@ -139,13 +148,22 @@ fn an_import_never_overwrites_and_wants_the_right_key() {
     let dir = tmp.path().join("store");
     store_with_history(&dir);
     let key = age::x25519::Identity::generate();
-    let exported = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
+    let Exported {
+        bytes: exported,
+        fingerprint,
+    } = export(&dir, Protection::Recipients(vec![key.to_public()])).unwrap();
     let unlock = Unlock::Identities(vec![Box::new(key)]);
 
     // Onto an existing store, or any non-empty directory: refused.
     for target in [dir.clone(), tmp.path().to_path_buf()] {
         let before = files(&dir);
-        match import(&target, &exported, &unlock, Role::Replica) {
+        match import(
+            &target,
+            &exported,
+            &unlock,
+            Role::Replica,
+            Some(&fingerprint),
+        ) {
             Err(ExportError::NotEmpty(p)) => assert_eq!(p, target),
             other => panic!("{other:?}"),
         }
@@ -155,13 +173,21 @@ fn an_import_never_overwrites_and_wants_the_right_key() {
     // nothing written.
     let other = Unlock::Identities(vec![Box::new(age::x25519::Identity::generate())]);
     let target = tmp.path().join("copy");
-    let e = import(&target, &exported, &other, Role::Replica).unwrap_err();
+    let e = import(
+        &target,
+        &exported,
+        &other,
+        Role::Replica,
+        Some(&fingerprint),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("cannot decrypt"), "{e}");
     let e = import(
         &target,
         &exported,
         &Unlock::Passphrase(SecretString::from("x".to_string())),
         Role::Replica,
+        None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("--identity"), "{e}");
@@ -170,7 +196,16 @@ fn an_import_never_overwrites_and_wants_the_right_key() {
     let mut tampered = exported.clone();
     let at = tampered.len() - 40;
     tampered[at] ^= 1;
-    assert!(import(&target, &tampered, &unlock, Role::Replica).is_err());
+    assert!(
+        import(
+            &target,
+            &tampered,
+            &unlock,
+            Role::Replica,
+            Some(&fingerprint)
+        )
+        .is_err()
+    );
     assert!(!target.exists() || std::fs::read_dir(&target).unwrap().next().is_none());
 }
 
@@ -251,7 +286,7 @@ fn archives_with_loose_modes_strange_files_or_foreign_keys_are_refused() {
         (vec![("kgc.store", 0o600, &store_file[..])], "no key in it"),
     ] {
         let bytes = crafted(&recipient, &entries);
-        let e = import(&target, &bytes, &unlock, Role::Replica).unwrap_err();
+        let e = import(&target, &bytes, &unlock, Role::Replica, None).unwrap_err();
         assert!(
             e.to_string().contains(expected),
             "{e} (expected {expected})"
@@ -346,12 +381,36 @@ fn the_commands_take_a_passphrase_or_age_keys_from_private_files() {
         .unwrap();
     assert!(exported.status.success(), "{exported:?}");
     assert!(age::x25519::Recipient::from_str(&key.to_public().to_string()).is_ok());
+    // The fingerprint is the last line export prints on standard error.
+    let stderr = String::from_utf8(exported.stderr).unwrap();
+    let fingerprint = stderr.lines().last().unwrap().to_string();
+    assert!(fingerprint.starts_with("sha256:"), "{stderr}");
     let copy = tmp.path().join("copy2");
+    // Without it, or with another, an age-recipient export is refused.
+    for expect in [None, Some(format!("sha256:{}", "0".repeat(64)))] {
+        let mut import = kgc();
+        import
+            .args(["import", "--role", "primary", "--dir"])
+            .arg(&copy)
+            .arg("--identity")
+            .arg(&identity_file);
+        if let Some(expect) = &expect {
+            import.arg("--expect").arg(expect);
+        }
+        import
+            .write_stdin(exported.stdout.clone())
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains("fingerprint"));
+        assert!(!copy.join("kgc.store").exists());
+    }
     kgc()
         .args(["import", "--role", "primary", "--dir"])
         .arg(&copy)
         .arg("--identity")
         .arg(&identity_file)
+        .arg("--expect")
+        .arg(&fingerprint)
         .write_stdin(exported.stdout)
         .assert()
         .success();

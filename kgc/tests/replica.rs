@@ -60,12 +60,14 @@ fn primary_and_replica(tmp: &Path) -> (PathBuf, PathBuf) {
     store.set_role(Role::Primary).unwrap();
     let age_key = age::x25519::Identity::generate();
     let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
+    let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
     let replica = tmp.join("replica");
     import(
         &replica,
         &exported,
         &Unlock::Identities(vec![Box::new(age_key)]),
         Role::Replica,
+        Some(&fingerprint),
     )
     .unwrap();
     (primary, replica)

@@ -233,8 +233,11 @@ pub fn run(cli: Cli) -> Result<u8> {
             input,
             identity,
             passphrase_file,
+            expect,
             role,
-        } => return network::import_store(dir, input, identity, passphrase_file, role),
+        } => {
+            return network::import_store(dir, input, identity, passphrase_file, expect, role);
+        }
         Command::Retire {
             dir,
             resolver,

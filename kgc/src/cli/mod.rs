@@ -466,6 +466,12 @@ enum Command {
         /// The passphrase file (its first line), for a passphrase export.
         #[arg(long, value_name = "FILE", conflicts_with = "identity")]
         passphrase_file: Option<PathBuf>,
+        /// The fingerprint `ibemail-kgc export` printed where the export was
+        /// made (sha256:HEX), read from there over a channel you trust.
+        /// Required with --identity: an age recipient is public, so anyone
+        /// could have made an export to it.
+        #[arg(long, value_name = "sha256:HEX")]
+        expect: Option<String>,
         /// What this copy is: `replica` (of a primary elsewhere: it never
         /// rotates), `primary` (the copy that rotates, with replicas), or
         /// `standalone` (no replicas: a restored backup, a moved KGC).

@@ -291,19 +291,20 @@ pub(super) fn export_store(
         }
     };
     let store = Store::open(&dir)?;
-    let bytes = export(&dir, protection)?;
+    let exported = export(&dir, protection)?;
     match &output {
-        Some(path) => {
-            write_new_file(path, &bytes).with_context(|| format!("writing {}", path.display()))?
-        }
+        Some(path) => write_new_file(path, &exported.bytes)
+            .with_context(|| format!("writing {}", path.display()))?,
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
+            out.write_all(&exported.bytes)?;
             out.flush()?;
         }
     }
     eprintln!(
-        "Exported {}'s key store ({} generation(s) with keys, role {}){}.",
+        "Exported {}'s key store ({} generation(s) with keys, role {}){}. Its fingerprint \
+         (import checks it: ibemail-kgc import --expect ...; carry it over a channel you \
+         trust, not beside the file):",
         store.domain(),
         store.with_keys().len(),
         store.role(),
@@ -312,6 +313,7 @@ pub(super) fn export_store(
             .map(|p| format!(" to {}", p.display()))
             .unwrap_or_default()
     );
+    eprintln!("{}", exported.fingerprint);
     Ok(0)
 }
 
@@ -321,6 +323,7 @@ pub(super) fn import_store(
     input: Option<PathBuf>,
     identity: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
+    expect: Option<String>,
     role: Role,
 ) -> Result<u8> {
     use std::io::Read as _;
@@ -341,7 +344,7 @@ pub(super) fn import_store(
             std::io::stdin().lock().read_to_end(&mut bytes)?;
         }
     }
-    let store = import(&dir, &bytes, &unlock, role)?;
+    let store = import(&dir, &bytes, &unlock, role, expect.as_deref())?;
     eprintln!(
         "Imported {}'s key store into {} as {}: generation(s) {:?} with keys{}.",
         store.domain(),

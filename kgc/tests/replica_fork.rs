@@ -1,0 +1,276 @@
+//! Review 5: replicas whose history forked from their primary's.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::access::KeyError;
+use ibemail_kgc::client::{Endpoint, KgcClient};
+use ibemail_kgc::export::{Protection, Unlock, export, import};
+use ibemail_kgc::replica::{ReplicaSync, Replication};
+use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
+use ibemail_kgc::service::KeyService;
+use ibemail_kgc::store::{Retention, Role, State, Store};
+use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, generate_certificate, server_config};
+use ibemail_kgc::upkeep::Upkeep;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, SeedableRng};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin) {
+    let made = generate_certificate(name, 30).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &made.certificate_pem).unwrap();
+    std::fs::write(&key, made.key_pem.as_bytes()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (
+        TlsIdentity::load(&cert, &key).unwrap(),
+        made.fingerprints.certificate_pin(),
+    )
+}
+
+/// A primary store and a copy of it imported as `role`.
+fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
+    let primary = tmp.join("primary");
+    let mut store = Store::setup(
+        &primary,
+        "b.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(1),
+    )
+    .unwrap();
+    store.set_role(Role::Primary).unwrap();
+    let age_key = age::x25519::Identity::generate();
+    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
+    let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
+    let copy = tmp.join("copy");
+    import(
+        &copy,
+        &exported,
+        &Unlock::Identities(vec![Box::new(age_key)]),
+        role,
+        Some(&fingerprint),
+    )
+    .unwrap();
+    (primary, copy)
+}
+
+async fn listen(
+    service: Arc<KeyService>,
+    tls: &TlsIdentity,
+    certificates: Vec<(Pin, Grant)>,
+    replication: Option<Arc<Replication>>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pins: Vec<Pin> = certificates.iter().map(|(p, _)| *p).collect();
+    let config = ServerConfig {
+        certificates,
+        replication,
+        ..ServerConfig::default()
+    };
+    tokio::spawn(serve_tls(
+        listener,
+        server_config(tls, &pins).unwrap(),
+        service,
+        config,
+        std::future::pending::<()>(),
+    ));
+    addr
+}
+
+fn tls(addr: SocketAddr) -> Endpoint {
+    Endpoint::Tls {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+/// The situation docs/operations.md walks through: the primary staged a
+/// generation and died before its replica synced it; the replica was
+/// promoted and staged its own generation of that number; the old primary
+/// came back and, as the table says, was made a replica
+/// (`ibemail-kgc role --dir DIR replica`). Its key of that generation
+/// differs: the sync reports a forked store and keeps it. But the replica
+/// still reports the generation as served (SYNC names `with_keys()`), so
+/// the new primary releases and publishes it; milters that ask that
+/// replica get `Rejected`, which the client takes as final (no failover),
+/// and the mail sealed to the published generation fails to open there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_replica_does_not_count_as_serving_the_primarys_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `primary_dir`: the promoted replica, now the primary. `old_dir`: the
+    // old primary, which staged its own generation 2 before it died.
+    let (primary_dir, old_dir) = primary_and_copy(tmp.path(), Role::Primary);
+    let mut old = Store::open(&old_dir).unwrap();
+    assert_eq!(old.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    // Back, and demoted as the operations guide says.
+    old.set_role(Role::Replica).unwrap();
+    // The new primary rotates on its own: another generation 2.
+    let mut store = Store::open(&primary_dir).unwrap();
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+
+    let (primary_tls, primary_pin) = identity(tmp.path(), "primary");
+    let (old_tls, old_pin) = identity(tmp.path(), "old");
+    let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
+
+    let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
+    let replication = Arc::new(Replication::new(vec![old_pin]));
+    let primary_addr = listen(
+        primary.clone(),
+        &primary_tls,
+        vec![
+            (
+                old_pin,
+                Grant {
+                    replicate: true,
+                    ..Grant::default()
+                },
+            ),
+            (milter_pin, Grant::all()),
+        ],
+        Some(replication.clone()),
+    )
+    .await;
+    let replica = Arc::new(KeyService::load(std::slice::from_ref(&old_dir), 16).unwrap());
+    let replica_addr = listen(
+        replica.clone(),
+        &old_tls,
+        vec![(milter_pin, Grant::all())],
+        None,
+    )
+    .await;
+
+    let link =
+        ReplicaSync::new("127.0.0.1", primary_addr.port(), &old_tls, &[primary_pin]).unwrap();
+    let outcome = link.sync(&replica).await;
+    let applied = outcome[0].1.as_ref().unwrap();
+    assert!(
+        applied.conflicts.iter().any(|c| c.contains("differs")),
+        "{applied:?}"
+    );
+
+    let mut upkeep = Upkeep::new(Retention {
+        ttl: 60,
+        queue_lifetime: 60,
+    });
+    upkeep.replication = Some(replication.clone());
+    upkeep.run(&primary, now()).await;
+    let store = Store::open(&primary_dir).unwrap();
+    let released = store.active_generation() == Some(2);
+    let missing = replication.missing("b.test", 2);
+
+    // Mail sealed to the primary's generation 2, opened by a milter whose
+    // first endpoint is the forked replica.
+    let params = store.params(2).unwrap().clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, secret) =
+        encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+    let client = KgcClient::with_endpoints(
+        vec![tls(replica_addr), tls(primary_addr)],
+        Some((
+            client_config(&milter_tls, &[primary_pin, old_pin]).unwrap(),
+            milter_pin,
+        )),
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
+    let opened = client.open(&bob, 2, &capsule).await;
+
+    assert!(
+        !released && !missing.is_empty(),
+        "the primary released generation 2 (state {:?}) although its only replica holds a \
+         different key for it (missing: {missing:?}); a milter asking that replica first now \
+         gets {:?} for mail sealed to the published generation",
+        store.state(2),
+        opened
+            .as_ref()
+            .map(|s| *s.as_bytes() == *secret.as_bytes())
+            .map_err(|e| match e {
+                KeyError::Rejected => "Rejected (final: the primary is never asked)".to_string(),
+                other => format!("{other:?}"),
+            })
+    );
+    assert!(matches!(store.state(2), Some(State::Pending { .. })));
+}
+
+/// A milter's certificate (open+sign) asking SYNC with any list of
+/// generations: refused, no key material, and no report that could make
+/// the primary release (expected to pass: sound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_milter_certificate_cannot_copy_keys_or_make_the_primary_release() {
+    use ibemail_kgc::protocol::{Request, Response, Status};
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary_dir, _) = primary_and_copy(tmp.path(), Role::Replica);
+    let mut store = Store::open(&primary_dir).unwrap();
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    let (primary_tls, primary_pin) = identity(tmp.path(), "primary");
+    let (_, replica_pin) = identity(tmp.path(), "replica");
+    let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
+    let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
+    let replication = Arc::new(Replication::new(vec![replica_pin]));
+    let addr = listen(
+        primary.clone(),
+        &primary_tls,
+        vec![
+            (
+                replica_pin,
+                Grant {
+                    replicate: true,
+                    ..Grant::default()
+                },
+            ),
+            (milter_pin, Grant::all()),
+        ],
+        Some(replication.clone()),
+    )
+    .await;
+    let client = KgcClient::with_endpoints(
+        vec![tls(addr)],
+        Some((
+            client_config(&milter_tls, &[primary_pin]).unwrap(),
+            milter_pin,
+        )),
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
+    for serving in [vec![], vec![1, 2], vec![2; 1024]] {
+        let answer = client
+            .request(&Request::Sync {
+                domain: "b.test".into(),
+                serving,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer, Response::Error(Status::Forbidden, _)),
+            "{answer:?}"
+        );
+    }
+    let mut upkeep = Upkeep::new(Retention {
+        ttl: 60,
+        queue_lifetime: 60,
+    });
+    upkeep.replication = Some(replication.clone());
+    upkeep.run(&primary, now()).await;
+    assert!(matches!(
+        Store::open(&primary_dir).unwrap().state(2),
+        Some(State::Pending { .. })
+    ));
+    assert_eq!(replication.missing("b.test", 2).len(), 1);
+}
