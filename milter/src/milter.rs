@@ -64,6 +64,8 @@ pub struct Session {
     reinjection: bool,
     origin: Origin,
     stage: Stage,
+    /// The stages Postfix does not wait on (negotiated).
+    no_reply: ProtoOpts,
 }
 
 impl Default for Session {
@@ -73,6 +75,7 @@ impl Default for Session {
             reinjection: false,
             origin: Origin::External,
             stage: Stage::Idle,
+            no_reply: ProtoOpts::empty(),
         }
     }
 }
@@ -112,7 +115,31 @@ fn macro_value(macros: &indymilter::Macros, name: &CStr) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
+/// The stages whose answer is always "continue": the milter decides
+/// everything at the end of the message. Postfix need not wait for them,
+/// which saves a round trip per header field, body chunk and recipient.
+const NO_REPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_BODY);
+
+/// "Continue", or no answer where Postfix agreed not to wait for one.
+fn carry_on(cx: &Context<Session>, stage: ProtoOpts) -> Status {
+    if cx.data.as_ref().is_some_and(|s| s.no_reply.contains(stage)) {
+        Status::Noreply
+    } else {
+        Status::Continue
+    }
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Session>, offered: ProtoOpts) -> Status {
+    let no_reply = offered & NO_REPLY;
+    cx.requested_opts |= no_reply;
+    cx.data = Some(Session {
+        no_reply,
+        ..Session::default()
+    });
     cx.requested_actions |= Actions::ADD_HEADER
         | Actions::CHANGE_SENDER
         | Actions::CHANGE_HEADER
@@ -137,12 +164,17 @@ fn connect(cx: &mut Context<Session>, socket: SocketInfo, shared: &SharedEngine)
     let daemon = macro_value(&cx.macros, c"{daemon_name}");
     let reinjection =
         daemon.as_deref() == Some(engine(shared).config().reinject_daemon_name.as_str());
+    let no_reply = cx
+        .data
+        .as_ref()
+        .map_or(ProtoOpts::empty(), |s| s.no_reply);
     cx.data = Some(Session {
         peer: Peer::of(&socket),
         reinjection,
+        no_reply,
         ..Session::default()
     });
-    Status::Continue
+    carry_on(cx, ProtoOpts::NOREPLY_CONNECT)
 }
 
 fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) -> Status {
@@ -170,7 +202,7 @@ fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) ->
         auth_authen,
         ..Message::default()
     }));
-    Status::Continue
+    carry_on(cx, ProtoOpts::NOREPLY_MAIL)
 }
 
 fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
@@ -179,7 +211,7 @@ fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
     {
         message.recipients.push(rcpt.to_string_lossy().into_owned());
     }
-    Status::Continue
+    carry_on(cx, ProtoOpts::NOREPLY_RCPT)
 }
 
 fn header(cx: &mut Context<Session>, name: CString, value: CString, cap: usize) -> Status {
@@ -192,7 +224,7 @@ fn header(cx: &mut Context<Session>, name: CString, value: CString, cap: usize) 
                 .push((name.to_string_lossy().into_owned(), value.into_bytes()));
         }
     }
-    Status::Continue
+    carry_on(cx, ProtoOpts::NOREPLY_HEADER)
 }
 
 fn body(cx: &mut Context<Session>, chunk: Bytes, cap: usize) -> Status {
@@ -203,7 +235,7 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, cap: usize) -> Status {
             message.body.extend_from_slice(&chunk);
         }
     }
-    Status::Continue
+    carry_on(cx, ProtoOpts::NOREPLY_BODY)
 }
 
 async fn apply(cx: &EomContext<Session>, actions: &[Action]) -> Result<(), String> {
@@ -319,7 +351,7 @@ fn callbacks(shared: SharedEngine) -> Callbacks<Session> {
         shared,
     );
     Callbacks::new()
-        .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
+        .on_negotiate(|cx, _, offered| Box::pin(negotiate(cx, offered)))
         .on_connect(move |cx, _, socket| {
             let shared = s0.clone();
             Box::pin(async move { connect(cx, socket, &shared) })
