@@ -164,10 +164,7 @@ fn connect(cx: &mut Context<Session>, socket: SocketInfo, shared: &SharedEngine)
     let daemon = macro_value(&cx.macros, c"{daemon_name}");
     let reinjection =
         daemon.as_deref() == Some(engine(shared).config().reinject_daemon_name.as_str());
-    let no_reply = cx
-        .data
-        .as_ref()
-        .map_or(ProtoOpts::empty(), |s| s.no_reply);
+    let no_reply = cx.data.as_ref().map_or(ProtoOpts::empty(), |s| s.no_reply);
     cx.data = Some(Session {
         peer: Peer::of(&socket),
         reinjection,
