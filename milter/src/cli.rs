@@ -5,7 +5,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,6 @@ use std::time::Duration;
 use clap::Args;
 use ibemail_discovery::{
     Discovery, DiscoveryConfig, DnssecPolicy, DomainPolicy, Outcome, PinPolicy, PinStore,
-    TrustAnchor,
 };
 use ibemail_ibe::Identity;
 use ibemail_kgc::accounts;
@@ -29,7 +27,8 @@ use crate::offline::{Exit, RecordBook, lookup_exit, lookup_report};
 use crate::ports::KeyAccess;
 use crate::signing::{SigResult, verify_signatures};
 
-/// DNS options shared by the commands that look up parameters.
+/// DNS options of the commands that look up parameters: the shared
+/// resolver options, and the milter's configuration to start from.
 #[derive(Args, Clone)]
 pub struct DnsArgs {
     /// Take the resolvers, trust anchor, timeouts and the domain's DNSSEC
@@ -37,19 +36,10 @@ pub struct DnsArgs {
     /// below override them), so a lookup sees what the milter sees.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53).
-    #[arg(long = "resolver", value_name = "ADDR:PORT")]
-    pub resolvers: Vec<SocketAddr>,
-    /// DNSSEC trust anchor file (DNSKEY lines); default: the root KSKs.
-    #[arg(long, value_name = "FILE")]
-    pub trust_anchor: Option<PathBuf>,
-    /// DNSSEC policy: off, prefer (use secure and insecure answers) or
-    /// require (use only secure answers). Default: prefer.
-    #[arg(long, value_name = "off|prefer|require")]
-    pub dnssec: Option<DnssecPolicy>,
-    /// Seconds to wait for one DNS answer. Default: 5.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// The resolver options (`--resolver`, `--trust-anchor`, `--dnssec`,
+    /// `--timeout`), as `ibemail-kgc check` has them.
+    #[command(flatten)]
+    pub dns: ibemail_kgc::cli::ResolverArgs,
 }
 
 impl DnsArgs {
@@ -67,16 +57,9 @@ impl DnsArgs {
         milter: Option<&Config>,
         pins: Option<Arc<PinStore>>,
     ) -> Result<Discovery, String> {
-        let mut config = milter.map_or_else(DiscoveryConfig::default, Config::discovery_config);
-        if !self.resolvers.is_empty() {
-            config.servers = self.resolvers.clone();
-        }
-        if let Some(path) = &self.trust_anchor {
-            config.trust_anchor = TrustAnchor::File(path.clone());
-        }
-        if let Some(seconds) = self.timeout {
-            config.timeout = Duration::from_secs(seconds);
-        }
+        let config = self
+            .dns
+            .apply(milter.map_or_else(DiscoveryConfig::default, Config::discovery_config));
         Discovery::new(config, pins).map_err(|e| e.to_string())
     }
 
@@ -90,7 +73,7 @@ impl DnsArgs {
             },
             |c| c.policy_for(domain).lookup,
         );
-        if let Some(dnssec) = self.dnssec {
+        if let Some(dnssec) = self.dns.dnssec {
             policy.dnssec = dnssec;
         }
         policy

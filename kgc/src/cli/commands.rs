@@ -17,7 +17,7 @@ use crate::upkeep::{Publication, Upkeep};
 use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy, TrustAnchor};
+use ibemail_discovery::{Discovery, DiscoveryConfig, DnssecPolicy};
 use ibemail_ibe::Identity;
 use ibemail_params::{Policy, record_name};
 use rand_core::OsRng;
@@ -277,22 +277,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             let outcome = store.retire_due(now, &retention.retention(ttl))?;
             print_waits(store.domain(), &outcome);
         }
-        Command::Check {
-            dir,
-            resolvers,
-            trust_anchor,
-            dnssec,
-            timeout,
-        } => {
+        Command::Check { dir, dns } => {
             let store = Store::open(&dir)?;
-            let mut config = DiscoveryConfig::default();
-            if !resolvers.is_empty() {
-                config.servers = resolvers;
-            }
-            if let Some(path) = trust_anchor {
-                config.trust_anchor = TrustAnchor::File(path);
-            }
-            config.timeout = Duration::from_secs(timeout.max(1));
+            let config = dns.apply(DiscoveryConfig::default());
+            let dnssec = dns.dnssec.unwrap_or(DnssecPolicy::Prefer);
             let servers = config
                 .servers
                 .iter()

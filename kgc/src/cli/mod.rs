@@ -5,9 +5,11 @@
 
 mod commands;
 mod daemon;
+mod dns;
 mod network;
 
 pub use commands::{StartupFailure, run};
+pub use dns::ResolverArgs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,6 @@ use crate::duration::parse_duration;
 use crate::logging::LogFormat;
 use crate::store::{Retention, Role};
 use clap::{Args, Parser, Subcommand};
-use ibemail_discovery::DnssecPolicy;
 use ibemail_params::Policy;
 
 #[derive(Parser)]
@@ -299,21 +300,8 @@ enum Command {
         /// The key store.
         #[arg(long)]
         dir: PathBuf,
-        /// Name server to ask, ADDR:PORT (repeatable; default 127.0.0.1:53,
-        /// a local validating resolver). An authoritative server works too.
-        #[arg(long = "resolver", value_name = "ADDR:PORT")]
-        resolvers: Vec<SocketAddr>,
-        /// DNSSEC trust anchor file (DNSKEY lines); default: the root
-        /// KSKs.
-        #[arg(long, value_name = "FILE")]
-        trust_anchor: Option<PathBuf>,
-        /// off: do not validate; prefer: validate and report; require: also
-        /// fail unless the answer is secure.
-        #[arg(long, default_value = "prefer", value_name = "off|prefer|require")]
-        dnssec: DnssecPolicy,
-        /// Seconds to wait for one DNS answer.
-        #[arg(long, default_value_t = 5)]
-        timeout: u64,
+        #[command(flatten)]
+        dns: ResolverArgs,
     },
     /// Publish this store's records in DNS by a TSIG-signed dynamic update.
     ///
