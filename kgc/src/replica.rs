@@ -406,13 +406,19 @@ impl ReplicaSync {
         format!("tls:{}:{}", self.host, self.port)
     }
 
-    /// What to report as served for `store`: its keys that the last sync
-    /// found equal to the primary's.
-    fn serving(&self, store: &Store) -> Vec<Generation> {
+    /// What to report as served for `store`'s domain: the keys the running
+    /// `service` holds (not the disk's: a reload that failed leaves the
+    /// service on older keys) that the last sync found equal to the
+    /// primary's.
+    fn serving(&self, store: &Store, service: &KeyService) -> Vec<Generation> {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         let known = verified.get(store.domain()).cloned().unwrap_or_default();
-        store
-            .with_keys()
+        service
+            .stores()
+            .into_iter()
+            .find(|s| s.domain() == store.domain())
+            .map(|s| s.with_keys())
+            .unwrap_or_default()
             .into_iter()
             .filter(|g| known.contains(g))
             .collect()
@@ -420,8 +426,8 @@ impl ReplicaSync {
 
     /// One SYNC for `store`: reports what it serves, gets the primary's
     /// files.
-    async fn fetch(&self, store: &Store) -> Result<Vec<StoreFile>, String> {
-        let serving = self.serving(store);
+    async fn fetch(&self, store: &Store, service: &KeyService) -> Result<Vec<StoreFile>, String> {
+        let serving = self.serving(store, service);
         let request = Request::Sync {
             domain: store.domain().to_string(),
             serving,
@@ -467,8 +473,8 @@ impl ReplicaSync {
                 }
             };
             let domain = store.domain().to_string();
-            let reported = self.serving(&store);
-            let result = match self.fetch(&store).await {
+            let reported = self.serving(&store, service);
+            let result = match self.fetch(&store, service).await {
                 Ok(files) => {
                     let applied = tokio::task::spawn_blocking(move || {
                         store
@@ -504,7 +510,7 @@ impl ReplicaSync {
                     for dir in service.dirs().to_vec() {
                         if let Ok(store) = Store::open(&dir)
                             && store.role() == Role::Replica
-                            && let Err(e) = self.fetch(&store).await
+                            && let Err(e) = self.fetch(&store, service).await
                         {
                             warn!("{}: reporting to {}: {e}", store.domain(), self.primary());
                         }
