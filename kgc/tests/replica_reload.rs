@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ibemail_ibe::{Identity, encapsulate};
-use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::{Endpoint, KgcClient};
 use ibemail_kgc::export::{Protection, Unlock, export, import};
 use ibemail_kgc::replica::{ReplicaSync, Replication};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
-use ibemail_kgc::store::{Retention, Role, State, Store};
+use ibemail_kgc::store::{Retention, Role, Store};
 use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, generate_certificate, server_config};
 use ibemail_kgc::upkeep::Upkeep;
 use rand_chacha::ChaCha20Rng;
