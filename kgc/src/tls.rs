@@ -406,15 +406,13 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let fingerprints = Fingerprints::of(end_entity);
-        if !self.pins.iter().any(|p| p.matches(&fingerprints)) {
+        self.check(end_entity).inspect_err(|_| {
             warn!(
                 target: "ibemail_kgc::audit",
                 "refused a TLS client: its certificate {} is not allowed (--allow-cert)",
-                fingerprints.certificate_pin()
+                Fingerprints::of(end_entity).certificate_pin()
             );
-            return Err(not_pinned(self.role, fingerprints));
-        }
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 
