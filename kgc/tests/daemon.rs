@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::clock::now;
 use ibemail_kgc::store::Store;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -56,13 +57,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn new_store(tmp: &Path) -> PathBuf {

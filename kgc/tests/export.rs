@@ -9,21 +9,14 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::str::FromStr as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
 use ibemail_ibe::{Identity, encapsulate};
+use ibemail_kgc::clock::now;
 use ibemail_kgc::export::{ExportError, Exported, Protection, Unlock, export, import};
 use ibemail_kgc::store::{Role, Store};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A store with history: generation 1 retired, 2 retiring (with a state
 /// file), 3 active.

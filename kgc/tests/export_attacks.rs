@@ -4,20 +4,13 @@
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
+use ibemail_kgc::clock::now;
 use ibemail_kgc::export::{ExportError, Protection, Unlock, export, import};
 use ibemail_kgc::store::{Role, Store};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn store(dir: &Path, seed: u64) {
     let mut store = Store::setup(

@@ -11,10 +11,11 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::clock::now;
 use ibemail_kgc::store::{Store, StoreError};
 use ibemail_test_support::{free_port, is_root};
 use rand_core::OsRng;
@@ -22,13 +23,6 @@ use rand_core::OsRng;
 const KGC: &str = env!("CARGO_BIN_EXE_ibemail-kgc");
 /// `nobody`: an unprivileged account every Debian system has.
 const NOBODY: u32 = 65534;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A temporary directory others may traverse (the daemon runs as nobody).
 fn open_tempdir() -> tempfile::TempDir {

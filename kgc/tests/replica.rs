@@ -5,46 +5,27 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::identity_files as identity;
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::client::KgcClient;
+use ibemail_kgc::clock::now;
 use ibemail_kgc::export::{Protection, Unlock, export, import};
 use ibemail_kgc::replica::{ReplicaSync, Replication};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::{Retention, Role, State, Store, StoreError};
-use ibemail_kgc::tls::{Pin, TlsIdentity, generate_certificate, server_config};
+use ibemail_kgc::tls::server_config;
 use ibemail_kgc::upkeep::Upkeep;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin, PathBuf, PathBuf) {
-    let made = generate_certificate(name, 30).unwrap();
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &made.certificate_pem).unwrap();
-    std::fs::write(&key, made.key_pem.as_bytes()).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (
-        TlsIdentity::load(&cert, &key).unwrap(),
-        made.fingerprints.certificate_pin(),
-        cert,
-        key,
-    )
-}
 
 /// A primary store and a replica imported from its export.
 fn primary_and_replica(tmp: &Path) -> (PathBuf, PathBuf) {

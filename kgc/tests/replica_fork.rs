@@ -1,45 +1,30 @@
-//! Review 5: replicas whose history forked from their primary's.
+//! What a replica reports to its primary as served: never a generation it
+//! holds with other keys than the primary's (a forked history, review 5),
+//! nor one its running service does not hold (a failed reload, review 6).
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::identity;
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::{Endpoint, KgcClient};
+use ibemail_kgc::clock::now;
 use ibemail_kgc::export::{Protection, Unlock, export, import};
 use ibemail_kgc::replica::{ReplicaSync, Replication};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::{Retention, Role, State, Store};
-use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, generate_certificate, server_config};
+use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, server_config};
 use ibemail_kgc::upkeep::Upkeep;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin) {
-    let made = generate_certificate(name, 30).unwrap();
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &made.certificate_pem).unwrap();
-    std::fs::write(&key, made.key_pem.as_bytes()).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (
-        TlsIdentity::load(&cert, &key).unwrap(),
-        made.fingerprints.certificate_pin(),
-    )
-}
 
 /// A primary store and a copy of it imported as `role`.
 fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
@@ -273,4 +258,123 @@ async fn a_milter_certificate_cannot_copy_keys_or_make_the_primary_release() {
         Some(State::Pending { .. })
     ));
     assert_eq!(replication.missing("b.test", 2).len(), 1);
+}
+
+/// A replica serving two domains: one of its stores cannot be opened any
+/// more (damaged on disk), so `KeyService::reload` fails as a whole after
+/// a sync wrote the primary's new generation of the other domain. The
+/// running service still holds the old keys ("serving the previous keys"),
+/// yet the next sync reports the new generation as served, because
+/// `ReplicaSync::serving` reads the store on disk, not the service. The
+/// primary releases it; the replica cannot open mail sealed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_reload_failed_does_not_report_keys_it_does_not_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary_dir, copy_dir) = primary_and_copy(tmp.path(), Role::Replica);
+    // A second domain on the same replica.
+    let other_dir = tmp.path().join("other");
+    let mut other = Store::setup(
+        &other_dir,
+        "c.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(7),
+    )
+    .unwrap();
+    other.set_role(Role::Replica).unwrap();
+
+    let (primary_tls, primary_pin) = identity(tmp.path(), "primary");
+    let (replica_tls, replica_pin) = identity(tmp.path(), "replica");
+    let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
+
+    let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
+    let replication = Arc::new(Replication::new(vec![replica_pin]));
+    let primary_addr = listen(
+        primary.clone(),
+        &primary_tls,
+        vec![
+            (
+                replica_pin,
+                Grant {
+                    replicate: true,
+                    ..Grant::default()
+                },
+            ),
+            (milter_pin, Grant::all()),
+        ],
+        Some(replication.clone()),
+    )
+    .await;
+    let replica = Arc::new(KeyService::load(&[copy_dir.clone(), other_dir.clone()], 16).unwrap());
+    let replica_addr = listen(
+        replica.clone(),
+        &replica_tls,
+        vec![(milter_pin, Grant::all())],
+        None,
+    )
+    .await;
+    let link = ReplicaSync::new(
+        "127.0.0.1",
+        primary_addr.port(),
+        &replica_tls,
+        &[primary_pin],
+    )
+    .unwrap();
+    // A first sync, all well: generation 1 verified.
+    let _ = link.sync(&replica).await;
+
+    // The other domain's store is damaged on disk: every reload fails.
+    std::fs::write(other_dir.join("kgc.store"), b"garbage\n").unwrap();
+    assert!(
+        replica.reload().is_err(),
+        "the damaged store must fail a reload"
+    );
+
+    // The primary stages generation 2; the replica syncs it (to disk),
+    // its reload fails, and it syncs again a tick later.
+    let mut store = Store::open(&primary_dir).unwrap();
+    assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    primary.reload().unwrap();
+    let first = link.sync(&replica).await;
+    let b = first.iter().find(|(d, _)| d == "b.test").unwrap();
+    assert!(
+        b.1.as_ref().is_ok_and(|a| a.added.contains(&2)),
+        "{first:?}"
+    );
+    let _ = link.sync(&replica).await;
+
+    let mut upkeep = Upkeep::new(Retention {
+        ttl: 60,
+        queue_lifetime: 60,
+    });
+    upkeep.replication = Some(replication.clone());
+    upkeep.run(&primary, now()).await;
+    let store = Store::open(&primary_dir).unwrap();
+    let released = store.active_generation() == Some(2);
+
+    let params = store.params(2).unwrap().clone();
+    let bob = Identity::parse("bob@b.test").unwrap();
+    let (capsule, secret) =
+        encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+    let client = KgcClient::with_endpoints(
+        vec![tls(replica_addr)],
+        Some((
+            client_config(&milter_tls, &[primary_pin, replica_pin]).unwrap(),
+            milter_pin,
+        )),
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
+    let opened = client.open(&bob, 2, &capsule).await;
+    let replica_opens = opened
+        .as_ref()
+        .is_ok_and(|s| *s.as_bytes() == *secret.as_bytes());
+    assert!(
+        !released || replica_opens,
+        "the primary released generation 2 (missing: {:?}) on the replica's report, but the \
+         replica's running service cannot open it: {:?}",
+        replication.missing("b.test", 2),
+        opened.map(|_| ()).map_err(|e| format!("{e:?}"))
+    );
 }

@@ -1,46 +1,28 @@
 //! The KGC over mutual TLS: what the pins let through and what they stop,
-//! grants per certificate, and a client failing over between endpoints
-//! within its timeout.
+//! grants per certificate, silent unauthenticated connections, and a
+//! client failing over between endpoints within its timeout.
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::identity;
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::{Endpoint, KgcClient};
+use ibemail_kgc::clock::now;
 use ibemail_kgc::protocol::{Request, Response, Status};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::Store;
-use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, generate_certificate, server_config};
+use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, server_config};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A certificate and key written to `dir` as `name.pem` / `name.key`.
-fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin) {
-    let made = generate_certificate(name, 30).unwrap();
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &made.certificate_pem).unwrap();
-    std::fs::write(&key, made.key_pem.as_bytes()).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (
-        TlsIdentity::load(&cert, &key).unwrap(),
-        made.fingerprints.certificate_pin(),
-    )
-}
 
 fn new_store(tmp: &Path) -> PathBuf {
     let dir = tmp.join("store");
@@ -304,6 +286,52 @@ async fn grants_are_per_certificate_and_replication_needs_its_own() {
     }
     assert_eq!(Grant::parse("open+sign").unwrap(), Grant::all());
     assert!(Grant::parse("everything").is_err());
+}
+
+/// A host with no certificate at all opens as many TCP connections as the
+/// daemon serves at once and never starts a handshake. Each holds a
+/// connection slot for the whole handshake timeout, before anything is
+/// known about it, and it simply reconnects when dropped: a pinned milter
+/// meanwhile waits in the accept queue past its own timeout, and its mail
+/// is deferred. Unauthenticated peers should not be able to take the
+/// slots authenticated clients need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_unauthenticated_connections_do_not_lock_out_a_pinned_milter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let (server, server_pin) = identity(tmp.path(), "kgc1");
+    let (milter, milter_pin) = identity(tmp.path(), "milter");
+    // With the daemon's default limits (as `ibemail-kgc serve` runs it:
+    // 256 connections, 5 s for a handshake).
+    let daemon = TlsDaemon::start(&dir, &server, vec![(milter_pin, Grant::all())]).await;
+    let addr = daemon.addr;
+    let client = client(
+        vec![daemon.endpoint()],
+        &milter,
+        milter_pin,
+        &[server_pin],
+        Duration::from_secs(2),
+    );
+    // Sanity: it works without the attacker.
+    client.hello().await.unwrap();
+
+    // The attacker: plain TCP connections that say nothing.
+    let max = ServerConfig::default().max_connections;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let result = client.hello().await;
+    assert!(
+        result.is_ok(),
+        "a pinned milter was locked out for {:?} by {max} unauthenticated, silent TCP \
+         connections: {result:?}",
+        started.elapsed()
+    );
+    drop(held);
 }
 
 /// A TCP listener that accepts and then says nothing: a hung KGC.
