@@ -7,13 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use ibemail_discovery::{
-    DnssecStatus, DomainPolicy, Lookup, NotIbeReason, Outcome, PinStatus, RefusedReason,
-};
+use std::sync::{Arc, Mutex};
+
+use common::fake_dns::{Dns, FakeDns};
 use ibemail_ibe::Identity;
 use ibemail_kgc::service::KeyService;
 use ibemail_kgc::store::Store;
@@ -21,65 +19,10 @@ use ibemail_message::{IbeRecipient, Limits, Recipient};
 use ibemail_milter::config::Config;
 use ibemail_milter::engine::{Action, Engine, Kind, Message, Origin, Reply, Verdict};
 use ibemail_milter::metrics::Metrics;
-use ibemail_milter::ports::{BoxFuture, KeyAccess, Parameters, Ports, Reinjector};
+use ibemail_milter::ports::{BoxFuture, KeyAccess, Ports, Reinjector};
 use ibemail_milter::reinject::Envelope;
-use ibemail_params::{Record, RecordSet};
+use ibemail_params::Record;
 use rand_core::OsRng;
-
-/// What each domain "publishes".
-#[derive(Clone)]
-enum Dns {
-    Params(Box<Record>),
-    None,
-    Down,
-    PolicyRequires,
-}
-
-/// Parameters from a table.
-struct FakeDns(HashMap<String, Dns>);
-
-impl FakeDns {
-    fn answer(&self, domain: &str) -> Lookup {
-        let outcome = match self.0.get(domain).cloned().unwrap_or(Dns::None) {
-            Dns::Params(record) => Outcome::Parameters {
-                published: RecordSet {
-                    records: vec![(*record).clone()],
-                    rejected: Vec::new(),
-                    conflicting: Vec::new(),
-                },
-                record: *record,
-            },
-            Dns::None => Outcome::NotIbe(NotIbeReason::NxDomain),
-            Dns::Down => Outcome::Temporary("no answer (timeout)".into()),
-            Dns::PolicyRequires => Outcome::Refused(RefusedReason::PolicyRequires { until: 1 }),
-        };
-        Lookup {
-            domain: domain.to_string(),
-            outcome,
-            dnssec: DnssecStatus::Unchecked,
-            ttl: Duration::ZERO,
-            cached: false,
-            pin: PinStatus::NotChecked,
-        }
-    }
-}
-
-impl Parameters for FakeDns {
-    fn lookup<'a>(&'a self, domain: &'a str, _: DomainPolicy, _: u64) -> BoxFuture<'a, Lookup> {
-        Box::pin(std::future::ready(self.answer(domain)))
-    }
-    fn lookup_signer<'a>(
-        &'a self,
-        domain: &'a str,
-        _: DomainPolicy,
-        _: u64,
-    ) -> BoxFuture<'a, Lookup> {
-        Box::pin(std::future::ready(self.answer(domain)))
-    }
-    fn forget(&self, _: &str) -> bool {
-        false
-    }
-}
 
 /// Re-injected copies, kept.
 #[derive(Default)]

@@ -20,11 +20,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ibemail_discovery::{DnssecStatus, DomainPolicy, Lookup, NotIbeReason, Outcome, PinStatus};
+use common::fake_dns::{Dns, FakeDns};
 use ibemail_ibe::{Generation, Identity, Signature};
 use ibemail_kgc::service::{KeyService, Peer};
 use ibemail_kgc::store::Store;
@@ -33,52 +34,9 @@ use ibemail_message::{CapsuleError, IbeRecipient, Limits, MessageSigner, Recipie
 use ibemail_milter::config::Config;
 use ibemail_milter::engine::{Action, Engine, Kind, Message, Origin, Reply, Verdict};
 use ibemail_milter::metrics::Metrics;
-use ibemail_milter::ports::{BoxFuture, KeyAccess, Parameters, Ports};
-use ibemail_params::{Record, RecordSet};
+use ibemail_milter::ports::{KeyAccess, Ports};
+use ibemail_params::Record;
 use rand_core::OsRng;
-
-struct FakeDns(HashMap<String, Record>);
-
-impl FakeDns {
-    fn answer(&self, domain: &str) -> Lookup {
-        let outcome = match self.0.get(domain) {
-            Some(record) => Outcome::Parameters {
-                published: RecordSet {
-                    records: vec![record.clone()],
-                    rejected: Vec::new(),
-                    conflicting: Vec::new(),
-                },
-                record: record.clone(),
-            },
-            None => Outcome::NotIbe(NotIbeReason::NxDomain),
-        };
-        Lookup {
-            domain: domain.to_string(),
-            outcome,
-            dnssec: DnssecStatus::Unchecked,
-            ttl: Duration::ZERO,
-            cached: false,
-            pin: PinStatus::NotChecked,
-        }
-    }
-}
-
-impl Parameters for FakeDns {
-    fn lookup<'a>(&'a self, domain: &'a str, _: DomainPolicy, _: u64) -> BoxFuture<'a, Lookup> {
-        Box::pin(std::future::ready(self.answer(domain)))
-    }
-    fn lookup_signer<'a>(
-        &'a self,
-        domain: &'a str,
-        _: DomainPolicy,
-        _: u64,
-    ) -> BoxFuture<'a, Lookup> {
-        Box::pin(std::future::ready(self.answer(domain)))
-    }
-    fn forget(&self, _: &str) -> bool {
-        false
-    }
-}
 
 /// c.test's key service signing as carol (what c.test's milter does).
 struct Carol {
@@ -150,7 +108,7 @@ fn receiver(w: &World) -> Engine {
     let ports = Ports {
         parameters: Arc::new(FakeDns(HashMap::from([(
             "c.test".to_string(),
-            w.c_record.clone(),
+            Dns::Params(Box::new(w.c_record.clone())),
         )]))),
         keys: Some(w.a.clone() as Arc<dyn KeyAccess>),
         reinjector: None,

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod fake_dns;
 pub(crate) mod harness;
 
 use ibemail_ibe::Identity;
