@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::str::FromStr as _;
 
@@ -32,7 +32,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::store::{
-    FileKind, Role, STORE_FILE_NAME, Store, StoreError, check_private, destroy, generation_file,
+    FileKind, Role, STORE_FILE_NAME, Store, StoreError, claim_empty_dir, destroy, generation_file,
     io_err, write_atomic,
 };
 
@@ -394,22 +394,9 @@ pub fn import(
         }
         (None, Unlock::Passphrase(_)) => {}
     }
-    match fs::read_dir(dir) {
-        Ok(mut existing) => {
-            if existing.next().is_some() {
-                return Err(ExportError::NotEmpty(dir.to_path_buf()));
-            }
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err(dir))?;
-        }
-        Err(e) => return Err(io_err(dir)(e).into()),
+    if !claim_empty_dir(dir)? {
+        return Err(ExportError::NotEmpty(dir.to_path_buf()));
     }
-    check_private(dir, dir, true)?;
     let written = (|| -> Result<Store, ExportError> {
         // Tombstones and states, then keys, then what makes it a store.
         let mut ordered: BTreeMap<(u8, &str), &Entry> = BTreeMap::new();

@@ -260,6 +260,30 @@ pub enum StoreError {
     },
 }
 
+/// Makes `dir` a new store's directory: creates it (0700), or takes an
+/// existing empty one and makes it 0700; then checks it is private to this
+/// user. `Ok(false)`, and nothing changed, if it holds anything: a store
+/// is never written over.
+pub(crate) fn claim_empty_dir(dir: &Path) -> Result<bool, StoreError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Ok(false);
+            }
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    check_private(dir, dir, true)?;
+    Ok(true)
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |error| StoreError::Io {
         path: path.to_path_buf(),
@@ -720,22 +744,9 @@ impl Store {
         if name.len() > MAX_NAME_LEN {
             return Err(StoreError::RecordNameTooLong { domain, name });
         }
-        match fs::read_dir(dir) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
-                    return Err(StoreError::AlreadyExists(dir.to_path_buf()));
-                }
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(io_err(dir))?;
-            }
-            Err(e) => return Err(io_err(dir)(e)),
+        if !claim_empty_dir(dir)? {
+            return Err(StoreError::AlreadyExists(dir.to_path_buf()));
         }
-        check_private(dir, dir, true)?;
         let _lock = Self::lock(dir)?;
         write_atomic(
             dir,
