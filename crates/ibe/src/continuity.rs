@@ -30,13 +30,12 @@
 
 use core::fmt;
 
-use blstrs::{Bls12, G1Affine, G2Affine, G2Prepared, G2Projective, Gt};
-use group::{Curve, Group, prime::PrimeCurveAffine};
-use pairing::{MillerLoopResult, MultiMillerLoop};
+use blstrs::{G2Affine, G2Projective};
+use group::Curve;
 
 use crate::error::{DecodeError, VerifyError};
 use crate::hash;
-use crate::ibs::SigningParams;
+use crate::ibs::{SigningParams, pairs_with};
 use crate::kem::{G2_BYTES, Generation, MasterKey, PublicParams, decode_g2, hex_short};
 
 /// Bytes of an encoded continuity signature (one compressed G2 point).
@@ -143,17 +142,12 @@ pub fn verify_successor(
     successor: &Successor<'_>,
     signature: &ContinuitySignature,
 ) -> Result<(), VerifyError> {
-    let h = successor.point().to_affine();
-    // e(g1, σ) · e(-S, H) = 1
-    let minus_s = (-predecessor.point().to_curve()).to_affine();
-    let sigma = G2Prepared::from(signature.sigma);
-    let h = G2Prepared::from(h);
-    let result: Gt = <Bls12 as MultiMillerLoop>::multi_miller_loop(&[
-        (&G1Affine::generator(), &sigma),
-        (&minus_s, &h),
-    ])
-    .final_exponentiation();
-    if bool::from(result.is_identity()) {
+    // e(g1, σ) = e(S, H)
+    if pairs_with(
+        &predecessor.point(),
+        signature.sigma,
+        successor.point().to_affine(),
+    ) {
         Ok(())
     } else {
         Err(VerifyError::BadSignature)

@@ -286,20 +286,27 @@ pub fn verify(
     if bool::from(rhs.is_identity()) {
         return Err(VerifyError::BadSignature);
     }
-    // e(g1, V) · e(-S, U + h·Q) = 1
-    let minus_s = (-params.s.to_curve()).to_affine();
-    let v = G2Prepared::from(signature.v);
-    let rhs = G2Prepared::from(rhs);
-    let result: Gt = <Bls12 as MultiMillerLoop>::multi_miller_loop(&[
-        (&G1Affine::generator(), &v),
-        (&minus_s, &rhs),
-    ])
-    .final_exponentiation();
-    if bool::from(result.is_identity()) {
+    // e(g1, V) = e(S, U + h·Q)
+    if pairs_with(&params.s, signature.v, rhs) {
         Ok(())
     } else {
         Err(VerifyError::BadSignature)
     }
+}
+
+/// `e(g1, lhs) = e(s, rhs)`, checked as one multi-Miller loop and one
+/// final exponentiation: `e(g1, lhs) · e(−s, rhs) = 1`. Signature
+/// verification here and of continuity signatures ([`crate::continuity`]).
+pub(crate) fn pairs_with(s: &G1Affine, lhs: G2Affine, rhs: G2Affine) -> bool {
+    let minus_s = (-s.to_curve()).to_affine();
+    let lhs = G2Prepared::from(lhs);
+    let rhs = G2Prepared::from(rhs);
+    let result: Gt = <Bls12 as MultiMillerLoop>::multi_miller_loop(&[
+        (&G1Affine::generator(), &lhs),
+        (&minus_s, &rhs),
+    ])
+    .final_exponentiation();
+    bool::from(result.is_identity())
 }
 
 #[cfg(test)]
