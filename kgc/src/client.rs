@@ -425,7 +425,9 @@ impl KgcClient {
             Response::Signed(signed, _) if signed != generation => Err(KeyError::Unavailable(
                 format!("the KGC signed with generation {signed}, not {generation}"),
             )),
-            Response::Signed(_, bytes) => Signature::from_bytes(&bytes).map_err(|e| {
+            // Our own KGC's signature, only re-encoded into the message:
+            // the recipient's verification checks the subgroup.
+            Response::Signed(_, bytes) => Signature::from_own_key_service(&bytes).map_err(|e| {
                 KeyError::Unavailable(format!("the KGC sent an invalid signature: {e}"))
             }),
             other => Err(unexpected("SIGN", other)),

@@ -10,7 +10,7 @@
 //! sender's key (the paper's §5 argument).
 
 use ibemail_discovery::{DomainPolicy, Lookup, Outcome, RefusedReason};
-use ibemail_ibe::{Generation, Identity};
+use ibemail_ibe::{Equation, Generation, Identity};
 use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError};
 
 use crate::ports::Parameters;
@@ -128,33 +128,136 @@ pub async fn verify_signatures(
     arrived_sealed: bool,
     now: u64,
 ) -> SigResult {
-    let found = signature::signatures(message);
-    if found.is_empty() {
-        return SigResult::None;
-    }
-    let mut result = SigResult::None;
-    for parsed in found {
-        let outcome = match parsed {
-            Err(e @ SignatureError::Unsupported(_)) => SigResult::PermError(e.to_string()),
-            Err(e) => SigResult::Fail(e.to_string()),
-            Ok(parsed) if parsed.sealed && !arrived_sealed => {
-                SigResult::Fail("signed to travel encrypted, but arrived decrypted".into())
+    verify_deferred(discovery, policy, on_lookup, message, arrived_sealed, now)
+        .await
+        .settle()
+        .await
+}
+
+/// [`verify_signatures`] up to the signatures' pairing equations, which
+/// [`Verification::settle`] checks — or [`settle_both`], with another
+/// message's at about the cost of one.
+pub async fn verify_deferred(
+    discovery: &dyn Parameters,
+    policy: impl Fn(&str) -> DomainPolicy,
+    on_lookup: impl Fn(&Lookup),
+    message: &[u8],
+    arrived_sealed: bool,
+    now: u64,
+) -> Verification {
+    let mut checked = Vec::new();
+    for parsed in signature::signatures(message) {
+        checked.push(match parsed {
+            Err(e @ SignatureError::Unsupported(_)) => {
+                Checked::Known(SigResult::PermError(e.to_string()))
             }
+            Err(e) => Checked::Known(SigResult::Fail(e.to_string())),
+            Ok(parsed) if parsed.sealed && !arrived_sealed => Checked::Known(SigResult::Fail(
+                "signed to travel encrypted, but arrived decrypted".into(),
+            )),
             Ok(parsed) => match parsed.check_signer(message) {
-                Err(e) => SigResult::Fail(e.to_string()),
+                Err(e) => Checked::Known(SigResult::Fail(e.to_string())),
                 Ok(()) => verify_one(discovery, &policy, &on_lookup, message, parsed, now).await,
             },
-        };
-        result = match (result, outcome) {
-            (_, pass @ SigResult::Pass { .. }) => return pass,
-            (SigResult::None, other) => other,
-            (SigResult::TempError(e), _) => SigResult::TempError(e),
-            (_, SigResult::TempError(e)) => SigResult::TempError(e),
-            (SigResult::Fail(e), _) => SigResult::Fail(e),
-            (_, other) => other,
-        };
+        });
     }
-    result
+    Verification(checked)
+}
+
+/// One signature's outcome, or the pairing equation that decides it.
+#[derive(Debug)]
+enum Checked {
+    Known(SigResult),
+    /// Everything checked but the equation: a pass if it holds.
+    Pending {
+        identity: Identity,
+        generation: Generation,
+        equation: Box<Equation>,
+    },
+}
+
+/// A message's signatures (top first), verified up to their pairing
+/// equations.
+#[derive(Debug)]
+pub struct Verification(Vec<Checked>);
+
+impl Verification {
+    /// The first signature whose equation decides it.
+    fn first_pending(&self) -> Option<&Equation> {
+        self.0.iter().find_map(|c| match c {
+            Checked::Pending { equation, .. } => Some(&**equation),
+            Checked::Known(_) => None,
+        })
+    }
+
+    /// The result: pass if one signature's equation holds (the first
+    /// that does), otherwise the most telling failure, in order.
+    /// `first_holds` is what a batch check found for the first pending
+    /// equation, if it found that it holds. Pairings: call off the async
+    /// threads.
+    fn decide(self, mut first_holds: Option<bool>) -> SigResult {
+        let mut result = SigResult::None;
+        for checked in self.0 {
+            let outcome = match checked {
+                Checked::Known(outcome) => outcome,
+                Checked::Pending {
+                    identity,
+                    generation,
+                    equation,
+                } => {
+                    if first_holds.take().unwrap_or_else(|| equation.holds()) {
+                        SigResult::Pass {
+                            identity: identity.to_string(),
+                            generation,
+                        }
+                    } else {
+                        SigResult::Fail(SignatureError::BadSignature.to_string())
+                    }
+                }
+            };
+            result = match (result, outcome) {
+                (_, pass @ SigResult::Pass { .. }) => return pass,
+                (SigResult::None, other) => other,
+                (SigResult::TempError(e), _) => SigResult::TempError(e),
+                (_, SigResult::TempError(e)) => SigResult::TempError(e),
+                (SigResult::Fail(e), _) => SigResult::Fail(e),
+                (_, other) => other,
+            };
+        }
+        result
+    }
+
+    /// The result, its pairing checks made on a blocking thread.
+    pub async fn settle(self) -> SigResult {
+        if self.first_pending().is_none() {
+            return self.decide(None);
+        }
+        tokio::task::spawn_blocking(move || self.decide(None))
+            .await
+            .unwrap_or_else(|e| SigResult::TempError(format!("verification task: {e}")))
+    }
+}
+
+/// The results of two messages' signatures — a sealed message's outside
+/// and inside — with their first pairing equations checked as one batch
+/// ([`ibemail_ibe::all_hold`]); if the batch fails, each is checked apart,
+/// so that the results say which failed.
+pub async fn settle_both(outer: Verification, inner: Verification) -> (SigResult, SigResult) {
+    let settled = tokio::task::spawn_blocking(move || {
+        let both = match (outer.first_pending(), inner.first_pending()) {
+            (Some(a), Some(b)) => {
+                ibemail_ibe::all_hold(&[a.clone(), b.clone()], &mut rand_core::OsRng)
+            }
+            _ => false,
+        };
+        let first = both.then_some(true);
+        (outer.decide(first), inner.decide(first))
+    })
+    .await;
+    settled.unwrap_or_else(|e| {
+        let failed = SigResult::TempError(format!("verification task: {e}"));
+        (failed.clone(), failed)
+    })
 }
 
 /// Verifies one signature by the From address against its domain's `S=`
@@ -169,7 +272,7 @@ async fn verify_one(
     message: &[u8],
     parsed: signature::Parsed,
     now: u64,
-) -> SigResult {
+) -> Checked {
     let domain = parsed.identity.domain().to_string();
     let mut found = discovery.lookup_signer(&domain, policy(&domain), now).await;
     on_lookup(&found);
@@ -198,12 +301,12 @@ async fn verify_one(
         on_lookup(&found);
     }
     if newer(&found) {
-        return SigResult::TempError(format!(
+        return Checked::Known(SigResult::TempError(format!(
             "signed with generation {} of {domain}, newer than DNS publishes (yet)",
             parsed.generation
-        ));
+        )));
     }
-    match found.outcome {
+    let known = match found.outcome {
         Outcome::Parameters { published, .. } => {
             match published
                 .generation(parsed.generation)
@@ -213,16 +316,25 @@ async fn verify_one(
                     SignatureError::NoParameters(parsed.generation).to_string(),
                 ),
                 Some(params) => {
-                    let check = parsed.clone();
+                    // The body hash and digest, off the async threads (the
+                    // body may be large); the pairings come later.
+                    let (identity, generation) = (parsed.identity.clone(), parsed.generation);
                     let bytes = message.to_vec();
-                    match tokio::task::spawn_blocking(move || check.verify(&bytes, &params)).await {
-                        Ok(Ok(())) => SigResult::Pass {
-                            identity: parsed.identity.to_string(),
-                            generation: parsed.generation,
+                    return match tokio::task::spawn_blocking(move || {
+                        parsed.equation(&bytes, &params)
+                    })
+                    .await
+                    {
+                        Ok(Ok(equation)) => Checked::Pending {
+                            identity,
+                            generation,
+                            equation: Box::new(equation),
                         },
-                        Ok(Err(e)) => SigResult::Fail(e.to_string()),
-                        Err(e) => SigResult::TempError(format!("verification task: {e}")),
-                    }
+                        Ok(Err(e)) => Checked::Known(SigResult::Fail(e.to_string())),
+                        Err(e) => {
+                            Checked::Known(SigResult::TempError(format!("verification task: {e}")))
+                        }
+                    };
                 }
             }
         }
@@ -236,7 +348,8 @@ async fn verify_one(
             SigResult::TempError(format!("{domain} publishes no usable record right now"))
         }
         Outcome::Refused(_) => SigResult::PermError(found_summary(&domain)),
-    }
+    };
+    Checked::Known(known)
 }
 
 fn found_summary(domain: &str) -> String {

@@ -631,8 +631,10 @@ fn lookup_under_a_dns_attacker_never_says_plaintext_for_a_domain_with_a_policy()
         proxy.addr.to_string(),
         "--trust-anchor".to_string(),
         genuine.trust_anchor_file().to_str().unwrap().to_string(),
+        // Generous: under a loaded test run a first answer can take over
+        // two seconds, and a timeout is a different (temporary) result.
         "--timeout".to_string(),
-        "2".to_string(),
+        "5".to_string(),
         "--pins".to_string(),
         pins.to_str().unwrap().to_string(),
         "--pin".to_string(),

@@ -51,7 +51,8 @@ pub use continuity::{
 };
 pub use error::{DecapsulationError, DecodeError, EncapsulationError, IdentityError, VerifyError};
 pub use ibs::{
-    SIGNATURE_BYTES, SIGNING_PARAMS_BYTES, Signature, SigningKey, SigningParams, verify,
+    Equation, SIGNATURE_BYTES, SIGNING_PARAMS_BYTES, Signature, SigningKey, SigningParams,
+    all_hold, equation, verify,
 };
 pub use identity::{Identity, MAX_DOMAIN, MAX_LOCAL_PART, normalize_domain};
 pub use kem::{

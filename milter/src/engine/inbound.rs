@@ -26,7 +26,7 @@ use crate::address::Rcpt;
 use crate::authres;
 use crate::config::{FailureAction, SignaturePolicy};
 use crate::ports::KeyError;
-use crate::signing::{SigResult, combine};
+use crate::signing::{SigResult, combine, settle_both};
 use crate::transit;
 
 /// Opens one capsule for the message crate, off the async threads.
@@ -101,7 +101,8 @@ impl Engine {
         // the message opens (which proves it) or its body is CMS-encrypted
         // (checked below if it does not open: the check decodes the whole
         // body, which a message that opens need not pay twice).
-        let outer_result = self.verify(&raw, true, now).await;
+        // (Its pairing equation is checked later, with the inside's.)
+        let outer = self.verify_deferred(&raw, true, now).await;
         let outer_policy = self.signature_policy(&raw, origin);
         let identities: Vec<Identity> = local.iter().filter_map(|r| r.identity.clone()).collect();
         let limits = self.limits;
@@ -141,13 +142,14 @@ impl Engine {
                     );
                     return self.report_as_is(
                         message,
-                        outer_result,
+                        outer.settle().await,
                         outer_policy,
                         remove_forged,
                         true,
                     );
                 }
-                let inner_result = self.verify(&opened.message, true, now).await;
+                let inner = self.verify_deferred(&opened.message, true, now).await;
+                let (outer_result, inner_result) = settle_both(outer, inner).await;
                 let signed = combine(outer_result, inner_result);
                 self.metrics.signature(&signed);
                 let policy = self.signature_policy(&opened.message, origin);
@@ -217,6 +219,7 @@ impl Engine {
             Err(OpenError::NotOurs | OpenError::NotEncrypted | OpenError::NoMatchingRecipient) => {
                 let raw = message.to_bytes();
                 if ibemail_message::is_cms_encrypted(&raw) {
+                    let outer_result = outer.settle().await;
                     self.report_as_is(message, outer_result, outer_policy, remove_forged, true)
                 } else {
                     self.as_is(message, &raw, origin, remove_forged, false, now)

@@ -16,7 +16,7 @@ use crate::address::canonical;
 use crate::config::{SignPolicy, SignaturePolicy};
 use crate::metrics::Metrics;
 use crate::ports::{KeyAccess, KeyError};
-use crate::signing::{SigResult, Signer, verify_signatures};
+use crate::signing::{SigResult, Signer, Verification, verify_deferred};
 
 /// The key service signing as one sender, for the message crate.
 #[derive(Clone)]
@@ -123,7 +123,21 @@ impl Engine {
     /// Verifies the `IBE-Signature` fields of `message` with this
     /// milter's DNS and per-domain lookup policy.
     pub(crate) async fn verify(&self, message: &[u8], arrived_sealed: bool, now: u64) -> SigResult {
-        verify_signatures(
+        self.verify_deferred(message, arrived_sealed, now)
+            .await
+            .settle()
+            .await
+    }
+
+    /// [`Engine::verify`] up to the pairing equations (see
+    /// [`crate::signing::settle_both`]).
+    pub(crate) async fn verify_deferred(
+        &self,
+        message: &[u8],
+        arrived_sealed: bool,
+        now: u64,
+    ) -> Verification {
+        verify_deferred(
             &*self.ports.parameters,
             |domain| self.config.policy_for(domain).lookup,
             |found| self.metrics.lookup(found),

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_ibe::{Generation, Identity, Signature, SigningParams};
+use ibemail_ibe::{Equation, Generation, Identity, Signature, SigningParams};
 
 use super::canon::*;
 use super::*;
@@ -135,20 +135,34 @@ impl Parsed {
     /// the signer domain's `params` for `n=`, and that the signer is the
     /// From address.
     pub fn verify(&self, message: &[u8], params: &SigningParams) -> Result<(), SignatureError> {
+        if self.equation(message, params)?.holds() {
+            Ok(())
+        } else {
+            Err(SignatureError::BadSignature)
+        }
+    }
+
+    /// Everything [`Parsed::verify`] checks but the pairing equation,
+    /// which is returned: the caller checks it alone
+    /// ([`Equation::holds`]) or with others ([`ibemail_ibe::all_hold`]).
+    pub fn equation(
+        &self,
+        message: &[u8],
+        params: &SigningParams,
+    ) -> Result<Equation, SignatureError> {
         self.check_signer(message)?;
         let section = HeaderSection::parse(message);
         if body_hash(&message[section.body_offset..]).as_slice() != self.body_hash {
             return Err(SignatureError::BodyHash);
         }
         let digest = digest(&section, &self.signed_fields, &self.value_without_b);
-        ibemail_ibe::verify(
+        Ok(ibemail_ibe::equation(
             params,
             &self.identity,
             self.generation,
             &digest,
             &self.signature,
-        )
-        .map_err(|_| SignatureError::BadSignature)
+        ))
     }
 
     /// Checks, cheaply and before any lookup, that the signer is the

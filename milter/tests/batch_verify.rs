@@ -1,0 +1,164 @@
+//! A sealed message's two signatures (outside and inside) are checked as
+//! one batch of pairing equations (`signing::settle_both`). The batch must
+//! give exactly the results that checking each alone gives: a bad
+//! signature on either side, both, two bad ones that would cancel out, or
+//! a bad signature above a good one in the same message.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::fake_dns::{Dns, FakeDns};
+use ibemail_discovery::DomainPolicy;
+use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_kgc::service::{KeyService, Peer};
+use ibemail_kgc::store::Store;
+use ibemail_message::MessageSigner;
+use ibemail_milter::signing::{SigResult, settle_both, verify_deferred, verify_signatures};
+use rand_core::OsRng;
+
+/// c.test's key service signing as carol.
+struct Carol(Arc<KeyService>, Identity);
+
+impl MessageSigner for Carol {
+    fn identity(&self) -> &Identity {
+        &self.1
+    }
+    fn generation(&self) -> Generation {
+        1
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
+        self.0
+            .sign(self.1.as_str(), 1, digest, Peer::default())
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    dns: FakeDns,
+    carol: Carol,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    Store::setup(&dir, "c.test", 0, None, &mut OsRng).unwrap();
+    let record = Store::open(&dir).unwrap().records()[0].clone();
+    let kgc = Arc::new(KeyService::load(&[dir], 16).unwrap());
+    World {
+        _tmp: tmp,
+        dns: FakeDns(HashMap::from([(
+            "c.test".to_string(),
+            Dns::Params(Box::new(record)),
+        )])),
+        carol: Carol(kgc, Identity::parse("carol@c.test").unwrap()),
+    }
+}
+
+fn message(subject: &str) -> Vec<u8> {
+    format!("From: carol@c.test\r\nTo: alice@a.test\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+        .into_bytes()
+}
+
+impl World {
+    fn signed(&mut self, subject: &str) -> Vec<u8> {
+        ibemail_message::sign_message(&message(subject), &mut self.carol).unwrap()
+    }
+
+    /// Both messages' results: batched, and each checked alone.
+    async fn both(&self, outer: &[u8], inner: &[u8]) -> [(SigResult, SigResult); 2] {
+        let deferred = |m: &'static [u8]| {
+            verify_deferred(&self.dns, |_| DomainPolicy::default(), |_| {}, m, true, 0)
+        };
+        let (outer, inner): (&'static [u8], &'static [u8]) =
+            (outer.to_vec().leak(), inner.to_vec().leak());
+        let batched = settle_both(deferred(outer).await, deferred(inner).await).await;
+        let alone = |m: &'static [u8]| {
+            verify_signatures(&self.dns, |_| DomainPolicy::default(), |_| {}, m, true, 0)
+        };
+        [batched, (alone(outer).await, alone(inner).await)]
+    }
+}
+
+fn pass() -> SigResult {
+    SigResult::Pass {
+        identity: "carol@c.test".into(),
+        generation: 1,
+    }
+}
+
+fn bad() -> SigResult {
+    SigResult::Fail("signature does not verify".into())
+}
+
+/// `signed` with its Subject changed after signing: the digest changes,
+/// so only the pairing equation fails (not the body hash or the syntax).
+fn tampered(signed: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8(signed.to_vec()).unwrap();
+    text.replacen("Subject: ", "Subject: Re: ", 1).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_results_equal_the_results_of_each_alone() {
+    let mut w = world();
+    let outer = w.signed("outside");
+    let inner = w.signed("inside");
+    let cases = [
+        ("both good", outer.clone(), inner.clone(), pass(), pass()),
+        (
+            "outside bad",
+            tampered(&outer),
+            inner.clone(),
+            bad(),
+            pass(),
+        ),
+        ("inside bad", outer.clone(), tampered(&inner), pass(), bad()),
+        ("both bad", tampered(&outer), tampered(&inner), bad(), bad()),
+    ];
+    for (name, outer, inner, want_outer, want_inner) in cases {
+        let [batched, alone] = w.both(&outer, &inner).await;
+        assert_eq!(batched, (want_outer.clone(), want_inner.clone()), "{name}");
+        assert_eq!(alone, batched, "{name}: alone");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_signature_above_a_good_one_still_passes() {
+    let mut w = world();
+    let good = w.signed("first");
+    // carol's valid signature of another message, put on top: it parses,
+    // names the From address and c.test's generation, and fails only its
+    // pairing equation; the good one below passes.
+    let other = w.signed("second");
+    let foreign_field = &other[..other.windows(6).position(|x| x == b"From: ").unwrap()];
+    let stacked = [foreign_field, &good].concat();
+    let inner = w.signed("inside");
+    let [batched, alone] = w.both(&stacked, &inner).await;
+    assert_eq!(batched, (pass(), pass()));
+    assert_eq!(alone, batched);
+    // With the inside bad as well, each result is still its own.
+    let [batched, alone] = w.both(&stacked, &tampered(&inner)).await;
+    assert_eq!(batched, (pass(), bad()));
+    assert_eq!(alone, batched);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signatures_swapped_between_the_layers_fail_both() {
+    let mut w = world();
+    let outer = w.signed("outside");
+    let inner = w.signed("inside");
+    let field_end = |m: &[u8]| m.windows(6).position(|x| x == b"From: ").unwrap();
+    let (outer_field, outer_rest) = outer.split_at(field_end(&outer));
+    let (inner_field, inner_rest) = inner.split_at(field_end(&inner));
+    let swapped_outer = [inner_field, outer_rest].concat();
+    let swapped_inner = [outer_field, inner_rest].concat();
+    let [batched, alone] = w.both(&swapped_outer, &swapped_inner).await;
+    // The bodies are equal, so each body hash matches: both fail on their
+    // pairing equations, in the batch and alone.
+    assert_eq!(batched, (bad(), bad()));
+    assert_eq!(alone, batched);
+}
