@@ -193,7 +193,8 @@ impl Verification {
     /// The result: pass if one signature's equation holds (the first
     /// that does), otherwise the most telling failure, in order.
     /// `first_holds` is what a batch check found for the first pending
-    /// equation, if it found that it holds. Pairings: call off the async
+    /// equation, if it found that it holds. Each other pending equation
+    /// costs a pairing check here.
     /// threads.
     fn decide(self, mut first_holds: Option<bool>) -> SigResult {
         let mut result = SigResult::None;
@@ -227,9 +228,18 @@ impl Verification {
         result
     }
 
-    /// The result, its pairing checks made on a blocking thread.
+    /// How many equations are left to check.
+    fn pending(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|c| matches!(c, Checked::Pending { .. }))
+            .count()
+    }
+
+    /// The result, its pairing checks made here if there are at most
+    /// [`INLINE_EQUATIONS`], else on a blocking thread.
     pub async fn settle(self) -> SigResult {
-        if self.first_pending().is_none() {
+        if self.pending() <= INLINE_EQUATIONS {
             return self.decide(None);
         }
         tokio::task::spawn_blocking(move || self.decide(None))
@@ -238,26 +248,43 @@ impl Verification {
     }
 }
 
+/// A signature's digest is computed on the async thread — tens of
+/// microseconds, less than handing the work to a blocking thread and
+/// back — if its message is at most this size and its `h=` names at most
+/// [`INLINE_SIGNED_FIELDS`] fields: the digest's cost grows with both
+/// (every `h=` name is looked for among the header fields), and a sender
+/// may make it large on purpose. Other digests go to a blocking thread.
+const INLINE_BYTES: usize = 16 * 1024;
+
+/// See [`INLINE_BYTES`].
+const INLINE_SIGNED_FIELDS: usize = 32;
+
+/// Up to this many pairing checks (one signature's: about a millisecond on
+/// a slow core) are made on the async thread; more go to a blocking thread.
+const INLINE_EQUATIONS: usize = 1;
+
 /// The results of two messages' signatures — a sealed message's outside
 /// and inside — with their first pairing equations checked as one batch
 /// ([`ibemail_ibe::all_hold`]); if the batch fails, each is checked apart,
 /// so that the results say which failed.
 pub async fn settle_both(outer: Verification, inner: Verification) -> (SigResult, SigResult) {
-    let settled = tokio::task::spawn_blocking(move || {
-        let both = match (outer.first_pending(), inner.first_pending()) {
-            (Some(a), Some(b)) => {
-                ibemail_ibe::all_hold(&[a.clone(), b.clone()], &mut rand_core::OsRng)
-            }
-            _ => false,
-        };
-        let first = both.then_some(true);
-        (outer.decide(first), inner.decide(first))
-    })
-    .await;
-    settled.unwrap_or_else(|e| {
-        let failed = SigResult::TempError(format!("verification task: {e}"));
-        (failed.clone(), failed)
-    })
+    // The usual case, one equation on each side: the batch (about one
+    // pairing) here, and if it holds nothing is left to check.
+    if outer.pending() == 1
+        && inner.pending() == 1
+        && let (Some(a), Some(b)) = (outer.first_pending(), inner.first_pending())
+        && ibemail_ibe::all_hold(&[a.clone(), b.clone()], &mut rand_core::OsRng)
+    {
+        return (outer.decide(Some(true)), inner.decide(Some(true)));
+    }
+    // Otherwise each alone (after a failed batch: to say which failed).
+    let settle = move || (outer.decide(None), inner.decide(None));
+    tokio::task::spawn_blocking(settle)
+        .await
+        .unwrap_or_else(|e| {
+            let failed = SigResult::TempError(format!("verification task: {e}"));
+            (failed.clone(), failed)
+        })
 }
 
 /// Verifies one signature by the From address against its domain's `S=`
@@ -316,15 +343,19 @@ async fn verify_one(
                     SignatureError::NoParameters(parsed.generation).to_string(),
                 ),
                 Some(params) => {
-                    // The body hash and digest, off the async threads (the
-                    // body may be large); the pairings come later.
+                    // The body hash and digest (the pairings come later):
+                    // here for a small message, off the async threads for a
+                    // large one.
                     let (identity, generation) = (parsed.identity.clone(), parsed.generation);
-                    let bytes = message.to_vec();
-                    return match tokio::task::spawn_blocking(move || {
-                        parsed.equation(&bytes, &params)
-                    })
-                    .await
-                    {
+                    let inline = message.len() <= INLINE_BYTES
+                        && parsed.signed_field_count() <= INLINE_SIGNED_FIELDS;
+                    let equation = if inline {
+                        Ok(parsed.equation(message, &params))
+                    } else {
+                        let bytes = message.to_vec();
+                        tokio::task::spawn_blocking(move || parsed.equation(&bytes, &params)).await
+                    };
+                    return match equation {
                         Ok(Ok(equation)) => Checked::Pending {
                             identity,
                             generation,

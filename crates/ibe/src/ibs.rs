@@ -52,6 +52,35 @@ fn identity_point(identity: &Identity, generation: Generation) -> G2Projective {
     G2Projective::hash_to_curve(&context, hash::DST_IBS_IDENTITY, &[])
 }
 
+/// How many identity points [`verifying_point`] keeps (public values,
+/// about 300 bytes each).
+const IDENTITY_POINTS: usize = 4096;
+
+/// `Q` of `identity` at `generation` for verification, from a bounded
+/// cache of recent signers: hashing to G2 is about a third of a pairing,
+/// and a sender's mail comes in series (the inside and outside of one
+/// message are batched apart from this). The values are public and
+/// deterministic; a signer flood only evicts others, which then cost the
+/// hash again.
+fn verifying_point(identity: &Identity, generation: Generation) -> G2Projective {
+    type Points = lru::LruCache<(Identity, Generation), G2Affine>;
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<Points>> = std::sync::LazyLock::new(|| {
+        let capacity =
+            core::num::NonZeroUsize::new(IDENTITY_POINTS).unwrap_or(core::num::NonZeroUsize::MIN);
+        std::sync::Mutex::new(lru::LruCache::new(capacity))
+    });
+    let key = (identity.clone(), generation);
+    if let Some(q) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return G2Projective::from(*q);
+    }
+    let q = identity_point(identity, generation);
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .put(key, q.to_affine());
+    q
+}
+
 /// `h = H_h(U ‖ len ‖ address ‖ generation ‖ m)`.
 fn challenge(u: &G2Affine, identity: &Identity, generation: Generation, message: &[u8]) -> Scalar {
     let context = crate::kem::identity_context(identity, generation);
@@ -363,7 +392,7 @@ impl Equation {
     /// Whether the equation holds: hashing the identity to G2, one G2
     /// multiplication and one two-term multi-pairing.
     pub fn holds(&self) -> bool {
-        let q = identity_point(&self.identity, self.generation);
+        let q = verifying_point(&self.identity, self.generation);
         let rhs = (G2Projective::from(self.u) + q * self.h).to_affine();
         // e(S, O) = 1 ≠ e(g1, V) for the V ≠ O every signature has: it
         // cannot hold, and the pairing code need not see the identity.
@@ -427,7 +456,7 @@ pub fn all_hold<R: RngCore + CryptoRng + ?Sized>(equations: &[Equation], rng: &m
     let sides: Vec<(G1Affine, G2Prepared)> = signers
         .into_iter()
         .map(|signer| {
-            let q = identity_point(&signer.eq.identity, signer.eq.generation);
+            let q = verifying_point(&signer.eq.identity, signer.eq.generation);
             let rhs = (signer.u + q * signer.h).to_affine();
             ((-signer.eq.s.to_curve()).to_affine(), G2Prepared::from(rhs))
         })
@@ -571,6 +600,17 @@ mod tests {
         crossed[1].v = a.v;
         assert!(!crossed[0].holds() && !crossed[1].holds());
         assert!(!all_hold(&crossed, &mut rng));
+    }
+
+    #[test]
+    fn cached_identity_points_are_the_hashed_ones() {
+        let alice = Identity::parse("alice@a.test").unwrap();
+        for generation in [1, 2] {
+            let hashed = identity_point(&alice, generation);
+            assert_eq!(verifying_point(&alice, generation), hashed, "first");
+            assert_eq!(verifying_point(&alice, generation), hashed, "cached");
+        }
+        assert_ne!(verifying_point(&alice, 1), verifying_point(&alice, 2));
     }
 
     #[test]

@@ -165,6 +165,11 @@ impl Parsed {
         ))
     }
 
+    /// How many header fields `h=` names.
+    pub fn signed_field_count(&self) -> usize {
+        self.signed_fields.len()
+    }
+
     /// Checks, cheaply and before any lookup, that the signer is the
     /// message's one From address.
     pub fn check_signer(&self, message: &[u8]) -> Result<(), SignatureError> {
