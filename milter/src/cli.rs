@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::doctor::{Severity, describe};
 use crate::offline::{Exit, RecordBook, lookup_exit, lookup_report};
 use crate::ports::KeyAccess;
-use crate::signing::{SigResult, verify_signatures};
+use crate::signing::{SigResult, verify_deferred};
 
 /// DNS options of the commands that look up parameters: the shared
 /// resolver options, and the milter's configuration to start from.
@@ -310,18 +310,23 @@ pub fn verify(dns: &DnsArgs) -> Result<(), Failure> {
     let discovery = dns
         .discovery(milter.as_ref(), None)
         .map_err(|e| Failure(Exit::Usage, e))?;
-    let result = runtime()?.block_on(verify_signatures(
-        &discovery,
-        |domain| DomainPolicy {
-            pin: PinPolicy::Off,
-            ..dns.policy(milter.as_ref(), domain)
-        },
-        |_| {},
-        &message,
-        // A decrypted message (from `decrypt`) has its inner signature.
-        true,
-        now(),
-    ));
+    let result = runtime()?.block_on(async {
+        verify_deferred(
+            &discovery,
+            |domain| DomainPolicy {
+                pin: PinPolicy::Off,
+                ..dns.policy(milter.as_ref(), domain)
+            },
+            |_| {},
+            &message,
+            // A decrypted message (from `decrypt`) has its inner signature.
+            true,
+            now(),
+        )
+        .await
+        .settle()
+        .await
+    });
     let layer = if ibemail_message::is_cms_encrypted(&message) {
         "outside the encryption"
     } else {

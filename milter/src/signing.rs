@@ -110,33 +110,18 @@ pub fn combine(outer: SigResult, inner: SigResult) -> SigResult {
     }
 }
 
-/// Verifies the `IBE-Signature` fields of `message`: pass if one by the
-/// From address verifies; otherwise the most telling failure. The signer
-/// domain's parameters are looked up with `discovery` under `policy`;
-/// `on_lookup` sees every lookup (metrics). `arrived_sealed`: `message`
-/// came out of an encrypted message (a signature made for sealing, `e=1`,
-/// fails anywhere else: someone decrypted it on the way).
+/// Verifies the `IBE-Signature` fields of `message` up to their pairing
+/// equations; [`Verification::settle`] gives the result — pass if one by
+/// the From address verifies, otherwise the most telling failure — or
+/// [`settle_both`] with another message's at about the cost of one. The
+/// signer domain's parameters are looked up with `discovery` under
+/// `policy`; `on_lookup` sees every lookup (metrics). `arrived_sealed`:
+/// `message` came out of an encrypted message (a signature made for
+/// sealing, `e=1`, fails anywhere else: someone decrypted it on the way).
 ///
 /// Signatures not by the From address fail before any lookup, so a junk
 /// signature of some other domain can neither cost a DNS query nor turn a
 /// failure into a temporary error.
-pub async fn verify_signatures(
-    discovery: &dyn Parameters,
-    policy: impl Fn(&str) -> DomainPolicy,
-    on_lookup: impl Fn(&Lookup),
-    message: &[u8],
-    arrived_sealed: bool,
-    now: u64,
-) -> SigResult {
-    verify_deferred(discovery, policy, on_lookup, message, arrived_sealed, now)
-        .await
-        .settle()
-        .await
-}
-
-/// [`verify_signatures`] up to the signatures' pairing equations, which
-/// [`Verification::settle`] checks — or [`settle_both`], with another
-/// message's at about the cost of one.
 pub async fn verify_deferred(
     discovery: &dyn Parameters,
     policy: impl Fn(&str) -> DomainPolicy,
