@@ -39,7 +39,9 @@ use zeroize::Zeroizing;
 use crate::error::{DecodeError, VerifyError};
 use crate::hash::{self, hash_to_scalar};
 use crate::identity::Identity;
-use crate::kem::{G1_BYTES, G2_BYTES, Generation, MasterKey, decode_g1, decode_g2, hex_short};
+use crate::kem::{
+    G1_BYTES, G2_BYTES, Generation, MasterKey, decode_g1, decode_g2, decode_g2_on_curve, hex_short,
+};
 
 /// Bytes of an encoded signature: `U ‖ V`, two compressed G2 points.
 pub const SIGNATURE_BYTES: usize = 2 * G2_BYTES;
@@ -274,26 +276,7 @@ impl Signature {
     /// Decodes `U ‖ V`; both must be valid, non-identity points of the
     /// prime-order subgroup.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let bytes: &[u8; SIGNATURE_BYTES] = bytes.try_into().map_err(|_| DecodeError::Length {
-            what: "signature",
-            expected: SIGNATURE_BYTES,
-            actual: bytes.len(),
-        })?;
-        let (u, v) = bytes.split_at(G2_BYTES);
-        let u: &[u8; G2_BYTES] = u.try_into().map_err(|_| DecodeError::Length {
-            what: "signature U",
-            expected: G2_BYTES,
-            actual: u.len(),
-        })?;
-        let v: &[u8; G2_BYTES] = v.try_into().map_err(|_| DecodeError::Length {
-            what: "signature V",
-            expected: G2_BYTES,
-            actual: v.len(),
-        })?;
-        Ok(Signature {
-            u: decode_g2(u, "signature U")?,
-            v: decode_g2(v, "signature V")?,
-        })
+        Self::decode(bytes, decode_g2)
     }
 
     /// Decodes `U ‖ V` made by our own key service, which the caller
@@ -303,29 +286,31 @@ impl Signature {
     /// pairing's time per signature). Never for a signature to verify: use
     /// [`Signature::from_bytes`].
     pub fn from_own_key_service(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode(bytes, decode_g2_on_curve)
+    }
+
+    /// Splits `U ‖ V` and decodes each half with `point`.
+    fn decode(
+        bytes: &[u8],
+        point: fn(&[u8; G2_BYTES], &'static str) -> Result<G2Affine, DecodeError>,
+    ) -> Result<Self, DecodeError> {
         let bytes: &[u8; SIGNATURE_BYTES] = bytes.try_into().map_err(|_| DecodeError::Length {
             what: "signature",
             expected: SIGNATURE_BYTES,
             actual: bytes.len(),
         })?;
-        let point = |half: &[u8], what: &'static str| {
-            let half: &[u8; G2_BYTES] = half.try_into().map_err(|_| DecodeError::Length {
+        let (u, v) = bytes.split_at(G2_BYTES);
+        let half = |bytes: &[u8], what: &'static str| {
+            let bytes: &[u8; G2_BYTES] = bytes.try_into().map_err(|_| DecodeError::Length {
                 what,
                 expected: G2_BYTES,
-                actual: half.len(),
+                actual: bytes.len(),
             })?;
-            let point = Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(half))
-                .filter(|p| bool::from(p.is_on_curve()))
-                .ok_or(DecodeError::NotOnCurve { what })?;
-            if bool::from(point.is_identity()) {
-                return Err(DecodeError::IdentityPoint { what });
-            }
-            Ok(point)
+            point(bytes, what)
         };
-        let (u, v) = bytes.split_at(G2_BYTES);
         Ok(Signature {
-            u: point(u, "signature U")?,
-            v: point(v, "signature V")?,
+            u: half(u, "signature U")?,
+            v: half(v, "signature V")?,
         })
     }
 

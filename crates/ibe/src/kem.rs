@@ -120,6 +120,19 @@ pub(crate) fn decode_g2(
     bytes: &[u8; G2_BYTES],
     what: &'static str,
 ) -> Result<G2Affine, DecodeError> {
+    let point = decode_g2_on_curve(bytes, what)?;
+    if !bool::from(point.is_torsion_free()) {
+        return Err(DecodeError::NotInSubgroup { what });
+    }
+    Ok(point)
+}
+
+/// [`decode_g2`] without the subgroup check: on the curve, not the
+/// identity. Only for points that are re-encoded, never computed with.
+pub(crate) fn decode_g2_on_curve(
+    bytes: &[u8; G2_BYTES],
+    what: &'static str,
+) -> Result<G2Affine, DecodeError> {
     let point = Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(bytes))
         .ok_or(DecodeError::NotOnCurve { what })?;
     if bool::from(point.is_identity()) {
@@ -127,9 +140,6 @@ pub(crate) fn decode_g2(
     }
     if !bool::from(point.is_on_curve()) {
         return Err(DecodeError::NotOnCurve { what });
-    }
-    if !bool::from(point.is_torsion_free()) {
-        return Err(DecodeError::NotInSubgroup { what });
     }
     Ok(point)
 }
