@@ -8,63 +8,28 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::identity_files as identity;
+use common::primary_and_copy;
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::clock::now;
-use ibemail_kgc::export::{Protection, Unlock, export, import};
 use ibemail_kgc::replica::{ReplicaSync, Replication};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
-use ibemail_kgc::store::{Retention, Role, State, Store, StoreError};
+use ibemail_kgc::store::{Role, State, Store, StoreError};
 use ibemail_kgc::tls::server_config;
-use ibemail_kgc::upkeep::Upkeep;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-/// A primary store and a replica imported from its export.
-fn primary_and_replica(tmp: &Path) -> (PathBuf, PathBuf) {
-    let primary = tmp.join("primary");
-    let mut store = Store::setup(
-        &primary,
-        "b.test",
-        now(),
-        None,
-        &mut ChaCha20Rng::seed_from_u64(1),
-    )
-    .unwrap();
-    store.set_role(Role::Primary).unwrap();
-    let age_key = age::x25519::Identity::generate();
-    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
-    let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
-    let replica = tmp.join("replica");
-    import(
-        &replica,
-        &exported,
-        &Unlock::Identities(vec![Box::new(age_key)]),
-        Role::Replica,
-        Some(&fingerprint),
-    )
-    .unwrap();
-    (primary, replica)
-}
-
-fn retention() -> Retention {
-    Retention {
-        ttl: 60,
-        queue_lifetime: 60,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_follows() {
     let tmp = tempfile::tempdir().unwrap();
-    let (primary_dir, replica_dir) = primary_and_replica(tmp.path());
+    let (primary_dir, replica_dir) = primary_and_copy(tmp.path(), Role::Replica);
     let (primary_tls, primary_pin, ..) = identity(tmp.path(), "primary");
     let (replica_tls, replica_pin, ..) = identity(tmp.path(), "replica");
 
@@ -94,8 +59,7 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
             let _ = stopped.await;
         },
     ));
-    let mut upkeep = Upkeep::new(retention());
-    upkeep.replication = Some(replication.clone());
+    let mut upkeep = common::replicating_upkeep(&replication);
 
     // The replica daemon's service and its link to the primary.
     let replica = KeyService::load(std::slice::from_ref(&replica_dir), 16).unwrap();
@@ -192,7 +156,7 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_store_is_reported_never_overwritten_and_only_a_primary_is_copied() {
     let tmp = tempfile::tempdir().unwrap();
-    let (primary_dir, _) = primary_and_replica(tmp.path());
+    let (primary_dir, _) = primary_and_copy(tmp.path(), Role::Replica);
     // A "replica" set up on its own: same domain, other keys.
     let stranger_dir = tmp.path().join("stranger");
     let mut stranger = Store::setup(
@@ -287,7 +251,7 @@ fn s(p: &Path) -> String {
 #[test]
 fn primary_and_replica_daemons_stage_sync_and_release_a_rotation() {
     let tmp = tempfile::tempdir().unwrap();
-    let (primary_dir, replica_dir) = primary_and_replica(tmp.path());
+    let (primary_dir, replica_dir) = primary_and_copy(tmp.path(), Role::Replica);
     let (_, primary_pin, primary_cert, primary_key) = identity(tmp.path(), "primary");
     let (_, replica_pin, replica_cert, replica_key) = identity(tmp.path(), "replica");
     let port = free_port();

@@ -7,51 +7,21 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::identity;
+use common::{identity, primary_and_copy, replicating_upkeep};
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::{Endpoint, KgcClient};
 use ibemail_kgc::clock::now;
-use ibemail_kgc::export::{Protection, Unlock, export, import};
 use ibemail_kgc::replica::{ReplicaSync, Replication};
 use ibemail_kgc::server::{Grant, ServerConfig, serve_tls};
 use ibemail_kgc::service::KeyService;
-use ibemail_kgc::store::{Retention, Role, State, Store};
+use ibemail_kgc::store::{Role, State, Store};
 use ibemail_kgc::tls::{Pin, TlsIdentity, client_config, server_config};
-use ibemail_kgc::upkeep::Upkeep;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
-
-/// A primary store and a copy of it imported as `role`.
-fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
-    let primary = tmp.join("primary");
-    let mut store = Store::setup(
-        &primary,
-        "b.test",
-        now(),
-        None,
-        &mut ChaCha20Rng::seed_from_u64(1),
-    )
-    .unwrap();
-    store.set_role(Role::Primary).unwrap();
-    let age_key = age::x25519::Identity::generate();
-    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
-    let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
-    let copy = tmp.join("copy");
-    import(
-        &copy,
-        &exported,
-        &Unlock::Identities(vec![Box::new(age_key)]),
-        role,
-        Some(&fingerprint),
-    )
-    .unwrap();
-    (primary, copy)
-}
 
 async fn listen(
     service: Arc<KeyService>,
@@ -84,6 +54,44 @@ fn tls(addr: SocketAddr) -> Endpoint {
     }
 }
 
+/// The primary's daemon: `replica` may replicate, `milter` open and sign.
+async fn listen_primary(
+    primary: Arc<KeyService>,
+    tls: &TlsIdentity,
+    replica: Pin,
+    milter: Pin,
+) -> (SocketAddr, Arc<Replication>) {
+    let replication = Arc::new(Replication::new(vec![replica]));
+    let replicate = Grant {
+        replicate: true,
+        ..Grant::default()
+    };
+    let addr = listen(
+        primary,
+        tls,
+        vec![(replica, replicate), (milter, Grant::all())],
+        Some(replication.clone()),
+    )
+    .await;
+    (addr, replication)
+}
+
+/// A milter's client of `endpoints`, trusting the daemons `pins`.
+fn milter_client(
+    endpoints: Vec<Endpoint>,
+    milter: &TlsIdentity,
+    pin: Pin,
+    pins: &[Pin],
+) -> KgcClient {
+    KgcClient::with_endpoints(
+        endpoints,
+        Some((client_config(milter, pins).unwrap(), pin)),
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap()
+}
+
 /// The situation docs/operations.md walks through: the primary staged a
 /// generation and died before its replica synced it; the replica was
 /// promoted and staged its own generation of that number; the old primary
@@ -113,23 +121,8 @@ async fn a_forked_replica_does_not_count_as_serving_the_primarys_generation() {
     let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
 
     let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
-    let replication = Arc::new(Replication::new(vec![old_pin]));
-    let primary_addr = listen(
-        primary.clone(),
-        &primary_tls,
-        vec![
-            (
-                old_pin,
-                Grant {
-                    replicate: true,
-                    ..Grant::default()
-                },
-            ),
-            (milter_pin, Grant::all()),
-        ],
-        Some(replication.clone()),
-    )
-    .await;
+    let (primary_addr, replication) =
+        listen_primary(primary.clone(), &primary_tls, old_pin, milter_pin).await;
     let replica = Arc::new(KeyService::load(std::slice::from_ref(&old_dir), 16).unwrap());
     let replica_addr = listen(
         replica.clone(),
@@ -148,11 +141,7 @@ async fn a_forked_replica_does_not_count_as_serving_the_primarys_generation() {
         "{applied:?}"
     );
 
-    let mut upkeep = Upkeep::new(Retention {
-        ttl: 60,
-        queue_lifetime: 60,
-    });
-    upkeep.replication = Some(replication.clone());
+    let mut upkeep = replicating_upkeep(&replication);
     upkeep.run(&primary, now()).await;
     let store = Store::open(&primary_dir).unwrap();
     let released = store.active_generation() == Some(2);
@@ -164,16 +153,12 @@ async fn a_forked_replica_does_not_count_as_serving_the_primarys_generation() {
     let bob = Identity::parse("bob@b.test").unwrap();
     let (capsule, secret) =
         encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
-    let client = KgcClient::with_endpoints(
+    let client = milter_client(
         vec![tls(replica_addr), tls(primary_addr)],
-        Some((
-            client_config(&milter_tls, &[primary_pin, old_pin]).unwrap(),
-            milter_pin,
-        )),
-        Duration::from_secs(5),
-        false,
-    )
-    .unwrap();
+        &milter_tls,
+        milter_pin,
+        &[primary_pin, old_pin],
+    );
     let opened = client.open(&bob, 2, &capsule).await;
 
     assert!(
@@ -207,33 +192,9 @@ async fn a_milter_certificate_cannot_copy_keys_or_make_the_primary_release() {
     let (_, replica_pin) = identity(tmp.path(), "replica");
     let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
     let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
-    let replication = Arc::new(Replication::new(vec![replica_pin]));
-    let addr = listen(
-        primary.clone(),
-        &primary_tls,
-        vec![
-            (
-                replica_pin,
-                Grant {
-                    replicate: true,
-                    ..Grant::default()
-                },
-            ),
-            (milter_pin, Grant::all()),
-        ],
-        Some(replication.clone()),
-    )
-    .await;
-    let client = KgcClient::with_endpoints(
-        vec![tls(addr)],
-        Some((
-            client_config(&milter_tls, &[primary_pin]).unwrap(),
-            milter_pin,
-        )),
-        Duration::from_secs(5),
-        false,
-    )
-    .unwrap();
+    let (addr, replication) =
+        listen_primary(primary.clone(), &primary_tls, replica_pin, milter_pin).await;
+    let client = milter_client(vec![tls(addr)], &milter_tls, milter_pin, &[primary_pin]);
     for serving in [vec![], vec![1, 2], vec![2; 1024]] {
         let answer = client
             .request(&Request::Sync {
@@ -247,11 +208,7 @@ async fn a_milter_certificate_cannot_copy_keys_or_make_the_primary_release() {
             "{answer:?}"
         );
     }
-    let mut upkeep = Upkeep::new(Retention {
-        ttl: 60,
-        queue_lifetime: 60,
-    });
-    upkeep.replication = Some(replication.clone());
+    let mut upkeep = replicating_upkeep(&replication);
     upkeep.run(&primary, now()).await;
     assert!(matches!(
         Store::open(&primary_dir).unwrap().state(2),
@@ -288,23 +245,8 @@ async fn a_replica_whose_reload_failed_does_not_report_keys_it_does_not_serve() 
     let (milter_tls, milter_pin) = identity(tmp.path(), "milter");
 
     let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
-    let replication = Arc::new(Replication::new(vec![replica_pin]));
-    let primary_addr = listen(
-        primary.clone(),
-        &primary_tls,
-        vec![
-            (
-                replica_pin,
-                Grant {
-                    replicate: true,
-                    ..Grant::default()
-                },
-            ),
-            (milter_pin, Grant::all()),
-        ],
-        Some(replication.clone()),
-    )
-    .await;
+    let (primary_addr, replication) =
+        listen_primary(primary.clone(), &primary_tls, replica_pin, milter_pin).await;
     let replica = Arc::new(KeyService::load(&[copy_dir.clone(), other_dir.clone()], 16).unwrap());
     let replica_addr = listen(
         replica.clone(),
@@ -343,11 +285,7 @@ async fn a_replica_whose_reload_failed_does_not_report_keys_it_does_not_serve() 
     );
     let _ = link.sync(&replica).await;
 
-    let mut upkeep = Upkeep::new(Retention {
-        ttl: 60,
-        queue_lifetime: 60,
-    });
-    upkeep.replication = Some(replication.clone());
+    let mut upkeep = replicating_upkeep(&replication);
     upkeep.run(&primary, now()).await;
     let store = Store::open(&primary_dir).unwrap();
     let released = store.active_generation() == Some(2);
@@ -356,16 +294,12 @@ async fn a_replica_whose_reload_failed_does_not_report_keys_it_does_not_serve() 
     let bob = Identity::parse("bob@b.test").unwrap();
     let (capsule, secret) =
         encapsulate(&params, &bob, 2, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
-    let client = KgcClient::with_endpoints(
+    let client = milter_client(
         vec![tls(replica_addr)],
-        Some((
-            client_config(&milter_tls, &[primary_pin, replica_pin]).unwrap(),
-            milter_pin,
-        )),
-        Duration::from_secs(5),
-        false,
-    )
-    .unwrap();
+        &milter_tls,
+        milter_pin,
+        &[primary_pin, replica_pin],
+    );
     let opened = client.open(&bob, 2, &capsule).await;
     let replica_opens = opened
         .as_ref()

@@ -5,7 +5,16 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use ibemail_kgc::clock::now;
+use ibemail_kgc::export::{Protection, Unlock, export, import};
+use ibemail_kgc::replica::Replication;
+use ibemail_kgc::store::{Retention, Role, Store};
 use ibemail_kgc::tls::{Pin, TlsIdentity, generate_certificate};
+use ibemail_kgc::upkeep::Upkeep;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 
 /// A certificate and key written to `dir` as `name.pem` / `name.key` (the
 /// key 0600): the identity, its certificate pin and the two paths.
@@ -28,4 +37,43 @@ pub(crate) fn identity_files(dir: &Path, name: &str) -> (TlsIdentity, Pin, PathB
 pub(crate) fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin) {
     let (identity, pin, _, _) = identity_files(dir, name);
     (identity, pin)
+}
+
+/// A primary store of b.test in `tmp/primary` and a copy of it imported
+/// from its (age) export as `role` in `tmp/copy`.
+pub(crate) fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
+    let primary = tmp.join("primary");
+    let mut store = Store::setup(
+        &primary,
+        "b.test",
+        now(),
+        None,
+        &mut ChaCha20Rng::seed_from_u64(1),
+    )
+    .unwrap();
+    store.set_role(Role::Primary).unwrap();
+    let age_key = age::x25519::Identity::generate();
+    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
+    let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
+    let copy = tmp.join("copy");
+    import(
+        &copy,
+        &exported,
+        &Unlock::Identities(vec![Box::new(age_key)]),
+        role,
+        Some(&fingerprint),
+    )
+    .unwrap();
+    (primary, copy)
+}
+
+/// A primary's upkeep (60 s TTL and queue lifetime) releasing rotations
+/// by `replication`'s reports.
+pub(crate) fn replicating_upkeep(replication: &Arc<Replication>) -> Upkeep {
+    let mut upkeep = Upkeep::new(Retention {
+        ttl: 60,
+        queue_lifetime: 60,
+    });
+    upkeep.replication = Some(replication.clone());
+    upkeep
 }
