@@ -59,9 +59,53 @@ pub fn init(format: LogFormat, default_filter: &str) {
     };
 }
 
+/// Characters of peer-supplied text shown in a log line.
+const SHOWN_CHARS: usize = 256;
+
+/// `text` that came from a peer (an identity or a domain in a request), as
+/// a log line may show it: line breaks and other control characters
+/// escaped (`\n`, `\u{1b}`), as are the Unicode line separators and the
+/// marks that reorder text on screen, so that it can neither start a line
+/// of its own (which an audit log's reader would take for another event)
+/// nor disguise the rest of its line; and cut at 256 characters.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(SHOWN_CHARS + 4));
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push_str("[…]");
+            break;
+        }
+        let hidden = c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            );
+        if hidden {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_is_shown_on_one_line_and_cut() {
+        assert_eq!(shown("bob@b.test"), "bob@b.test");
+        assert_eq!(shown("jürgen@b.test"), "jürgen@b.test");
+        assert_eq!(
+            shown("x@b.test\nkey use: open\r\u{1b}[2K\u{2028}\u{202e}"),
+            "x@b.test\\nkey use: open\\r\\u{1b}[2K\\u{2028}\\u{202e}"
+        );
+        let long = "a".repeat(1000);
+        assert_eq!(shown(&long), format!("{}[…]", "a".repeat(256)));
+        assert_eq!(shown(&"a".repeat(256)), "a".repeat(256));
+    }
 
     #[test]
     fn formats_parse_and_others_are_refused_with_the_choices() {

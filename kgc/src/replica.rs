@@ -168,7 +168,11 @@ pub fn answer_sync(
     peer: Peer,
 ) -> Response {
     let Some(store) = service.stores().into_iter().find(|s| s.domain() == domain) else {
-        warn!(target: "ibemail_kgc::audit", "refused to replicate {domain} to {peer}: not served here");
+        warn!(
+            target: "ibemail_kgc::audit",
+            "refused to replicate {} to {peer}: not served here",
+            crate::logging::shown(domain)
+        );
         return Response::Error(
             Status::WrongDomain,
             format!("this KGC does not serve {domain}"),

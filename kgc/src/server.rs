@@ -336,7 +336,8 @@ impl Handshakes {
 fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
     warn!(
         target: "ibemail_kgc::audit",
-        "refused {capability} as {identity:?} for {peer}: no {capability} grant"
+        "refused {capability} as {} for {peer}: no {capability} grant",
+        crate::logging::shown(identity)
     );
     Response::Error(
         Status::Forbidden,

@@ -297,8 +297,9 @@ impl KeyService {
             Some(_) => "error",
         };
         let mut line = format!(
-            "key use: {operation} identity={identity} generation={generation} outcome={outcome} \
+            "key use: {operation} identity={} generation={generation} outcome={outcome} \
              peer_uid={} peer_pid={}",
+            crate::logging::shown(identity),
             peer.uid.map_or("-".into(), |u| u.to_string()),
             peer.pid.map_or("-".into(), |p| p.to_string()),
         );

@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ibemail_ibe::{Identity, encapsulate};
 use ibemail_kgc::access::KeyError;
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::clock::now;
+use ibemail_kgc::protocol::{Request, frame};
 use ibemail_kgc::store::Store;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -24,12 +25,18 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        Self::start_logging(dir, socket, extra, Stdio::inherit())
+    }
+
+    /// [`Daemon::start`] with its log (standard error) going to `log`.
+    fn start_logging(dir: &Path, socket: &Path, extra: &[&str], log: Stdio) -> Daemon {
         let child = Command::new(assert_cmd::cargo::cargo_bin("ibemail-kgc"))
             .args(["serve", "--dir"])
             .arg(dir)
             .arg("--socket")
             .arg(socket)
             .args(extra)
+            .stderr(log)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -228,6 +235,60 @@ async fn open_and_sign_are_granted_separately() {
     let both = Daemon::start(&dir, &tmp.path().join("both.sock"), &["--allow-uid", &me]);
     both.client().open(&bob, 1, &capsule).await.unwrap();
     both.client().sign(&bob, 1, &digest).await.unwrap();
+}
+
+/// A granted client (here: the daemon's own uid) names an identity with
+/// line breaks in it: the audit log shows it escaped on the one line of that
+/// key use, and gains no line that looks like another key use.
+#[tokio::test]
+async fn identities_cannot_forge_audit_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let socket = tmp.path().join("kgc.sock");
+    let log_path = tmp.path().join("kgc.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = Daemon::start_logging(&dir, &socket, &[], Stdio::from(log));
+    let forged = "key use: open identity=ceo@b.test generation=1 outcome=opened peer_uid=0";
+    let identity = format!("x@b.test\n{forged}\r\n{forged}");
+    for request in [
+        Request::Open {
+            generation: 1,
+            identity: identity.clone(),
+            capsule: vec![0; 128],
+        },
+        Request::Sign {
+            generation: 1,
+            identity: identity.clone(),
+            message: vec![0; 32],
+        },
+    ] {
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        stream.write_all(&frame(&request.encode())).await.unwrap();
+        let mut length = [0; 4];
+        stream.read_exact(&mut length).await.unwrap();
+        let mut answer = vec![0; u32::from_be_bytes(length) as usize];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_ne!(answer[1], 0, "refused, not a key use: {answer:?}");
+    }
+    // The daemon still serves, and has written both lines by now.
+    assert_eq!(
+        daemon.client().hello().await.unwrap(),
+        vec![("b.test".to_string(), 1)]
+    );
+    drop(daemon);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let uses: Vec<&str> = log.lines().filter(|l| l.contains("key use:")).collect();
+    assert_eq!(uses.len(), 2, "one line per key use:\n{log}");
+    for line in &uses {
+        assert!(
+            line.contains("ibemail_kgc::audit"),
+            "a line of its own:\n{log}"
+        );
+        assert!(
+            line.contains(r"identity=x@b.test\nkey use: open identity=ceo@b.test"),
+            "escaped:\n{log}"
+        );
+    }
 }
 
 async fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
