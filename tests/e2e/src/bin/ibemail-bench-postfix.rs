@@ -3,8 +3,10 @@
 //!
 //! - outbound at a.test (submission from an internal client): no milter,
 //!   OpenDKIM signing, ibemail encrypting and signing;
-//! - inbound at b.test (from an outside client): no milter, ibemail
-//!   verifying and decrypting a sealed, signed message.
+//! - inbound at b.test (from an outside client): no milter, OpenDKIM
+//!   verifying a DKIM-signed message (the cost of a milter that checks one
+//!   RSA signature: Postfix's side of the milter protocol and little
+//!   else), ibemail verifying and decrypting a sealed, signed message.
 //!
 //! `smtp-source` sends N messages (10 sessions in parallel; 2 KiB
 //! outbound, the same 2 KiB message sealed and signed inbound). Outbound,
@@ -26,7 +28,8 @@
 //! Plain Postfix's own rate varies by half from run to run on a small VM,
 //! so ROUNDS (default 1) repeats all setups in turn and prints each
 //! round's ratios and their median. SETUP names restrict the run to
-//! some (`out-plain`, `out-dkim`, `out`, `out-pass`, `in-plain`, `in`):
+//! some (`out-plain`, `out-dkim`, `out`, `out-pass`, `in-plain`,
+//! `in-dkim`, `in`):
 //! one alone is the way to profile it (under `perf record -a`, say).
 
 #![forbid(unsafe_code)]
@@ -119,6 +122,19 @@ fn measure_to(
     }
 }
 
+/// The inbound message before sealing or signing: 2 KiB from alice@a.test
+/// to bob@b.test, CRLF line ends.
+fn bench_text() -> String {
+    let mut text = String::from(
+        "From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: bench\r\n\
+         Date: Mon, 23 Nov 2026 09:00:00 +0000\r\nMessage-ID: <bench@a.test>\r\n\r\n",
+    );
+    while text.len() < 2048 {
+        text.push_str("The quick brown fox jumps over the lazy dog, again and again.\r\n");
+    }
+    text
+}
+
 /// a.test's key service signing as alice.
 struct Alice(KeyService, Identity, Generation);
 
@@ -140,13 +156,7 @@ impl MessageSigner for Alice {
 /// parameters and signed by a.test's key as the milter does, written with
 /// LF line endings for `smtp-source -F`.
 fn sealed_message(world: &World, path: &Path) {
-    let mut text = String::from(
-        "From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: bench\r\n\
-         Date: Mon, 23 Nov 2026 09:00:00 +0000\r\nMessage-ID: <bench@a.test>\r\n\r\n",
-    );
-    while text.len() < 2048 {
-        text.push_str("The quick brown fox jumps over the lazy dog, again and again.\r\n");
-    }
+    let text = bench_text();
     let a = KeyService::load(std::slice::from_ref(&world.a.store_dir), 16).unwrap();
     let alice = Identity::parse("alice@a.test").unwrap();
     let generation = a.active_generation(&alice).unwrap();
@@ -171,6 +181,39 @@ fn sealed_message(world: &World, path: &Path) {
     std::fs::write(path, wire).unwrap();
 }
 
+/// The bench's 2 KiB message from alice@a.test as a.test's OpenDKIM signs
+/// it: sent once through a.test's Postfix (its signing milter) to b.test,
+/// and taken from bob's mailbox from its `DKIM-Signature` down (the fields
+/// b.test added above it dropped).
+fn dkim_signed_message(world: &World, path: &Path) {
+    let text = path.with_extension("txt");
+    std::fs::write(&text, bench_text().replace("\r\n", "\n")).unwrap();
+    source(world.a.postfix.smtp(), 1, 1, Some(&text), "bob@b.test");
+    let mail = world
+        .b
+        .postfix
+        .wait_for_mail("bob", 1, std::time::Duration::from_secs(60));
+    let delivered = String::from_utf8(mail[0].clone()).unwrap();
+    let start = delivered
+        .find("DKIM-Signature:")
+        .unwrap_or_else(|| panic!("not signed by a.test:\n{delivered}"));
+    std::fs::write(path, &delivered[start..]).unwrap();
+}
+
+/// Checks that the milter did its work on what was measured: the newest
+/// message in bob's mailbox has every one of `results` (in its
+/// Authentication-Results).
+fn delivered_with(world: &World, results: &[&str]) {
+    let mail = world
+        .b
+        .postfix
+        .wait_for_mail("bob", 1, std::time::Duration::from_secs(60));
+    let newest = String::from_utf8_lossy(&mail[mail.len() - 1]);
+    for result in results {
+        assert!(newest.contains(result), "no {result} in:\n{newest}");
+    }
+}
+
 /// Postfix settings for a bench world: its default retry timers (see the
 /// module documentation), and `more`.
 fn postfix_extra(more: &[&str]) -> Vec<String> {
@@ -193,16 +236,18 @@ enum Setup {
     OutIbemail,
     OutPass,
     InPlain,
+    InDkim,
     InIbemail,
 }
 
 impl Setup {
-    const ALL: [Setup; 6] = [
+    const ALL: [Setup; 7] = [
         Setup::OutPlain,
         Setup::OutDkim,
         Setup::OutIbemail,
         Setup::OutPass,
         Setup::InPlain,
+        Setup::InDkim,
         Setup::InIbemail,
     ];
 
@@ -213,6 +258,7 @@ impl Setup {
             Setup::OutIbemail => "out: + ibemail (encrypt, sign)",
             Setup::OutPass => "out: + ibemail (no parameters, pass)",
             Setup::InPlain => "in: postfix, no milter",
+            Setup::InDkim => "in: + opendkim (verify)",
             Setup::InIbemail => "in: + ibemail (verify, decrypt)",
         }
     }
@@ -225,6 +271,7 @@ impl Setup {
             Setup::OutIbemail => "out",
             Setup::OutPass => "out-pass",
             Setup::InPlain => "in-plain",
+            Setup::InDkim => "in-dkim",
             Setup::InIbemail => "in",
         }
     }
@@ -271,6 +318,22 @@ impl Setup {
                 };
                 measure_to(name, world.a.postfix.smtp(), count, None, to)
             }
+            Setup::InDkim => {
+                let tmp = tempfile::tempdir().unwrap();
+                let file = tmp.path().join("signed.eml");
+                let world = World::start(Options {
+                    block: Some(205),
+                    dkim: true,
+                    a_without_ibemail: true,
+                    b_without_ibemail: true,
+                    b_postfix_extra: postfix_extra(&[]),
+                    ..Options::default()
+                });
+                dkim_signed_message(&world, &file);
+                let run = measure(name, world.b.postfix.smtp(), count, Some(&file));
+                delivered_with(&world, &["dkim=pass"]);
+                run
+            }
             Setup::InPlain | Setup::InIbemail => {
                 let tmp = tempfile::tempdir().unwrap();
                 let file = tmp.path().join("sealed.eml");
@@ -281,7 +344,11 @@ impl Setup {
                     ..Options::default()
                 });
                 sealed_message(&world, &file);
-                measure(name, world.b.postfix.smtp(), count, Some(&file))
+                let run = measure(name, world.b.postfix.smtp(), count, Some(&file));
+                if self == Setup::InIbemail {
+                    delivered_with(&world, &["x-ibemail=pass", "ibesig=pass"]);
+                }
+                run
             }
         }
     }
@@ -391,6 +458,7 @@ fn main() {
             Setup::OutPlain,
             "outbound, ibemail sign, no encryption",
         ),
+        (Setup::InDkim, Setup::InPlain, "inbound, OpenDKIM verifying"),
         (
             Setup::InIbemail,
             Setup::InPlain,
