@@ -9,6 +9,10 @@
 //! shippers. The filter comes from `IBEMAIL_LOG` (tracing syntax).
 
 use std::io::IsTerminal as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,9 +94,125 @@ pub fn shown(text: &str) -> String {
     out
 }
 
+/// Refused connections logged per minute, per listener.
+const REFUSALS_PER_MINUTE: u32 = 20;
+
+/// Audit lines for events that anyone who reaches a port can cause (a
+/// refused connection: a failed TLS handshake, a peer without a grant), at
+/// most a few per minute: past that a flood of them would fill the journal
+/// and push out the lines that matter. The rest are counted (the daemon's
+/// metrics count every refusal) and said in one line when logging resumes.
+#[derive(Debug)]
+pub struct LogLimit {
+    per_window: u32,
+    window: Duration,
+    state: Mutex<LimitState>,
+}
+
+#[derive(Debug, Default)]
+struct LimitState {
+    start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// What to do with one event under a [`LogLimit`].
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Log it, saying that `suppressed` earlier ones were not.
+    Log { suppressed: u64 },
+    /// The first one over the limit: say that logging pauses.
+    Pause,
+    /// Count it only.
+    Quiet,
+}
+
+impl LogLimit {
+    /// At most `per_window` lines each `window`.
+    pub fn new(per_window: u32, window: Duration) -> LogLimit {
+        LogLimit {
+            per_window,
+            window,
+            state: Mutex::new(LimitState::default()),
+        }
+    }
+
+    /// The limit for refused connections: 20 a minute.
+    pub fn refusals() -> LogLimit {
+        LogLimit::new(REFUSALS_PER_MINUTE, Duration::from_secs(60))
+    }
+
+    fn admit(&self, now: Instant) -> Admit {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut carried = 0;
+        if state
+            .start
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.window)
+        {
+            carried = std::mem::take(&mut state.suppressed);
+            state.start = Some(now);
+            state.logged = 0;
+        }
+        if state.logged < self.per_window {
+            state.logged += 1;
+            return Admit::Log {
+                suppressed: carried,
+            };
+        }
+        state.suppressed += 1;
+        if state.suppressed == 1 {
+            Admit::Pause
+        } else {
+            Admit::Quiet
+        }
+    }
+
+    /// Logs `line()` to the audit log as a warning, within the limit.
+    pub fn warn(&self, line: impl FnOnce() -> String) {
+        match self.admit(Instant::now()) {
+            Admit::Log { suppressed: 0 } => warn!(target: "ibemail_kgc::audit", "{}", line()),
+            Admit::Log { suppressed } => warn!(
+                target: "ibemail_kgc::audit",
+                "{} ({suppressed} more like it were not logged)",
+                line()
+            ),
+            Admit::Pause => warn!(
+                target: "ibemail_kgc::audit",
+                "{} (over {} such lines in {} s: the next are counted in \
+                 ibemail_kgc_refused_connections_total, not logged, for up to {} s)",
+                line(),
+                self.per_window,
+                self.window.as_secs(),
+                self.window.as_secs()
+            ),
+            Admit::Quiet => debug!("{}", line()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_logged_up_to_the_limit_then_counted_and_reported() {
+        let limit = LogLimit::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for s in 0..3 {
+            assert_eq!(limit.admit(at(s)), Admit::Log { suppressed: 0 });
+        }
+        assert_eq!(limit.admit(at(3)), Admit::Pause);
+        for s in 4..50 {
+            assert_eq!(limit.admit(at(s)), Admit::Quiet);
+        }
+        // A minute after the window began: logged again, with the count of
+        // those that were not (the pause line's included).
+        assert_eq!(limit.admit(at(60)), Admit::Log { suppressed: 47 });
+        assert_eq!(limit.admit(at(61)), Admit::Log { suppressed: 0 });
+        // A quiet spell resets the window with nothing to report.
+        assert_eq!(limit.admit(at(500)), Admit::Log { suppressed: 0 });
+    }
 
     #[test]
     fn peer_text_is_shown_on_one_line_and_cut() {

@@ -84,7 +84,7 @@ impl KgcMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP ibemail_kgc_refused_connections_total Connections refused: peer uid not allowed.\n\
+            "# HELP ibemail_kgc_refused_connections_total Connections refused: no grant for the peer (uid or certificate), or a failed TLS handshake.\n\
              # TYPE ibemail_kgc_refused_connections_total counter\n\
              ibemail_kgc_refused_connections_total {}",
             self.refused_connections()

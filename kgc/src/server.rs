@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::access::KeyError;
+use crate::logging::LogLimit;
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
 use crate::replica::Replication;
 use crate::service::{KeyService, Peer};
@@ -160,6 +161,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let refusals = Arc::new(LogLimit::refusals());
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -175,10 +177,10 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let service = service.clone();
-                let config = config.clone();
+                let (service, config, refusals) =
+                    (service.clone(), config.clone(), refusals.clone());
                 tasks.spawn(async move {
-                    handle_unix(stream, service, &config).await;
+                    handle_unix(stream, service, &config, &refusals).await;
                     drop(permit);
                 });
             }
@@ -209,6 +211,7 @@ pub async fn serve_tls(
     // oldest.
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let pending = Arc::new(std::sync::Mutex::new(Handshakes::default()));
+    let refusals = Arc::new(LogLimit::refusals());
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -228,12 +231,13 @@ pub async fn serve_tls(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .admit(config.max_connections.max(1));
-                let (service, config, acceptor, permits, pending) = (
+                let (service, config, acceptor, permits, pending, refusals) = (
                     service.clone(),
                     config.clone(),
                     acceptor.clone(),
                     permits.clone(),
                     pending.clone(),
+                    refusals.clone(),
                 );
                 tasks.spawn(async move {
                     let handshake = tokio::select! {
@@ -257,11 +261,10 @@ pub async fn serve_tls(
                         }
                         Ok(Err(e)) => {
                             service.metrics().refused_connection();
-                            warn!(
-                                target: "ibemail_kgc::audit",
+                            refusals.warn(|| format!(
                                 "refused TLS connection from {address}: {}",
                                 crate::tls::describe_error(&e)
-                            );
+                            ));
                             return;
                         }
                         Err(_) => {
@@ -281,7 +284,7 @@ pub async fn serve_tls(
                         fingerprints.and_then(|f| config.certificate_grant(&f))
                     else {
                         service.metrics().refused_connection();
-                        warn!(target: "ibemail_kgc::audit", "refused TLS connection from {address}: no grant");
+                        refusals.warn(|| format!("refused TLS connection from {address}: no grant"));
                         return;
                     };
                     let peer = Peer {
@@ -392,7 +395,12 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std
     stream.flush().await
 }
 
-async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &ServerConfig) {
+async fn handle_unix(
+    mut stream: UnixStream,
+    service: Arc<KeyService>,
+    config: &ServerConfig,
+    refusals: &LogLimit,
+) {
     let (peer, grant) = match stream.peer_cred() {
         Ok(cred) => (
             Peer {
@@ -409,10 +417,7 @@ async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &
     };
     if grant.is_empty() {
         service.metrics().refused_connection();
-        warn!(
-            target: "ibemail_kgc::audit",
-            "refused connection from {peer}: no grant"
-        );
+        refusals.warn(|| format!("refused connection from {peer}: no grant"));
         let _ = send(
             &mut stream,
             &Response::Error(Status::Forbidden, "this uid has no grant".into()),

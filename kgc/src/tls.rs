@@ -38,7 +38,6 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
-use tracing::warn;
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// What can go wrong with certificates, keys and pins.
@@ -406,13 +405,9 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).inspect_err(|_| {
-            warn!(
-                target: "ibemail_kgc::audit",
-                "refused a TLS client: its certificate {} is not allowed (--allow-cert)",
-                Fingerprints::of(end_entity).certificate_pin()
-            );
-        })?;
+        // Refused here; logged (within the refusal log limit, with this
+        // certificate's pin) where the handshake fails.
+        self.check(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -182,6 +182,34 @@ async fn a_uid_outside_the_allow_list_is_refused() {
     }
 }
 
+/// A local user without a grant who connects over and over cannot fill the
+/// journal: every connection is refused, the first 20 in a minute are
+/// logged, then one line says logging pauses, and the rest are counted only.
+#[tokio::test]
+async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let socket = tmp.path().join("kgc.sock");
+    let log_path = tmp.path().join("kgc.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon =
+        Daemon::start_logging(&dir, &socket, &["--allow-uid", "4242424"], Stdio::from(log));
+    for _ in 0..200 {
+        match daemon.client().hello().await.unwrap_err() {
+            KeyError::Forbidden(reason) => assert!(reason.contains("no grant"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    drop(daemon);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused connection from"))
+        .collect();
+    assert_eq!(refused.len(), 21, "{log}");
+    assert!(refused[20].contains("not logged"), "{log}");
+}
+
 /// Grants are per capability: a uid allowed to open (a delivery-time
 /// decrypt filter) cannot sign as the domain's users, and one allowed to
 /// sign cannot read their mail.
