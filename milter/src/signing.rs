@@ -237,8 +237,9 @@ impl Verification {
 /// microseconds, less than handing the work to a blocking thread and
 /// back — if its message is at most this size and its `h=` names at most
 /// [`INLINE_SIGNED_FIELDS`] fields: the digest's cost grows with both
-/// (every `h=` name is looked for among the header fields), and a sender
-/// may make it large on purpose. Other digests go to a blocking thread.
+/// (linearly since header selection is indexed, but a sender may still
+/// make either large on purpose, and several signatures multiply it).
+/// Other digests go to a blocking thread.
 const INLINE_BYTES: usize = 16 * 1024;
 
 /// See [`INLINE_BYTES`].

@@ -94,15 +94,27 @@ pub fn body_hash(body: &[u8]) -> [u8; 32] {
 /// The header fields named in `h`, selected as DKIM does: for each name,
 /// the last occurrence not yet used; names with no occurrence left add
 /// nothing.
+///
+/// Linear in the fields plus the names: each field named in `h` is listed
+/// once under its name, and each name takes the last one left. (A scan of
+/// the fields per name cost names × fields, which a sender controls both
+/// of.)
 pub(super) fn canonical_headers(section: &HeaderSection<'_>, h: &[String], out: &mut Vec<u8>) {
-    let mut used = vec![false; section.fields.len()];
+    let mut left: std::collections::HashMap<Vec<u8>, Vec<usize>> = h
+        .iter()
+        .map(|name| (name.as_bytes().to_ascii_lowercase(), Vec::new()))
+        .collect();
+    for (i, field) in section.fields.iter().enumerate() {
+        if let Some(indices) = left.get_mut(&field.name.to_ascii_lowercase()) {
+            indices.push(i);
+        }
+    }
     for name in h {
-        if let Some(i) = (0..section.fields.len())
-            .rev()
-            .find(|&i| !used[i] && section.fields[i].is(name))
-        {
-            used[i] = true;
-            let field = &section.fields[i];
+        let field = left
+            .get_mut(&name.as_bytes().to_ascii_lowercase())
+            .and_then(Vec::pop)
+            .map(|i| &section.fields[i]);
+        if let Some(field) = field {
             relaxed_field(out, field.name, field.value());
             out.extend_from_slice(b"\r\n");
         }

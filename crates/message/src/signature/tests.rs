@@ -53,6 +53,55 @@ fn rfc6376_relaxed_example() {
     assert_eq!(body_hash(b"x"), body_hash(b"x\r\n"));
 }
 
+/// Header selection as DKIM's, written the obvious (quadratic) way.
+fn selected_by_scanning(section: &HeaderSection<'_>, h: &[String]) -> Vec<usize> {
+    let mut used = vec![false; section.fields.len()];
+    let mut out = Vec::new();
+    for name in h {
+        if let Some(i) = (0..section.fields.len())
+            .rev()
+            .find(|&i| !used[i] && section.fields[i].is(name))
+        {
+            used[i] = true;
+            out.push(i);
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    /// The indexed selection takes the same fields in the same order as a
+    /// scan per name: repeated names take earlier occurrences in turn,
+    /// names past the last occurrence (oversigning) add nothing, case does
+    /// not matter.
+    #[test]
+    fn header_selection_is_the_last_unused_occurrence_per_name(
+        names in proptest::collection::vec(0usize..4, 0..12),
+        h in proptest::collection::vec((0usize..5, proptest::bool::ANY), 0..12),
+    ) {
+        const NAMES: [&str; 5] = ["From", "To", "Subject", "received", "X-Absent"];
+        let mut message = String::new();
+        for (n, name) in names.iter().enumerate() {
+            message.push_str(&format!("{}: value {n}\r\n", NAMES[*name]));
+        }
+        message.push_str("\r\nbody\r\n");
+        let section = HeaderSection::parse(message.as_bytes());
+        let h: Vec<String> = h
+            .iter()
+            .map(|(i, upper)| if *upper { NAMES[*i].to_uppercase() } else { NAMES[*i].to_lowercase() })
+            .collect();
+        let mut expected = Vec::new();
+        for i in selected_by_scanning(&section, &h) {
+            let field = &section.fields[i];
+            super::canon::relaxed_field(&mut expected, field.name, field.value());
+            expected.extend_from_slice(b"\r\n");
+        }
+        let mut got = Vec::new();
+        canonical_headers(&section, &h, &mut got);
+        proptest::prop_assert_eq!(got, expected);
+    }
+}
+
 #[test]
 fn signed_messages_verify_and_survive_relaxed_changes() {
     let master = master();
