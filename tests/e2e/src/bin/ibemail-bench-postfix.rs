@@ -6,7 +6,9 @@
 //! - inbound at b.test (from an outside client): no milter, OpenDKIM
 //!   verifying a DKIM-signed message (the cost of a milter that checks one
 //!   RSA signature: Postfix's side of the milter protocol and little
-//!   else), ibemail verifying and decrypting a sealed, signed message.
+//!   else), ibemail passing plain unsigned mail (its path without
+//!   cryptography), ibemail verifying and decrypting a sealed, signed
+//!   message.
 //!
 //! `smtp-source` sends N messages (10 sessions in parallel; 2 KiB
 //! outbound, the same 2 KiB message sealed and signed inbound). Outbound,
@@ -29,7 +31,7 @@
 //! so ROUNDS (default 1) repeats all setups in turn and prints each
 //! round's ratios and their median. SETUP names restrict the run to
 //! some (`out-plain`, `out-dkim`, `out`, `out-pass`, `in-plain`,
-//! `in-dkim`, `in`):
+//! `in-dkim`, `in-pass`, `in`):
 //! one alone is the way to profile it (under `perf record -a`, say).
 
 #![forbid(unsafe_code)]
@@ -237,17 +239,19 @@ enum Setup {
     OutPass,
     InPlain,
     InDkim,
+    InPass,
     InIbemail,
 }
 
 impl Setup {
-    const ALL: [Setup; 7] = [
+    const ALL: [Setup; 8] = [
         Setup::OutPlain,
         Setup::OutDkim,
         Setup::OutIbemail,
         Setup::OutPass,
         Setup::InPlain,
         Setup::InDkim,
+        Setup::InPass,
         Setup::InIbemail,
     ];
 
@@ -259,6 +263,7 @@ impl Setup {
             Setup::OutPass => "out: + ibemail (no parameters, pass)",
             Setup::InPlain => "in: postfix, no milter",
             Setup::InDkim => "in: + opendkim (verify)",
+            Setup::InPass => "in: + ibemail (plain, unsigned)",
             Setup::InIbemail => "in: + ibemail (verify, decrypt)",
         }
     }
@@ -272,6 +277,7 @@ impl Setup {
             Setup::OutPass => "out-pass",
             Setup::InPlain => "in-plain",
             Setup::InDkim => "in-dkim",
+            Setup::InPass => "in-pass",
             Setup::InIbemail => "in",
         }
     }
@@ -334,19 +340,31 @@ impl Setup {
                 delivered_with(&world, &["dkim=pass"]);
                 run
             }
-            Setup::InPlain | Setup::InIbemail => {
+            Setup::InPlain | Setup::InPass | Setup::InIbemail => {
                 let tmp = tempfile::tempdir().unwrap();
-                let file = tmp.path().join("sealed.eml");
+                let file = tmp.path().join("inbound.eml");
                 let world = World::start(Options {
                     block: Some(204),
                     b_without_ibemail: self == Setup::InPlain,
                     b_postfix_extra: postfix_extra(&[]),
                     ..Options::default()
                 });
-                sealed_message(&world, &file);
+                // Pass: the milter's path with no cryptography (nothing
+                // to open, no signature), as out-pass is outbound.
+                if self == Setup::InPass {
+                    std::fs::write(&file, bench_text().replace("\r\n", "\n")).unwrap();
+                } else {
+                    sealed_message(&world, &file);
+                }
                 let run = measure(name, world.b.postfix.smtp(), count, Some(&file));
-                if self == Setup::InIbemail {
-                    delivered_with(&world, &["x-ibemail=pass", "ibesig=pass"]);
+                match self {
+                    // Unsigned plain mail gets no result field: that the
+                    // milter saw it shows in its processes' CPU.
+                    Setup::InPass => assert!(run.milter_ms > 0.0, "the milter saw no mail"),
+                    Setup::InIbemail => {
+                        delivered_with(&world, &["x-ibemail=pass", "ibesig=pass"]);
+                    }
+                    _ => {}
                 }
                 run
             }
@@ -459,6 +477,11 @@ fn main() {
             "outbound, ibemail sign, no encryption",
         ),
         (Setup::InDkim, Setup::InPlain, "inbound, OpenDKIM verifying"),
+        (
+            Setup::InPass,
+            Setup::InPlain,
+            "inbound, ibemail, plain unsigned mail",
+        ),
         (
             Setup::InIbemail,
             Setup::InPlain,
