@@ -584,7 +584,16 @@ where
         .cloned()
         .collect();
     let mut first_error: Option<OpenError> = None;
+    // One attempt per identity: its first entry. A message sealed to a
+    // recipient has one entry for it; more are a sender making the key
+    // service open capsule after capsule (anyone can make entries, the
+    // parameters are public).
+    let mut tried: Vec<&Identity> = Vec::new();
     for candidate in &candidates {
+        if tried.contains(&&candidate.identity) {
+            continue;
+        }
+        tried.push(&candidate.identity);
         let attempt = candidate.capsule().and_then(|capsule| {
             open_capsule(&candidate.identity, candidate.generation, &capsule).map_err(|e| match e {
                 CapsuleError::UnknownGeneration(n) => OpenError::UnknownGeneration(n),

@@ -215,6 +215,36 @@ fn unknown_recipient_generation_and_foreign_keys_are_told_apart() {
     ));
 }
 
+/// A sender who repeats one recipient's entry (our parameters are public,
+/// so anyone can) gets one key-service call per local recipient, not one
+/// per entry: otherwise one message of 1,000 entries made the KGC open
+/// 1,000 capsules and write 1,000 audit lines.
+#[test]
+fn repeated_entries_for_one_recipient_cost_one_key_service_call() {
+    let b = Kgc::new(29);
+    let mut list = vec![b.recipient("bob@b.test"); 200];
+    list.push(b.recipient("carol@b.test"));
+    let sealed = seal(MESSAGE, &as_dyn(&list), &mut rng(29), &Limits::default())
+        .unwrap()
+        .to_bytes();
+    let locals = [
+        Identity::parse("bob@b.test").unwrap(),
+        Identity::parse("carol@b.test").unwrap(),
+    ];
+    let mut calls = Vec::new();
+    let err = open(&sealed, &locals, &Limits::default(), |id, _, _| {
+        calls.push(id.as_str().to_string());
+        Err(CapsuleError::Rejected)
+    })
+    .unwrap_err();
+    assert!(matches!(err, OpenError::AuthenticationFailed(_)), "{err:?}");
+    calls.sort();
+    assert_eq!(calls, ["bob@b.test", "carol@b.test"]);
+    // With the real key it opens, for either.
+    assert_eq!(b.open(&sealed, &["carol@b.test"]).unwrap().message, MESSAGE);
+    assert_eq!(b.open(&sealed, &["bob@b.test"]).unwrap().message, MESSAGE);
+}
+
 #[test]
 fn key_service_outages_are_temporary_and_stop_the_attempt() {
     let b = Kgc::new(28);
