@@ -47,8 +47,11 @@ pub fn colour_allowed() -> bool {
 /// Installs the process's logger: `format` on standard error, filtered by
 /// `IBEMAIL_LOG` or else `default_filter`. A second call does nothing.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_VARIABLE)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let spec = std::env::var(FILTER_VARIABLE)
+        .ok()
+        .filter(|spec| tracing_subscriber::EnvFilter::try_new(spec).is_ok())
+        .unwrap_or_else(|| default_filter.to_string());
+    let filter = filter(&spec);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -63,15 +66,31 @@ pub fn init(format: LogFormat, default_filter: &str) {
     };
 }
 
+/// The filter `spec` (tracing syntax), with the milter protocol library
+/// held at `info` whatever `spec` says: at `debug` and `trace` it logs
+/// every header field and body chunk it carries, decrypted bodies
+/// included, and mail must never reach a log.
+fn filter(spec: &str) -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match "indymilter=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Characters of peer-supplied text shown in a log line.
 const SHOWN_CHARS: usize = 256;
 
-/// `text` that came from a peer (an identity or a domain in a request), as
-/// a log line may show it: line breaks and other control characters
-/// escaped (`\n`, `\u{1b}`), as are the Unicode line separators and the
-/// marks that reorder text on screen, so that it can neither start a line
+/// `text` that came from a peer (an identity or a domain in a request, a
+/// reason naming what a message carried), as a log line may show it: line
+/// breaks and other control characters escaped (`\n`, `\u{1b}`), as are
+/// backslashes (so an escaped line break cannot be told from a sent `\n`),
+/// the Unicode line separators and the invisible format characters
+/// (reordering marks, zero-width ones), so that it can neither start a line
 /// of its own (which an audit log's reader would take for another event)
-/// nor disguise the rest of its line; and cut at 256 characters.
+/// nor drive a terminal or disguise the rest of its line; and cut at 256
+/// characters.
 pub fn shown(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(SHOWN_CHARS + 4));
     for (i, c) in text.chars().enumerate() {
@@ -79,19 +98,43 @@ pub fn shown(text: &str) -> String {
             out.push_str("[…]");
             break;
         }
-        let hidden = c.is_control()
-            || matches!(
-                c,
-                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
-                    | '\u{2066}'..='\u{2069}'
-            );
-        if hidden {
+        if c == '\\' || c.is_control() || is_separator_or_format(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Unicode's line and paragraph separators (Zl, Zp) and format characters
+/// (Cf: bidirectional marks and overrides, zero-width characters, the byte
+/// order mark, tags), which a log viewer does not show as themselves.
+fn is_separator_or_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 /// Refused connections logged per minute, per listener.
@@ -178,8 +221,8 @@ impl LogLimit {
             ),
             Admit::Pause => warn!(
                 target: "ibemail_kgc::audit",
-                "{} (over {} such lines in {} s: the next are counted in \
-                 ibemail_kgc_refused_connections_total, not logged, for up to {} s)",
+                "{} (over {} such lines in {} s: the next are not logged for up to {} s; \
+                 the daemon's metrics count them)",
                 line(),
                 self.per_window,
                 self.window.as_secs(),
@@ -193,6 +236,27 @@ impl LogLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether trace events of indymilter, and of our own code, pass the
+    /// filter made of `spec`.
+    fn trace_passes(spec: &str) -> (bool, bool) {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(filter(spec));
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::enabled!(target: "indymilter::connection", tracing::Level::TRACE),
+                tracing::enabled!(target: "ibemail_milter::engine", tracing::Level::TRACE),
+            )
+        })
+    }
+
+    #[test]
+    fn the_milter_library_never_logs_mail_whatever_the_filter() {
+        // indymilter at trace would log the messages it carries.
+        assert_eq!(trace_passes("trace"), (false, true));
+        assert_eq!(trace_passes("indymilter=trace,info"), (false, false));
+        assert_eq!(trace_passes("info"), (false, false));
+    }
 
     #[test]
     fn refusals_are_logged_up_to_the_limit_then_counted_and_reported() {
@@ -219,9 +283,12 @@ mod tests {
         assert_eq!(shown("bob@b.test"), "bob@b.test");
         assert_eq!(shown("jürgen@b.test"), "jürgen@b.test");
         assert_eq!(
-            shown("x@b.test\nkey use: open\r\u{1b}[2K\u{2028}\u{202e}"),
-            "x@b.test\\nkey use: open\\r\\u{1b}[2K\\u{2028}\\u{202e}"
+            shown("x@b.test\nkey use: open\r\u{1b}[2K\u{2028}\u{202e}\u{200b}\u{feff}"),
+            "x@b.test\\nkey use: open\\r\\u{1b}[2K\\u{2028}\\u{202e}\\u{200b}\\u{feff}"
         );
+        // A backslash sent as such is not mistaken for an escape.
+        assert_eq!(shown(r"x@b.test\nkey"), r"x@b.test\\nkey");
+        assert_ne!(shown("a\nb"), shown(r"a\nb"));
         let long = "a".repeat(1000);
         assert_eq!(shown(&long), format!("{}[…]", "a".repeat(256)));
         assert_eq!(shown(&"a".repeat(256)), "a".repeat(256));

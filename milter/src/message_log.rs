@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 
+use ibemail_kgc::logging::shown;
 use tracing::{info, warn};
 
 use crate::address::{Rcpt, canonical};
@@ -115,7 +116,7 @@ pub fn message_processed(config: &Config, message: &Message, origin: Origin, ver
     match &verdict.reply {
         Reply::Continue => line!(info, "message"),
         Reply::Tempfail(reason) | Reply::Reject(reason) => {
-            line!(warn, "message not accepted" reason = %reason,)
+            line!(warn, "message not accepted" reason = %shown(reason),)
         }
     }
 }

@@ -16,6 +16,7 @@
 //! could otherwise deliver it with its `e=1` signature passing.
 
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret};
+use ibemail_kgc::logging::shown;
 use ibemail_message::{CapsuleError, OpenError};
 use tracing::warn;
 
@@ -42,6 +43,26 @@ pub(crate) fn capsule_error(e: KeyError) -> CapsuleError {
         e => CapsuleError::Refused(e.to_string()),
     }
 }
+
+/// Names of dropped outer fields shown in a log line: each once, the first
+/// [`DROPPED_SHOWN`], escaped (a sender chooses them, and as many as it
+/// likes).
+fn dropped_names(dropped: &[String]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for name in dropped {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name);
+        }
+    }
+    let mut out: Vec<String> = names.iter().take(DROPPED_SHOWN).map(|n| shown(n)).collect();
+    if names.len() > DROPPED_SHOWN {
+        out.push(format!("and {} more", names.len() - DROPPED_SHOWN));
+    }
+    out.join(", ")
+}
+
+/// See [`dropped_names`].
+const DROPPED_SHOWN: usize = 20;
 
 impl Engine {
     pub(super) async fn inbound(
@@ -163,7 +184,7 @@ impl Engine {
                 if !delivered.dropped.is_empty() {
                     warn!(
                         queue_id = %message.queue_id,
-                        fields = %delivered.dropped.join(", "),
+                        fields = %dropped_names(&delivered.dropped),
                         "outer header fields added on the way dropped on decryption"
                     );
                 }
@@ -228,7 +249,11 @@ impl Engine {
             }
             Err(e) => {
                 let reason = format!("ibemail: cannot decrypt: {e}");
-                warn!(queue_id = %message.queue_id, reason = %reason, "undecryptable message");
+                warn!(
+                    queue_id = %message.queue_id,
+                    reason = %shown(&reason),
+                    "undecryptable message"
+                );
                 match self.config.undecryptable {
                     FailureAction::Quarantine => {
                         let mut actions = remove_forged;
@@ -323,5 +348,24 @@ impl Engine {
             value: authres::value(&self.config.authserv_id, &[result.resinfo(layer)]),
         });
         self.apply_signature_policy(message, policy, &result, actions, Kind::Untouched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_field_names_are_shown_once_each_escaped_and_bounded() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            dropped_names(&names(&["X-A", "x-a", "X-B\u{1b}[2K"])),
+            r"X-A, X-B\u{1b}[2K"
+        );
+        let many: Vec<String> = (0..1000).map(|i| format!("X-{i}")).collect();
+        let shown = dropped_names(&many);
+        assert!(shown.starts_with("X-0, X-1, "), "{shown}");
+        assert!(shown.ends_with("X-19, and 980 more"), "{shown}");
+        assert_eq!(dropped_names(&vec!["X".to_string(); 100_000]), "X");
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_kgc::logging::shown;
 use ibemail_message::MessageSigner;
 use ibemail_message::signature;
 use tracing::{info, warn};
@@ -212,7 +213,11 @@ impl Engine {
                     "ibemail: sender signature required, result {}",
                     other.resinfo("")
                 );
-                warn!(queue_id = %message.queue_id, reason = %reason, "signature required");
+                warn!(
+                    queue_id = %message.queue_id,
+                    reason = %shown(&reason),
+                    "signature required"
+                );
                 actions.push(Action::Quarantine(reason));
                 Verdict {
                     reply: Reply::Continue,
