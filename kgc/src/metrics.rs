@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 pub const OPERATIONS: [&str; 2] = ["open", "sign"];
 
 /// Outcomes of one key use, as in the audit log.
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 8] = [
     "opened",
     "signed",
     "rejected",
@@ -20,6 +20,7 @@ pub const OUTCOMES: [&str; 7] = [
     "unknown-generation",
     "wrong-domain",
     "error",
+    "forbidden",
 ];
 
 /// Key uses by operation and outcome, and refused connections.

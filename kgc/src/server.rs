@@ -126,6 +126,10 @@ pub struct ServerConfig {
     /// What replicas report serving (a primary's), if any replica is
     /// allowed.
     pub replication: Option<Arc<Replication>>,
+    /// The log limit of refusals: connections without a grant, failed TLS
+    /// handshakes, requests beyond a peer's grant. Shared by the listeners
+    /// of one configuration.
+    pub refusals: Arc<LogLimit>,
 }
 
 impl ServerConfig {
@@ -147,6 +151,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(5),
             certificates: Vec::new(),
             replication: None,
+            refusals: Arc::new(LogLimit::refusals()),
         }
     }
 }
@@ -161,7 +166,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let refusals = Arc::new(LogLimit::refusals());
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -177,10 +181,9 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let (service, config, refusals) =
-                    (service.clone(), config.clone(), refusals.clone());
+                let (service, config) = (service.clone(), config.clone());
                 tasks.spawn(async move {
-                    handle_unix(stream, service, &config, &refusals).await;
+                    handle_unix(stream, service, &config).await;
                     drop(permit);
                 });
             }
@@ -211,7 +214,6 @@ pub async fn serve_tls(
     // oldest.
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let pending = Arc::new(std::sync::Mutex::new(Handshakes::default()));
-    let refusals = Arc::new(LogLimit::refusals());
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -231,13 +233,12 @@ pub async fn serve_tls(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .admit(config.max_connections.max(1));
-                let (service, config, acceptor, permits, pending, refusals) = (
+                let (service, config, acceptor, permits, pending) = (
                     service.clone(),
                     config.clone(),
                     acceptor.clone(),
                     permits.clone(),
                     pending.clone(),
-                    refusals.clone(),
                 );
                 tasks.spawn(async move {
                     let handshake = tokio::select! {
@@ -261,7 +262,7 @@ pub async fn serve_tls(
                         }
                         Ok(Err(e)) => {
                             service.metrics().refused_connection();
-                            refusals.warn(|| format!(
+                            config.refusals.warn(|| format!(
                                 "refused TLS connection from {address}: {}",
                                 crate::tls::describe_error(&e)
                             ));
@@ -284,7 +285,7 @@ pub async fn serve_tls(
                         fingerprints.and_then(|f| config.certificate_grant(&f))
                     else {
                         service.metrics().refused_connection();
-                        refusals.warn(|| format!("refused TLS connection from {address}: no grant"));
+                        config.refusals.warn(|| format!("refused TLS connection from {address}: no grant"));
                         return;
                     };
                     let peer = Peer {
@@ -336,12 +337,22 @@ impl Handshakes {
 
 /// The answer to a request for `capability` (`open`, `sign` or
 /// `replicate`) from a peer without that grant, audit-logged.
-fn forbidden(capability: &str, identity: &str, peer: Peer) -> Response {
-    warn!(
-        target: "ibemail_kgc::audit",
-        "refused {capability} as {} for {peer}: no {capability} grant",
-        crate::logging::shown(identity)
-    );
+/// Counted (outcome `forbidden`) and logged within the refusal limit: a
+/// peer with some grant may ask for what it lacks in a loop.
+fn forbidden(
+    capability: &str,
+    identity: &str,
+    peer: Peer,
+    config: &ServerConfig,
+    service: &KeyService,
+) -> Response {
+    service.metrics().request(capability, "forbidden");
+    config.refusals.warn(|| {
+        format!(
+            "refused {capability} as {} for {peer}: no {capability} grant",
+            crate::logging::shown(identity)
+        )
+    });
     Response::Error(
         Status::Forbidden,
         if peer.certificate.is_some() {
@@ -395,12 +406,7 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std
     stream.flush().await
 }
 
-async fn handle_unix(
-    mut stream: UnixStream,
-    service: Arc<KeyService>,
-    config: &ServerConfig,
-    refusals: &LogLimit,
-) {
+async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &ServerConfig) {
     let (peer, grant) = match stream.peer_cred() {
         Ok(cred) => (
             Peer {
@@ -417,7 +423,9 @@ async fn handle_unix(
     };
     if grant.is_empty() {
         service.metrics().refused_connection();
-        refusals.warn(|| format!("refused connection from {peer}: no grant"));
+        config
+            .refusals
+            .warn(|| format!("refused connection from {peer}: no grant"));
         let _ = send(
             &mut stream,
             &Response::Error(Status::Forbidden, "this uid has no grant".into()),
@@ -462,7 +470,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
         let response = match Request::decode(&payload) {
             Ok(Request::Hello) => Response::Hello(service.hello()),
             Ok(Request::Open { identity, .. }) if !grant.may_open(&identity) => {
-                forbidden("open", &identity, peer)
+                forbidden("open", &identity, peer, config, &service)
             }
             Ok(Request::Open {
                 generation,
@@ -477,7 +485,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         .map(|secret| Response::Opened(*secret.as_bytes())),
                 )
             }
-            Ok(Request::Sign { identity, .. }) if !grant.sign => forbidden("sign", &identity, peer),
+            Ok(Request::Sign { identity, .. }) if !grant.sign => {
+                forbidden("sign", &identity, peer, config, &service)
+            }
             Ok(Request::Sign {
                 generation,
                 identity,
@@ -492,7 +502,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 )
             }
             Ok(Request::Sync { domain, .. }) if !grant.replicate => {
-                forbidden("replicate", &domain, peer)
+                forbidden("replicate", &domain, peer, config, &service)
             }
             Ok(Request::Sync { domain, serving }) => {
                 let (service, replication) = (service.clone(), config.replication.clone());

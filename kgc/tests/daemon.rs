@@ -185,6 +185,7 @@ async fn a_uid_outside_the_allow_list_is_refused() {
 /// A local user without a grant who connects over and over cannot fill the
 /// journal: every connection is refused, the first 20 in a minute are
 /// logged, then one line says logging pauses, and the rest are counted only.
+/// Nor can one whose grant does not cover what it asks for.
 #[tokio::test]
 async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -208,6 +209,28 @@ async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
         .collect();
     assert_eq!(refused.len(), 21, "{log}");
     assert!(refused[20].contains("not logged"), "{log}");
+
+    // A uid that may open asks to sign, over and over: the same limit.
+    let me = rustix::process::geteuid().as_raw().to_string();
+    let log_path = tmp.path().join("opener.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let opener = Daemon::start_logging(
+        &dir,
+        &tmp.path().join("opener.sock"),
+        &["--allow-open", &me],
+        Stdio::from(log),
+    );
+    let bob = Identity::parse("bob@b.test").unwrap();
+    for _ in 0..200 {
+        match opener.client().sign(&bob, 1, &[0; 32]).await.unwrap_err() {
+            KeyError::Forbidden(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    drop(opener);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let refused = log.lines().filter(|l| l.contains("refused sign")).count();
+    assert_eq!(refused, 21, "{log}");
 }
 
 /// Grants are per capability: a uid allowed to open (a delivery-time

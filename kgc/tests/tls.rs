@@ -266,6 +266,7 @@ async fn grants_are_per_certificate_and_replication_needs_its_own() {
         Err(KeyError::Forbidden(why)) => assert!(why.contains("no sign grant"), "{why}"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(daemon.service.metrics().requests("sign", "forbidden"), 1);
     // The milter's grant does not include the master keys.
     let milter = client(
         vec![daemon.endpoint()],
