@@ -45,38 +45,49 @@ pub fn colour_allowed() -> bool {
 }
 
 /// Installs the process's logger: `format` on standard error, filtered by
-/// `IBEMAIL_LOG` or else `default_filter`. A second call does nothing.
+/// `IBEMAIL_LOG` or else `default_filter`, and never passing what
+/// [`carries_mail`] names. A second call does nothing.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let spec = std::env::var(FILTER_VARIABLE)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = std::env::var(FILTER_VARIABLE)
         .ok()
-        .filter(|spec| tracing_subscriber::EnvFilter::try_new(spec).is_ok())
-        .unwrap_or_else(|| default_filter.to_string());
-    let filter = filter(&spec);
+        .and_then(|spec| tracing_subscriber::EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(colour_allowed()).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(colour_allowed())
+            .finish()
+            .with(no_mail())
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_ansi(false)
+            .finish()
+            .with(no_mail())
             .try_init(),
     };
 }
 
-/// The filter `spec` (tracing syntax), with the milter protocol library
-/// held at `info` whatever `spec` says: at `debug` and `trace` it logs
-/// every header field and body chunk it carries, decrypted bodies
-/// included, and mail must never reach a log.
-fn filter(spec: &str) -> tracing_subscriber::EnvFilter {
-    let filter = tracing_subscriber::EnvFilter::try_new(spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match "indymilter=info".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    }
+/// Events of the milter protocol library below `info`: at `debug` and
+/// `trace` it logs every header field and body chunk it carries,
+/// decrypted bodies included, and mail must never reach a log.
+fn carries_mail(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let library = target == "indymilter" || target.starts_with("indymilter::");
+    library && *metadata.level() > tracing::Level::INFO
+}
+
+/// A filter in front of every other: whatever `IBEMAIL_LOG` says (a more
+/// specific directive such as `indymilter::connection=trace` would win
+/// over any directive added to it), nothing [`carries_mail`] passes.
+fn no_mail() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|metadata| !carries_mail(metadata))
 }
 
 /// Characters of peer-supplied text shown in a log line.
@@ -197,17 +208,18 @@ impl LogLimit {
             state.logged = 0;
         }
         if state.logged < self.per_window {
-            state.logged += 1;
+            state.logged = state.logged.saturating_add(1);
             return Admit::Log {
                 suppressed: carried,
             };
         }
-        state.suppressed += 1;
-        if state.suppressed == 1 {
-            Admit::Pause
-        } else {
-            Admit::Quiet
+        if state.logged == self.per_window {
+            // The pause line is logged: it is not among the suppressed.
+            state.logged = state.logged.saturating_add(1);
+            return Admit::Pause;
         }
+        state.suppressed += 1;
+        Admit::Quiet
     }
 
     /// Logs `line()` to the audit log as a warning, within the limit.
@@ -237,11 +249,13 @@ impl LogLimit {
 mod tests {
     use super::*;
 
-    /// Whether trace events of indymilter, and of our own code, pass the
-    /// filter made of `spec`.
+    /// Whether trace events of indymilter, and of our own code, pass a
+    /// subscriber filtered by `spec` as [`init`] builds it.
     fn trace_passes(spec: &str) -> (bool, bool) {
         use tracing_subscriber::layer::SubscriberExt as _;
-        let subscriber = tracing_subscriber::registry().with(filter(spec));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new(spec))
+            .with(no_mail());
         tracing::subscriber::with_default(subscriber, || {
             (
                 tracing::enabled!(target: "indymilter::connection", tracing::Level::TRACE),
@@ -255,6 +269,13 @@ mod tests {
         // indymilter at trace would log the messages it carries.
         assert_eq!(trace_passes("trace"), (false, true));
         assert_eq!(trace_passes("indymilter=trace,info"), (false, false));
+        // A more specific directive than any we could add.
+        assert_eq!(
+            trace_passes("indymilter::connection=trace,ibemail_milter=trace"),
+            (false, true)
+        );
+        // A directive with a field name ranks above any plain one too.
+        assert_eq!(trace_passes("indymilter[{msg}]=trace,info"), (false, false));
         assert_eq!(trace_passes("info"), (false, false));
     }
 
@@ -271,8 +292,8 @@ mod tests {
             assert_eq!(limit.admit(at(s)), Admit::Quiet);
         }
         // A minute after the window began: logged again, with the count of
-        // those that were not (the pause line's included).
-        assert_eq!(limit.admit(at(60)), Admit::Log { suppressed: 47 });
+        // those that were not (46: the pause line was logged).
+        assert_eq!(limit.admit(at(60)), Admit::Log { suppressed: 46 });
         assert_eq!(limit.admit(at(61)), Admit::Log { suppressed: 0 });
         // A quiet spell resets the window with nothing to report.
         assert_eq!(limit.admit(at(500)), Admit::Log { suppressed: 0 });

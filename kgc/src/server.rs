@@ -126,10 +126,14 @@ pub struct ServerConfig {
     /// What replicas report serving (a primary's), if any replica is
     /// allowed.
     pub replication: Option<Arc<Replication>>,
-    /// The log limit of refusals: connections without a grant, failed TLS
-    /// handshakes, requests beyond a peer's grant. Shared by the listeners
-    /// of one configuration.
+    /// The log limit of refused connections (without a grant, failed TLS
+    /// handshakes): anyone who reaches a listener causes these. Shared by
+    /// the listeners of one configuration.
     pub refusals: Arc<LogLimit>,
+    /// The log limit of requests beyond a granted peer's grant, apart from
+    /// [`ServerConfig::refusals`] so that anonymous noise cannot keep an
+    /// insider's refusals out of the log.
+    pub beyond_grant: Arc<LogLimit>,
 }
 
 impl ServerConfig {
@@ -152,6 +156,7 @@ impl Default for ServerConfig {
             certificates: Vec::new(),
             replication: None,
             refusals: Arc::new(LogLimit::refusals()),
+            beyond_grant: Arc::new(LogLimit::refusals()),
         }
     }
 }
@@ -347,7 +352,7 @@ fn forbidden(
     service: &KeyService,
 ) -> Response {
     service.metrics().request(capability, "forbidden");
-    config.refusals.warn(|| {
+    config.beyond_grant.warn(|| {
         format!(
             "refused {capability} as {} for {peer}: no {capability} grant",
             crate::logging::shown(identity)

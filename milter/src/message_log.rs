@@ -69,7 +69,7 @@ pub fn recipients(config: &Config, recipients: &[String]) -> String {
     if config.log_addresses {
         return recipients
             .iter()
-            .map(|r| canonical(r))
+            .map(|r| shown(&canonical(r)))
             .collect::<Vec<_>>()
             .join(",");
     }

@@ -45,18 +45,23 @@ pub(crate) fn capsule_error(e: KeyError) -> CapsuleError {
 }
 
 /// Names of dropped outer fields shown in a log line: each once, the first
-/// [`DROPPED_SHOWN`], escaped (a sender chooses them, and as many as it
-/// likes).
+/// [`DROPPED_SHOWN`], escaped, and how many more (a sender chooses them,
+/// and as many as it likes: linear in their number).
 fn dropped_names(dropped: &[String]) -> String {
-    let mut names: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut more = 0usize;
     for name in dropped {
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            names.push(name);
+        if seen.insert(name.to_ascii_lowercase()) {
+            if out.len() < DROPPED_SHOWN {
+                out.push(shown(name));
+            } else {
+                more += 1;
+            }
         }
     }
-    let mut out: Vec<String> = names.iter().take(DROPPED_SHOWN).map(|n| shown(n)).collect();
-    if names.len() > DROPPED_SHOWN {
-        out.push(format!("and {} more", names.len() - DROPPED_SHOWN));
+    if more > 0 {
+        out.push(format!("and {more} more"));
     }
     out.join(", ")
 }

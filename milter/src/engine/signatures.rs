@@ -81,7 +81,7 @@ impl Engine {
         if !own {
             info!(
                 queue_id = %message.queue_id,
-                from = %from,
+                from = %shown(from.as_str()),
                 "not signed: From is not the sender's own address"
             );
             return None;
