@@ -66,6 +66,16 @@ impl Drop for Daemon {
     }
 }
 
+/// A daemon serving `dir` on `tmp/NAME.sock` with `extra`, its log going
+/// to `tmp/NAME.log` (returned).
+fn logged(dir: &Path, tmp: &Path, name: &str, extra: &[&str]) -> (Daemon, PathBuf) {
+    let log_path = tmp.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let socket = tmp.join(format!("{name}.sock"));
+    let daemon = Daemon::start_logging(dir, &socket, extra, Stdio::from(log));
+    (daemon, log_path)
+}
+
 fn new_store(tmp: &Path) -> PathBuf {
     let dir = tmp.join("kgc");
     Store::setup(
@@ -190,11 +200,7 @@ async fn a_uid_outside_the_allow_list_is_refused() {
 async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = new_store(tmp.path());
-    let socket = tmp.path().join("kgc.sock");
-    let log_path = tmp.path().join("kgc.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let daemon =
-        Daemon::start_logging(&dir, &socket, &["--allow-uid", "4242424"], Stdio::from(log));
+    let (daemon, log_path) = logged(&dir, tmp.path(), "kgc", &["--allow-uid", "4242424"]);
     for _ in 0..200 {
         match daemon.client().hello().await.unwrap_err() {
             KeyError::Forbidden(reason) => assert!(reason.contains("no grant"), "{reason}"),
@@ -212,14 +218,7 @@ async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
 
     // A uid that may open asks to sign, over and over: the same limit.
     let me = rustix::process::geteuid().as_raw().to_string();
-    let log_path = tmp.path().join("opener.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let opener = Daemon::start_logging(
-        &dir,
-        &tmp.path().join("opener.sock"),
-        &["--allow-open", &me],
-        Stdio::from(log),
-    );
+    let (opener, log_path) = logged(&dir, tmp.path(), "opener", &["--allow-open", &me]);
     let bob = Identity::parse("bob@b.test").unwrap();
     for _ in 0..200 {
         match opener.client().sign(&bob, 1, &[0; 32]).await.unwrap_err() {
@@ -295,10 +294,8 @@ async fn open_and_sign_are_granted_separately() {
 async fn identities_cannot_forge_audit_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = new_store(tmp.path());
-    let socket = tmp.path().join("kgc.sock");
-    let log_path = tmp.path().join("kgc.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let daemon = Daemon::start_logging(&dir, &socket, &[], Stdio::from(log));
+    let (daemon, log_path) = logged(&dir, tmp.path(), "kgc", &[]);
+    let socket = daemon.socket.clone();
     let forged = "key use: open identity=ceo@b.test generation=1 outcome=opened peer_uid=0";
     let identity = format!("x@b.test\n{forged}\r\n{forged}");
     for request in [
