@@ -148,14 +148,15 @@ fn is_separator_or_format(c: char) -> bool {
     )
 }
 
-/// Refused connections logged per minute, per listener.
+/// Refusals logged per minute under one [`LogLimit::refusals`].
 const REFUSALS_PER_MINUTE: u32 = 20;
 
-/// Audit lines for events that anyone who reaches a port can cause (a
-/// refused connection: a failed TLS handshake, a peer without a grant), at
-/// most a few per minute: past that a flood of them would fill the journal
-/// and push out the lines that matter. The rest are counted (the daemon's
-/// metrics count every refusal) and said in one line when logging resumes.
+/// Audit lines for events a peer can cause in a loop (a refused
+/// connection: a failed TLS handshake, a peer without a grant; a request
+/// beyond a peer's grant), at most a few per minute: past that a flood of
+/// them would fill the journal and push out the lines that matter. The rest
+/// are counted (the daemon's metrics count every refusal) and said in one
+/// line when logging resumes.
 #[derive(Debug)]
 pub struct LogLimit {
     per_window: u32,
@@ -191,7 +192,7 @@ impl LogLimit {
         }
     }
 
-    /// The limit for refused connections: 20 a minute.
+    /// The limit for refusals: 20 a minute.
     pub fn refusals() -> LogLimit {
         LogLimit::new(REFUSALS_PER_MINUTE, Duration::from_secs(60))
     }

@@ -180,7 +180,6 @@ impl Verification {
     /// `first_holds` is what a batch check found for the first pending
     /// equation, if it found that it holds. Each other pending equation
     /// costs a pairing check here.
-    /// threads.
     fn decide(self, mut first_holds: Option<bool>) -> SigResult {
         let mut result = SigResult::None;
         for checked in self.0 {
