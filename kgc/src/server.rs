@@ -266,8 +266,7 @@ pub async fn serve_tls(
                             return;
                         }
                         Ok(Err(e)) => {
-                            service.metrics().refused_connection();
-                            config.refusals.warn(|| format!(
+                            refused(&service, &config, || format!(
                                 "refused TLS connection from {address}: {}",
                                 crate::tls::describe_error(&e)
                             ));
@@ -289,8 +288,7 @@ pub async fn serve_tls(
                     let Some((pin, grant)) =
                         fingerprints.and_then(|f| config.certificate_grant(&f))
                     else {
-                        service.metrics().refused_connection();
-                        config.refusals.warn(|| format!("refused TLS connection from {address}: no grant"));
+                        refused(&service, &config, || format!("refused TLS connection from {address}: no grant"));
                         return;
                     };
                     let peer = Peer {
@@ -338,6 +336,13 @@ impl Handshakes {
     fn done(&mut self, id: u64) {
         self.queue.retain(|(i, _)| *i != id);
     }
+}
+
+/// A refused connection: counted, and `line` audit-logged within the
+/// refusal log limit.
+fn refused(service: &KeyService, config: &ServerConfig, line: impl FnOnce() -> String) {
+    service.metrics().refused_connection();
+    config.refusals.warn(line);
 }
 
 /// The answer to a request for `capability` (`open`, `sign` or
@@ -427,10 +432,9 @@ async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &
         }
     };
     if grant.is_empty() {
-        service.metrics().refused_connection();
-        config
-            .refusals
-            .warn(|| format!("refused connection from {peer}: no grant"));
+        refused(&service, config, || {
+            format!("refused connection from {peer}: no grant")
+        });
         let _ = send(
             &mut stream,
             &Response::Error(Status::Forbidden, "this uid has no grant".into()),
