@@ -177,10 +177,13 @@ fn sealed_message(world: &World, path: &Path) {
         &Limits::default(),
     )
     .unwrap();
-    let wire = String::from_utf8(sealed.to_bytes())
-        .unwrap()
-        .replace("\r\n", "\n");
-    std::fs::write(path, wire).unwrap();
+    write_for_source(path, &String::from_utf8(sealed.to_bytes()).unwrap());
+}
+
+/// Writes `message` (CRLF line ends) for `smtp-source -F`, which reads
+/// lines and sends each with CRLF itself: with LF line ends.
+fn write_for_source(path: &Path, message: &str) {
+    std::fs::write(path, message.replace("\r\n", "\n")).unwrap();
 }
 
 /// The bench's 2 KiB message from alice@a.test as a.test's OpenDKIM signs
@@ -189,7 +192,7 @@ fn sealed_message(world: &World, path: &Path) {
 /// b.test added above it dropped).
 fn dkim_signed_message(world: &World, path: &Path) {
     let text = path.with_extension("txt");
-    std::fs::write(&text, bench_text().replace("\r\n", "\n")).unwrap();
+    write_for_source(&text, &bench_text());
     source(world.a.postfix.smtp(), 1, 1, Some(&text), "bob@b.test");
     let mail = world
         .b
@@ -352,7 +355,7 @@ impl Setup {
                 // Pass: the milter's path with no cryptography (nothing
                 // to open, no signature), as out-pass is outbound.
                 if self == Setup::InPass {
-                    std::fs::write(&file, bench_text().replace("\r\n", "\n")).unwrap();
+                    write_for_source(&file, &bench_text());
                 } else {
                     sealed_message(&world, &file);
                 }
