@@ -55,6 +55,9 @@ use crate::tls::Pin;
 #[derive(Debug)]
 pub struct Replication {
     replicas: Vec<Pin>,
+    /// The domains each replica may copy, for those granted only some
+    /// (`replica:DOMAIN`); a replica not named here copies every domain.
+    scopes: BTreeMap<Pin, BTreeSet<String>>,
     reports: Mutex<BTreeMap<(Pin, String), Report>>,
     changed: tokio::sync::Notify,
 }
@@ -69,13 +72,35 @@ pub struct Report {
 }
 
 impl Replication {
-    /// The tracker for the replicas allowed by these pins.
+    /// The tracker for the replicas allowed by these pins, each for
+    /// every domain.
     pub fn new(replicas: Vec<Pin>) -> Replication {
+        Replication::scoped(replicas.into_iter().map(|pin| (pin, BTreeSet::new())))
+    }
+
+    /// The tracker for these replicas, each allowed the domains named
+    /// (normalised; none named: every domain). A rotation of a domain
+    /// waits only for the replicas allowed to copy it.
+    pub fn scoped(replicas: impl IntoIterator<Item = (Pin, BTreeSet<String>)>) -> Replication {
+        let mut pins = Vec::new();
+        let mut scopes = BTreeMap::new();
+        for (pin, domains) in replicas {
+            pins.push(pin);
+            if !domains.is_empty() {
+                scopes.insert(pin, domains);
+            }
+        }
         Replication {
-            replicas,
+            replicas: pins,
+            scopes,
             reports: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether the replica `pin` may copy `domain` (normalised).
+    fn copies(&self, pin: &Pin, domain: &str) -> bool {
+        self.scopes.get(pin).is_none_or(|d| d.contains(domain))
     }
 
     /// Completes when a replica reports serving other generations than it
@@ -108,12 +133,13 @@ impl Replication {
         }
     }
 
-    /// The replicas that have not reported serving `generation` of
-    /// `domain`, with their last report, if any.
+    /// The replicas allowed to copy `domain` that have not reported
+    /// serving its `generation`, with their last report, if any.
     pub fn missing(&self, domain: &str, generation: Generation) -> Vec<(Pin, Option<Report>)> {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
         self.replicas
             .iter()
+            .filter(|pin| self.copies(pin, domain))
             .filter_map(|pin| {
                 let report = reports.get(&(*pin, domain.to_string()));
                 match report {

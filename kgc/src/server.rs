@@ -41,6 +41,10 @@ pub struct Grant {
     /// SYNC: copy the served stores, master keys included (a replica
     /// daemon; certificates only).
     pub replicate: bool,
+    /// If not empty, SYNC only of these domains (normalised): a replica
+    /// host of one domain gets no other domain's master keys from a
+    /// primary that serves several.
+    pub replicate_only: BTreeSet<String>,
 }
 
 impl Grant {
@@ -51,24 +55,46 @@ impl Grant {
             open_as: BTreeSet::new(),
             sign: true,
             replicate: false,
+            replicate_only: BTreeSet::new(),
         }
     }
 
     /// The grant a `--allow-cert PIN=WHAT` names: `open`, `sign`,
-    /// `open+sign` (the milter's, and the default) or `replica`.
+    /// `open+sign` (the milter's, and the default), `replica` (every
+    /// served domain) or `replica:DOMAIN[,DOMAIN…]`.
     pub fn parse(what: &str) -> Result<Grant, String> {
         let mut grant = Grant::default();
+        let mut every_domain = false;
         for part in what.split('+') {
             match part.trim() {
                 "open" => grant.open = true,
                 "sign" => grant.sign = true,
-                "replica" => grant.replicate = true,
-                other => {
-                    return Err(format!(
-                        "unknown grant {other:?}: expected open, sign, open+sign or replica"
-                    ));
+                "replica" => {
+                    grant.replicate = true;
+                    every_domain = true;
                 }
+                other => match other.strip_prefix("replica:") {
+                    Some(domains) => {
+                        grant.replicate = true;
+                        for domain in domains.split(',') {
+                            let normal = ibemail_ibe::normalize_domain(domain.trim())
+                                .map_err(|e| format!("replica:{domain}: {e}"))?;
+                            grant.replicate_only.insert(normal);
+                        }
+                    }
+                    None => {
+                        return Err(format!(
+                            "unknown grant {other:?}: expected open, sign, open+sign, replica \
+                             or replica:DOMAIN"
+                        ));
+                    }
+                },
             }
+        }
+        if every_domain && !grant.replicate_only.is_empty() {
+            return Err(
+                "replica (every domain) and replica:DOMAIN together: name one of them".into(),
+            );
         }
         Ok(grant)
     }
@@ -82,14 +108,29 @@ impl Grant {
         if self.sign {
             words.push("sign");
         }
+        let scoped;
         if self.replicate {
-            words.push("replica");
+            if self.replicate_only.is_empty() {
+                words.push("replica");
+            } else {
+                let domains: Vec<&str> = self.replicate_only.iter().map(String::as_str).collect();
+                scoped = format!("replica:{}", domains.join(","));
+                words.push(&scoped);
+            }
         }
         if words.is_empty() {
             "nothing".into()
         } else {
             words.join("+")
         }
+    }
+
+    /// True if SYNC of `domain` (as requested) is granted.
+    pub fn may_replicate(&self, domain: &str) -> bool {
+        self.replicate
+            && (self.replicate_only.is_empty()
+                || ibemail_ibe::normalize_domain(domain)
+                    .is_ok_and(|d| self.replicate_only.contains(&d)))
     }
 
     /// True if OPEN for `identity` (as requested) is granted.
@@ -363,17 +404,24 @@ fn forbidden(
             crate::logging::shown(identity)
         )
     });
-    Response::Error(
-        Status::Forbidden,
-        if peer.certificate.is_some() {
-            format!(
-                "this certificate has no {capability} grant (ibemail-kgc serve --allow-cert \
-                 PIN={capability})"
-            )
-        } else {
+    let reason = match (capability, peer.certificate.is_some()) {
+        ("replicate", true) => format!(
+            "this certificate has no replicate grant for {} (ibemail-kgc serve --allow-cert \
+             PIN=replica:DOMAIN)",
+            crate::logging::shown(identity)
+        ),
+        ("replicate", false) => "replication is for certificates over mutual TLS \
+                                 (ibemail-kgc serve --allow-cert PIN=replica:DOMAIN)"
+            .into(),
+        (_, true) => format!(
+            "this certificate has no {capability} grant (ibemail-kgc serve --allow-cert \
+             PIN={capability})"
+        ),
+        (_, false) => {
             format!("this uid has no {capability} grant (ibemail-kgc serve --allow-{capability})")
-        },
-    )
+        }
+    };
+    Response::Error(Status::Forbidden, reason)
 }
 
 /// The service's answer on the wire: only the server speaks the protocol.
@@ -510,7 +558,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         .map(|signature| Response::Signed(generation, signature.to_bytes())),
                 )
             }
-            Ok(Request::Sync { domain, .. }) if !grant.replicate => {
+            Ok(Request::Sync { domain, .. }) if !grant.may_replicate(&domain) => {
                 forbidden("replicate", &domain, peer, config, &service)
             }
             Ok(Request::Sync { domain, serving }) => {

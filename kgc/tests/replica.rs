@@ -153,6 +153,97 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
     ));
 }
 
+/// A primary that serves two domains, and a replica host granted only one
+/// of them (`replica:b.test`): the replica's SYNC of the other is refused,
+/// so that host never holds c.test's master keys, and c.test's rotation
+/// does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_granted_one_domain_gets_no_other_domains_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (b_primary, b_copy) =
+        common::primary_and_copy_of("b.test", &t.join("b"), &t.join("b-copy"), Role::Replica);
+    let (c_primary, c_copy) =
+        common::primary_and_copy_of("c.test", &t.join("c"), &t.join("c-copy"), Role::Replica);
+    let (primary_tls, primary_pin, ..) = identity(t, "primary");
+    let (replica_tls, replica_pin, ..) = identity(t, "replica");
+
+    let grant = Grant::parse("replica:B.Test.").unwrap();
+    assert_eq!(grant.describe(), "replica:b.test");
+    let primary = Arc::new(KeyService::load(&[b_primary.clone(), c_primary.clone()], 16).unwrap());
+    let replication = Arc::new(Replication::scoped([(
+        replica_pin,
+        grant.replicate_only.clone(),
+    )]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        certificates: vec![(replica_pin, grant)],
+        replication: Some(replication.clone()),
+        ..ServerConfig::default()
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_tls(
+        listener,
+        server_config(&primary_tls, &[replica_pin]).unwrap(),
+        primary.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // Generation 2 of each domain is staged at the primary.
+    for dir in [&b_primary, &c_primary] {
+        let mut store = Store::open(dir).unwrap();
+        assert_eq!(store.rotate(3600, now(), None, &mut OsRng).unwrap(), 2);
+    }
+    // The replica host holds (imported) copies of both; it syncs both.
+    let replica = KeyService::load(&[b_copy.clone(), c_copy.clone()], 16).unwrap();
+    let link = ReplicaSync::new("127.0.0.1", addr.port(), &replica_tls, &[primary_pin]).unwrap();
+    let outcome = link.sync(&replica).await;
+    let result = |domain: &str| {
+        outcome
+            .iter()
+            .find(|(d, _)| d == domain)
+            .map(|(_, r)| r.clone())
+            .unwrap()
+    };
+    assert_eq!(result("b.test").unwrap().added, vec![2], "{outcome:?}");
+    let refused = result("c.test").unwrap_err();
+    assert!(
+        refused.contains("Forbidden") && refused.contains("c.test"),
+        "{refused}"
+    );
+    assert!(b_copy.join("gen-00000002.key").exists());
+    assert!(!c_copy.join("gen-00000002.key").exists());
+
+    // b.test's rotation waits for the replica until it reports; c.test's
+    // never does.
+    assert!(replication.missing("c.test", 2).is_empty());
+    let mut upkeep = common::replicating_upkeep(&replication);
+    upkeep.run(&primary, now()).await;
+    assert_eq!(
+        Store::open(&c_primary).unwrap().active_generation(),
+        Some(2)
+    );
+    assert!(replication.missing("b.test", 2).is_empty(), "{outcome:?}");
+    assert_eq!(
+        Store::open(&b_primary).unwrap().active_generation(),
+        Some(2)
+    );
+
+    // Mixing every domain with one is a configuration error, and so is a
+    // name that is not a domain.
+    assert!(Grant::parse("replica+replica:b.test").is_err());
+    assert!(Grant::parse("replica:").is_err());
+    assert!(
+        Grant::parse("open+replica:b.test,c.test")
+            .unwrap()
+            .may_replicate("C.TEST")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_store_is_reported_never_overwritten_and_only_a_primary_is_copied() {
     let tmp = tempfile::tempdir().unwrap();
@@ -390,6 +481,21 @@ fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
     assert!(out.status.success(), "{out:?}");
     let out = kgc().args(["role", "--dir"]).arg(&dir).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "primary");
+    // A replica grant for a domain this daemon does not serve is a typo.
+    let out = kgc()
+        .args(["serve", "--dir"])
+        .arg(&dir)
+        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--allow-cert")
+        .arg(format!("{pin}=replica:c.test"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("serves no store of c.test"), "{stderr}");
 }
 
 #[test]

@@ -141,9 +141,11 @@ struct NetworkArgs {
     /// A TLS client allowed in (repeatable): the SHA-256 fingerprint of its
     /// certificate (sha256:HEX) or public key (spki-sha256:HEX), then what
     /// it may do: =open+sign (a milter; the default), =open, =sign, or
-    /// =replica (a replica daemon, which copies the master keys; a
-    /// primary's rotations wait until every replica serves the new
-    /// generation).
+    /// =replica (a replica daemon, which copies the master keys of every
+    /// served domain; a primary's rotations wait until every replica
+    /// serves the new generation), or =replica:DOMAIN[,DOMAIN...] (a
+    /// replica of those domains only; others' rotations do not wait for
+    /// it).
     #[arg(long = "allow-cert", value_name = "PIN[=GRANT]")]
     allow_cert: Vec<String>,
     /// Make this daemon a replica of the primary at tls:HOST:PORT: its

@@ -52,11 +52,11 @@ impl Network {
                 .with_context(|| format!("--allow-cert {text}"))?;
             config.certificates.push((pin, grant));
         }
-        let replicas: Vec<Pin> = config
+        let replicas: Vec<(Pin, &Grant)> = config
             .certificates
             .iter()
             .filter(|(_, g)| g.replicate)
-            .map(|(pin, _)| *pin)
+            .map(|(pin, g)| (*pin, g))
             .collect();
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
@@ -73,7 +73,29 @@ impl Network {
             .map(|d| Store::open(d))
             .collect::<Result<Vec<_>, _>>()?;
         if !replicas.is_empty() {
-            if let Some(standalone) = stores.iter().find(|s| s.role() != Role::Primary) {
+            // A replica:DOMAIN names a domain served here.
+            for (_, grant) in &replicas {
+                if let Some(unknown) = grant
+                    .replicate_only
+                    .iter()
+                    .find(|d| !stores.iter().any(|s| s.domain() == d.as_str()))
+                {
+                    bail!(
+                        "--allow-cert ...=replica:{unknown}: this daemon serves no store of \
+                         {unknown} (--dir)"
+                    );
+                }
+            }
+            // Every store some replica copies must be the primary.
+            let copied = |store: &Store| {
+                replicas
+                    .iter()
+                    .any(|(_, g)| g.may_replicate(store.domain()))
+            };
+            if let Some(standalone) = stores
+                .iter()
+                .find(|s| copied(s) && s.role() != Role::Primary)
+            {
                 bail!(
                     "replicas are allowed (--allow-cert ...=replica), but {}'s store {} is {}, \
                      not the primary, so its rotations would not wait for them: ibemail-kgc \
@@ -84,7 +106,11 @@ impl Network {
                     standalone.dir().display()
                 );
             }
-            config.replication = Some(Arc::new(Replication::new(replicas)));
+            let scoped = replicas
+                .iter()
+                .map(|(pin, g)| (*pin, g.replicate_only.clone()))
+                .collect::<Vec<_>>();
+            config.replication = Some(Arc::new(Replication::scoped(scoped)));
         }
         let replica = match &args.replica_of {
             None => {

@@ -42,10 +42,20 @@ pub(crate) fn identity(dir: &Path, name: &str) -> (TlsIdentity, Pin) {
 /// A primary store of b.test in `tmp/primary` and a copy of it imported
 /// from its (age) export as `role` in `tmp/copy`.
 pub(crate) fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
-    let primary = tmp.join("primary");
+    primary_and_copy_of("b.test", &tmp.join("primary"), &tmp.join("copy"), role)
+}
+
+/// A primary store of `domain` in `primary` and a copy of it imported from
+/// its (age) export as `role` in `copy`.
+pub(crate) fn primary_and_copy_of(
+    domain: &str,
+    primary: &Path,
+    copy: &Path,
+    role: Role,
+) -> (PathBuf, PathBuf) {
     let mut store = Store::setup(
-        &primary,
-        "b.test",
+        primary,
+        domain,
         now(),
         None,
         &mut ChaCha20Rng::seed_from_u64(1),
@@ -53,18 +63,17 @@ pub(crate) fn primary_and_copy(tmp: &Path, role: Role) -> (PathBuf, PathBuf) {
     .unwrap();
     store.set_role(Role::Primary).unwrap();
     let age_key = age::x25519::Identity::generate();
-    let exported = export(&primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
+    let exported = export(primary, Protection::Recipients(vec![age_key.to_public()])).unwrap();
     let (exported, fingerprint) = (exported.bytes, exported.fingerprint);
-    let copy = tmp.join("copy");
     import(
-        &copy,
+        copy,
         &exported,
         &Unlock::Identities(vec![Box::new(age_key)]),
         role,
         Some(&fingerprint),
     )
     .unwrap();
-    (primary, copy)
+    (primary.to_path_buf(), copy.to_path_buf())
 }
 
 /// A primary's upkeep (60 s TTL and queue lifetime) releasing rotations
