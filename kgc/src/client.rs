@@ -10,6 +10,16 @@
 //! by the timeout: each attempt gets an equal share of what is left, so a
 //! hung endpoint leaves time for the others. Only when none answers is the
 //! error temporary (the milter tempfails, the mail stays queued).
+//!
+//! Connections are kept for the next request (up to [`IDLE_PER_ENDPOINT`]
+//! per endpoint, each for at most [`IDLE_FOR`], well within the daemon's
+//! 60 s idle timeout): a mail server asks once or twice per message, and a
+//! new connection costs both sides a connect/accept (and, over TLS, a
+//! handshake) for a request that takes a millisecond. A kept connection
+//! that fails (the daemon closed it, or restarted) is dropped and the
+//! request is made once more on a new one, within the same attempt: every
+//! request is safe to repeat (opening a capsule twice gives the same
+//! secret; a second signature is as good as the first).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -142,11 +152,56 @@ impl Endpoints {
     }
 }
 
-/// Which endpoints failed lately, and where the next spread request starts.
+/// How many connections to one endpoint are kept for later requests.
+pub const IDLE_PER_ENDPOINT: usize = 16;
+
+/// How long a kept connection is reused (the daemon closes connections
+/// idle for 60 s: this stays well clear of that race).
+pub const IDLE_FOR: Duration = Duration::from_secs(20);
+
+/// Which endpoints failed lately, where the next spread request starts,
+/// and the connections kept for reuse.
 #[derive(Debug, Default)]
 struct Health {
     next: AtomicUsize,
     down_until: Mutex<Vec<Option<Instant>>>,
+    idle: Mutex<Vec<Vec<(Connection, Instant)>>>,
+}
+
+impl Health {
+    /// The state of `n` endpoints: all up, none connected.
+    fn new(n: usize) -> Arc<Health> {
+        Arc::new(Health {
+            next: AtomicUsize::new(0),
+            down_until: Mutex::new(vec![None; n]),
+            idle: Mutex::new((0..n).map(|_| Vec::new()).collect()),
+        })
+    }
+}
+
+/// An open connection to one endpoint.
+enum Connection {
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Connection::Unix(_) => "Connection::Unix",
+            Connection::Tls(_) => "Connection::Tls",
+        })
+    }
+}
+
+impl Connection {
+    /// One request and its answer.
+    async fn exchange(&mut self, request: &Request) -> Result<Response, String> {
+        match self {
+            Connection::Unix(stream) => exchange(stream, request, MAX_FRAME).await,
+            Connection::Tls(stream) => exchange(&mut **stream, request, MAX_FRAME).await,
+        }
+    }
 }
 
 /// Talks to `ibemail-kgc serve` over its Unix socket or over mutual TLS,
@@ -186,10 +241,7 @@ impl KgcClient {
             tls: None,
             timeout,
             spread: false,
-            health: Arc::new(Health {
-                next: AtomicUsize::new(0),
-                down_until: Mutex::new(vec![None]),
-            }),
+            health: Health::new(1),
         }
     }
 
@@ -217,10 +269,7 @@ impl KgcClient {
             tls: tls.map(|(config, pin)| (tokio_rustls::TlsConnector::from(config), pin)),
             timeout,
             spread,
-            health: Arc::new(Health {
-                next: AtomicUsize::new(0),
-                down_until: Mutex::new(vec![None; n]),
-            }),
+            health: Health::new(n),
         })
     }
 
@@ -238,10 +287,7 @@ impl KgcClient {
             tls: self.tls.clone(),
             timeout: self.timeout,
             spread: false,
-            health: Arc::new(Health {
-                next: AtomicUsize::new(0),
-                down_until: Mutex::new(vec![None]),
-            }),
+            health: Health::new(1),
         })
     }
 
@@ -279,7 +325,7 @@ impl KgcClient {
         }
     }
 
-    /// Sends one request, on a fresh connection, to the first endpoint
+    /// Sends one request to the first endpoint
     /// that answers it for good (see the module documentation). A
     /// transport failure of every endpoint, or of some while the others
     /// gave no final answer, is an `Err` (temporary).
@@ -333,38 +379,81 @@ impl KgcClient {
         Err(format!("no KGC answered: {}", why.join("; ")))
     }
 
-    /// One attempt at the `index`th endpoint within `budget`.
+    /// One attempt at the `index`th endpoint within `budget`: on a kept
+    /// connection if there is one (and, if that fails, on a new one), else
+    /// on a new one; the connection is kept after an answer.
     async fn attempt(&self, index: usize, request: &Request, budget: Duration) -> Attempt {
         let endpoint = &self.endpoints[index];
         let exchange = async {
-            match endpoint {
-                Endpoint::Unix(path) => {
-                    let mut stream = UnixStream::connect(path)
-                        .await
-                        .map_err(|e| format!("connect {}: {e}", path.display()))?;
-                    exchange(&mut stream, request, MAX_FRAME).await
-                }
-                Endpoint::Tls { host, port } => {
-                    let mut stream = self.connect_tls(host, *port).await?;
-                    let response = exchange(&mut stream, request, MAX_FRAME).await;
-                    let _ = stream.shutdown().await;
-                    response.map_err(|e| {
-                        // TLS 1.3: a client certificate the daemon refuses
-                        // shows as an alert on the first read.
-                        let own = self.tls.as_ref().map(|(_, pin)| *pin);
-                        match own {
-                            Some(own) if e.contains("alert") => refused_hint(endpoint, &e, own),
-                            _ => format!("{endpoint}: {e}"),
-                        }
-                    })
-                }
+            // A kept connection that fails was closed by the daemon since
+            // (idle, restarted): then a new one.
+            if let Some(mut kept) = self.take_idle(index)
+                && let Ok(response) = kept.exchange(request).await
+            {
+                self.keep(index, kept);
+                return Ok(response);
             }
+            let mut connection = match endpoint {
+                Endpoint::Unix(path) => Connection::Unix(
+                    UnixStream::connect(path)
+                        .await
+                        .map_err(|e| format!("connect {}: {e}", path.display()))?,
+                ),
+                Endpoint::Tls { host, port } => {
+                    Connection::Tls(Box::new(self.connect_tls(host, *port).await?))
+                }
+            };
+            let response = connection.exchange(request).await.map_err(|e| {
+                match (endpoint, self.tls.as_ref().map(|(_, pin)| *pin)) {
+                    // TLS 1.3: a client certificate the daemon refuses
+                    // shows as an alert on the first read.
+                    (Endpoint::Tls { .. }, Some(own)) if e.contains("alert") => {
+                        refused_hint(endpoint, &e, own)
+                    }
+                    (Endpoint::Tls { .. }, _) => format!("{endpoint}: {e}"),
+                    (Endpoint::Unix(_), _) => e,
+                }
+            })?;
+            self.keep(index, connection);
+            Ok(response)
         };
         match tokio::time::timeout(budget, exchange).await {
             Ok(Ok(response)) => Attempt::Answered(response),
             Ok(Err(why)) => Attempt::Failed(why),
             Err(_) => Attempt::Failed(format!("no answer from {endpoint} within {budget:?}")),
         }
+    }
+
+    /// A kept connection to the `index`th endpoint, younger than
+    /// [`IDLE_FOR`], if there is one (older ones are closed).
+    fn take_idle(&self, index: usize) -> Option<Connection> {
+        let mut idle = self.health.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = idle.get_mut(index)?;
+        let now = Instant::now();
+        kept.retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_FOR);
+        kept.pop().map(|(connection, _)| connection)
+    }
+
+    /// Keeps `connection` to the `index`th endpoint for a later request,
+    /// unless [`IDLE_PER_ENDPOINT`] are kept already.
+    fn keep(&self, index: usize, connection: Connection) {
+        let mut idle = self.health.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = idle.get_mut(index)
+            && kept.len() < IDLE_PER_ENDPOINT
+        {
+            kept.push((connection, Instant::now()));
+        }
+    }
+
+    /// How many connections are kept now, over all endpoints.
+    pub fn kept_connections(&self) -> usize {
+        self.health
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(Vec::len)
+            .sum()
     }
 
     /// A TLS connection to `host:port`, the server's certificate checked

@@ -1,0 +1,109 @@
+//! The client keeps its connections to the daemon: one connection serves
+//! request after request, a connection the daemon has closed is replaced
+//! within the same request, and a burst leaves at most a bounded number
+//! open.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ibemail_kgc::client::{IDLE_PER_ENDPOINT, KgcClient};
+use ibemail_kgc::protocol::{Request, Response, frame, frame_length_within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A stand-in daemon on `socket` that answers HELLO on each connection,
+/// `per_connection` requests at most (then closes it), and counts the
+/// connections it accepted.
+fn daemon(listener: UnixListener, per_connection: usize) -> Arc<AtomicUsize> {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer(stream, per_connection));
+        }
+    });
+    accepted
+}
+
+async fn answer(mut stream: UnixStream, per_connection: usize) {
+    for _ in 0..per_connection {
+        let mut prefix = [0u8; 4];
+        if stream.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let len = frame_length_within(prefix, 1 << 20).unwrap();
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        assert_eq!(Request::decode(&payload).unwrap(), Request::Hello);
+        // A little work, so that concurrent requests overlap.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let hello = Response::Hello(vec![("b.test".into(), 1)]);
+        stream.write_all(&frame(&hello.encode())).await.unwrap();
+    }
+}
+
+fn client(socket: &std::path::Path) -> KgcClient {
+    KgcClient::new(socket, Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn one_connection_serves_request_after_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("kgc.sock");
+    let accepted = daemon(UnixListener::bind(&socket).unwrap(), usize::MAX);
+    let client = client(&socket);
+    for _ in 0..5 {
+        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(client.kept_connections(), 1);
+    // Clones share the kept connections (the milter clones its client).
+    let clone = client.clone();
+    clone.hello().await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_daemon_closed_is_replaced_within_the_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("kgc.sock");
+    // The daemon closes each connection after one answer (as after its
+    // idle timeout, or a restart).
+    let accepted = daemon(UnixListener::bind(&socket).unwrap(), 1);
+    let client = client(&socket);
+    for n in 1..=3 {
+        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_keeps_a_bounded_number_of_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("kgc.sock");
+    let accepted = daemon(UnixListener::bind(&socket).unwrap(), usize::MAX);
+    let client = client(&socket);
+    let burst = 3 * IDLE_PER_ENDPOINT;
+    let tasks: Vec<_> = (0..burst)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.hello().await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(opened > 1 && opened <= burst, "{opened} connections");
+    assert_eq!(client.kept_connections(), IDLE_PER_ENDPOINT.min(opened));
+    // The next requests reuse them.
+    for _ in 0..IDLE_PER_ENDPOINT {
+        client.hello().await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), opened);
+}
