@@ -12,12 +12,14 @@
 //! error temporary (the milter tempfails, the mail stays queued).
 //!
 //! Connections are kept for the next request (up to [`IDLE_PER_ENDPOINT`]
-//! per endpoint, each for at most [`IDLE_FOR`], well within the daemon's
-//! 60 s idle timeout): a mail server asks once or twice per message, and a
+//! per endpoint, each until [`IDLE_FOR`] after it was opened, well within
+//! the daemon's 60 s idle timeout): a mail server asks once or twice per message, and a
 //! new connection costs both sides a connect/accept (and, over TLS, a
 //! handshake) for a request that takes a millisecond. A kept connection
 //! that fails (the daemon closed it, or restarted) is dropped and the
-//! request is made once more on a new one, within the same attempt: every
+//! request is made once more on a new one, within the same attempt (a kept
+//! one gets half the attempt's time, and its failure closes the others
+//! kept for that endpoint): every
 //! request is safe to repeat (opening a capsule twice gives the same
 //! secret; a second signature is as good as the first).
 
@@ -153,10 +155,11 @@ impl Endpoints {
 }
 
 /// How many connections to one endpoint are kept for later requests.
-pub const IDLE_PER_ENDPOINT: usize = 16;
+pub const IDLE_PER_ENDPOINT: usize = 4;
 
-/// How long a kept connection is reused (the daemon closes connections
-/// idle for 60 s: this stays well clear of that race).
+/// How long after it was opened a connection is still reused (the daemon
+/// closes connections idle for 60 s: this stays well clear of that race,
+/// and bounds how long a connection lives however busy it is).
 pub const IDLE_FOR: Duration = Duration::from_secs(20);
 
 /// Which endpoints failed lately, where the next spread request starts,
@@ -386,12 +389,17 @@ impl KgcClient {
         let endpoint = &self.endpoints[index];
         let exchange = async {
             // A kept connection that fails was closed by the daemon since
-            // (idle, restarted): then a new one.
-            if let Some(mut kept) = self.take_idle(index)
-                && let Ok(response) = kept.exchange(request).await
-            {
-                self.keep(index, kept);
-                return Ok(response);
+            // (idle, restarted, stopping), or its path silently dropped (a
+            // firewall's state lost): then a new one, with half the budget
+            // left for it, and the other kept ones are likely gone too.
+            if let Some((mut kept, opened)) = self.take_idle(index) {
+                match tokio::time::timeout(budget / 2, kept.exchange(request)).await {
+                    Ok(Ok(response)) => {
+                        self.keep(index, kept, opened);
+                        return Ok(response);
+                    }
+                    _ => self.forget(index),
+                }
             }
             let mut connection = match endpoint {
                 Endpoint::Unix(path) => Connection::Unix(
@@ -414,7 +422,7 @@ impl KgcClient {
                     (Endpoint::Unix(_), _) => e,
                 }
             })?;
-            self.keep(index, connection);
+            self.keep(index, connection, Instant::now());
             Ok(response)
         };
         match tokio::time::timeout(budget, exchange).await {
@@ -424,24 +432,32 @@ impl KgcClient {
         }
     }
 
-    /// A kept connection to the `index`th endpoint, younger than
-    /// [`IDLE_FOR`], if there is one (older ones are closed).
-    fn take_idle(&self, index: usize) -> Option<Connection> {
+    /// A kept connection to the `index`th endpoint, opened less than
+    /// [`IDLE_FOR`] ago, with when it was opened (older ones are closed).
+    fn take_idle(&self, index: usize) -> Option<(Connection, Instant)> {
         let mut idle = self.health.idle.lock().unwrap_or_else(|e| e.into_inner());
         let kept = idle.get_mut(index)?;
         let now = Instant::now();
-        kept.retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_FOR);
-        kept.pop().map(|(connection, _)| connection)
+        kept.retain(|(_, opened)| now.saturating_duration_since(*opened) < IDLE_FOR);
+        kept.pop()
     }
 
-    /// Keeps `connection` to the `index`th endpoint for a later request,
-    /// unless [`IDLE_PER_ENDPOINT`] are kept already.
-    fn keep(&self, index: usize, connection: Connection) {
+    /// Keeps `connection` to the `index`th endpoint, opened at `opened`,
+    /// for a later request, unless [`IDLE_PER_ENDPOINT`] are kept already.
+    fn keep(&self, index: usize, connection: Connection, opened: Instant) {
         let mut idle = self.health.idle.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kept) = idle.get_mut(index)
             && kept.len() < IDLE_PER_ENDPOINT
         {
-            kept.push((connection, Instant::now()));
+            kept.push((connection, opened));
+        }
+    }
+
+    /// Closes every kept connection to the `index`th endpoint.
+    fn forget(&self, index: usize) {
+        let mut idle = self.health.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = idle.get_mut(index) {
+            kept.clear();
         }
     }
 

@@ -212,6 +212,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -227,15 +228,18 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let (service, config) = (service.clone(), config.clone());
+                let (service, config, stopping) = (service.clone(), config.clone(), stopping.clone());
                 tasks.spawn(async move {
-                    handle_unix(stream, service, &config).await;
+                    handle_unix(stream, service, &config, stopping).await;
                     drop(permit);
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    // Connections waiting for their next request close now; requests in
+    // progress are answered first.
+    let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -260,6 +264,7 @@ pub async fn serve_tls(
     // oldest.
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let pending = Arc::new(std::sync::Mutex::new(Handshakes::default()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -279,12 +284,13 @@ pub async fn serve_tls(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .admit(config.max_connections.max(1));
-                let (service, config, acceptor, permits, pending) = (
+                let (service, config, acceptor, permits, pending, stopping) = (
                     service.clone(),
                     config.clone(),
                     acceptor.clone(),
                     permits.clone(),
                     pending.clone(),
+                    stopping.clone(),
                 );
                 tasks.spawn(async move {
                     let handshake = tokio::select! {
@@ -338,13 +344,14 @@ pub async fn serve_tls(
                         ..Peer::default()
                     };
                     let Ok(permit) = permits.acquire_owned().await else { return };
-                    serve_requests(stream, peer, grant, service, &config).await;
+                    serve_requests(stream, peer, grant, service, &config, stopping).await;
                     drop(permit);
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -464,7 +471,12 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std
     stream.flush().await
 }
 
-async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &ServerConfig) {
+async fn handle_unix(
+    mut stream: UnixStream,
+    service: Arc<KeyService>,
+    config: &ServerConfig,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let (peer, grant) = match stream.peer_cred() {
         Ok(cred) => (
             Peer {
@@ -490,22 +502,31 @@ async fn handle_unix(mut stream: UnixStream, service: Arc<KeyService>, config: &
         .await;
         return;
     }
-    serve_requests(stream, peer, grant, service, config).await;
+    serve_requests(stream, peer, grant, service, config, stopping).await;
 }
 
-/// Answers the requests of one connection, whose peer has `grant`.
+/// Answers the requests of one connection, whose peer has `grant`, until
+/// it closes, stays idle for [`ServerConfig::idle_timeout`], or the daemon
+/// is `stopping` while it waits for a request (clients keep connections
+/// open between requests: they must not hold a stopping daemon up).
 async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: Peer,
     grant: Grant,
     service: Arc<KeyService>,
     config: &ServerConfig,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let mut prefix = [0u8; 4];
-        match tokio::time::timeout(config.idle_timeout, stream.read_exact(&mut prefix)).await {
-            Ok(Ok(_)) => {}
-            _ => return, // closed, idle or broken
+        tokio::select! {
+            read = tokio::time::timeout(config.idle_timeout, stream.read_exact(&mut prefix)) => {
+                match read {
+                    Ok(Ok(_)) => {}
+                    _ => return, // closed, idle or broken
+                }
+            }
+            _ = stopping.wait_for(|stop| *stop) => return,
         }
         let len = match protocol::frame_length(prefix) {
             Ok(len) => len,

@@ -18,23 +18,35 @@ use tokio::net::{UnixListener, UnixStream};
 /// `per_connection` requests at most (then closes it), and counts the
 /// connections it accepted.
 fn daemon(listener: UnixListener, per_connection: usize) -> Arc<AtomicUsize> {
+    daemon_then(listener, per_connection, false)
+}
+
+/// As [`daemon`]; with `hang`, after `per_connection` answers a connection
+/// is kept open and never answered again (a path that silently drops).
+fn daemon_then(listener: UnixListener, per_connection: usize, hang: bool) -> Arc<AtomicUsize> {
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(answer(stream, per_connection));
+            tokio::spawn(async move {
+                let stream = answer(stream, per_connection).await;
+                if hang {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                drop(stream);
+            });
         }
     });
     accepted
 }
 
-async fn answer(mut stream: UnixStream, per_connection: usize) {
+async fn answer(mut stream: UnixStream, per_connection: usize) -> UnixStream {
     for _ in 0..per_connection {
         let mut prefix = [0u8; 4];
         if stream.read_exact(&mut prefix).await.is_err() {
-            return;
+            return stream;
         }
         let len = frame_length_within(prefix, 1 << 20).unwrap();
         let mut payload = vec![0u8; len];
@@ -45,6 +57,7 @@ async fn answer(mut stream: UnixStream, per_connection: usize) {
         let hello = Response::Hello(vec![("b.test".into(), 1)]);
         stream.write_all(&frame(&hello.encode())).await.unwrap();
     }
+    stream
 }
 
 fn client(socket: &std::path::Path) -> KgcClient {
@@ -80,6 +93,54 @@ async fn a_connection_the_daemon_closed_is_replaced_within_the_request() {
         assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
         assert_eq!(accepted.load(Ordering::SeqCst), n);
     }
+}
+
+#[tokio::test]
+async fn a_kept_connection_that_hangs_leaves_time_for_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("kgc.sock");
+    // Each connection answers once, then goes silent without closing.
+    let accepted = daemon_then(UnixListener::bind(&socket).unwrap(), 1, true);
+    let client = KgcClient::new(&socket, Duration::from_secs(2));
+    for n in 1..=3 {
+        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_daemon_closes_kept_connections_at_once() {
+    use ibemail_kgc::server::{ServerConfig, serve};
+    use ibemail_kgc::service::KeyService;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    ibemail_kgc::store::Store::setup(
+        &dir,
+        "b.test",
+        ibemail_kgc::clock::now(),
+        None,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let service = Arc::new(KeyService::load(std::slice::from_ref(&dir), 16).unwrap());
+    let socket = tmp.path().join("kgc.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, service, ServerConfig::default(), async {
+        let _ = stopped.await;
+    }));
+    let client = client(&socket);
+    client.hello().await.unwrap();
+    assert_eq!(client.kept_connections(), 1);
+    // The daemon stops while the client keeps its connection: it must not
+    // wait for the 60 s idle timeout.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the daemon waited for a kept connection")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -496,6 +496,24 @@ fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("serves no store of c.test"), "{stderr}");
+    // One grant per certificate: two would let the grant applied and the
+    // rotation tracker go by different ones.
+    let out = kgc()
+        .args(["serve", "--dir"])
+        .arg(&dir)
+        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--allow-cert")
+        .arg(format!("{pin}=replica"))
+        .arg("--allow-cert")
+        .arg(format!("{pin}=replica:b.test"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allowed twice"), "{stderr}");
 }
 
 #[test]

@@ -50,6 +50,14 @@ impl Network {
             let pin: Pin = pin
                 .parse()
                 .with_context(|| format!("--allow-cert {text}"))?;
+            // One grant per certificate: with two, the first would apply
+            // while the replication tracker might go by the other.
+            if config.certificates.iter().any(|(p, _)| *p == pin) {
+                bail!(
+                    "--allow-cert {text}: this certificate is allowed twice; give it one \
+                     grant (e.g. open+sign, or replica:DOMAIN,DOMAIN)"
+                );
+            }
             config.certificates.push((pin, grant));
         }
         let replicas: Vec<(Pin, &Grant)> = config

@@ -22,10 +22,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Connections waiting to be accepted on the listening Unix socket `path`
-/// (`ss`'s Recv-Q for a listener).
+/// What waits at the Unix socket `path`: connections not yet accepted
+/// (`ss`'s Recv-Q for the listener) and bytes not yet read on accepted
+/// ones (the milter keeps its connections, so a request may come on one).
 fn pending_connections(path: &Path) -> usize {
-    let out = Command::new("ss").args(["-xlnH"]).output().unwrap();
+    let out = Command::new("ss").args(["-xanH"]).output().unwrap();
     let path = path.display().to_string();
     String::from_utf8_lossy(&out.stdout)
         .lines()
