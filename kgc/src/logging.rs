@@ -244,6 +244,39 @@ impl LogLimit {
             Admit::Quiet => debug!("{}", line()),
         }
     }
+
+    /// Takes the count of events not logged, if there is one to report:
+    /// once their window is over (then a new one starts with the next
+    /// event), or at once if `now_anyway`.
+    fn unreported(&self, now: Instant, now_anyway: bool) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let over = state
+            .start
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
+        if state.suppressed == 0 || !(over || now_anyway) {
+            return 0;
+        }
+        if over {
+            state.start = None;
+            state.logged = 0;
+        }
+        std::mem::take(&mut state.suppressed)
+    }
+
+    /// Says how many events were not logged, once their window is over
+    /// (the daemon calls this every few seconds: without it the count
+    /// waited for the next event, which may never come), or at once if
+    /// `now_anyway` (at shutdown).
+    pub fn report_unlogged(&self, now_anyway: bool) {
+        let count = self.unreported(Instant::now(), now_anyway);
+        if count > 0 {
+            warn!(
+                target: "ibemail_kgc::audit",
+                "{count} more refusals like the ones above were not logged (the daemon's \
+                 metrics count them)"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +331,23 @@ mod tests {
         assert_eq!(limit.admit(at(61)), Admit::Log { suppressed: 0 });
         // A quiet spell resets the window with nothing to report.
         assert_eq!(limit.admit(at(500)), Admit::Log { suppressed: 0 });
+
+        // A flood that stops: its count is reported once its window is
+        // over, without waiting for another refusal, and only once.
+        let limit = LogLimit::new(2, Duration::from_secs(60));
+        for s in 0..10 {
+            limit.admit(at(s));
+        }
+        assert_eq!(limit.unreported(at(30), false), 0, "window not over");
+        assert_eq!(limit.unreported(at(61), false), 7);
+        assert_eq!(limit.unreported(at(62), false), 0);
+        assert_eq!(limit.admit(at(63)), Admit::Log { suppressed: 0 });
+        // At shutdown, at once.
+        for s in 64..70 {
+            limit.admit(at(s));
+        }
+        assert_eq!(limit.unreported(at(70), true), 4);
+        assert_eq!(limit.unreported(at(71), true), 0);
     }
 
     #[test]

@@ -182,6 +182,8 @@ pub(super) async fn daemon(
                 seen = stamps(service.dirs());
             }
             _ = poll.tick() => {
+                config.refusals.report_unlogged(false);
+                config.beyond_grant.report_unlogged(false);
                 let now_seen = stamps(service.dirs());
                 if now_seen != seen {
                     upkeep.run(&service, now()).await;
@@ -193,6 +195,8 @@ pub(super) async fn daemon(
     info!("shutting down");
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    config.refusals.report_unlogged(true);
+    config.beyond_grant.report_unlogged(true);
     if let Some(socket) = socket {
         let _ = std::fs::remove_file(socket);
     }
