@@ -267,13 +267,13 @@ impl LogLimit {
     /// (the daemon calls this every few seconds: without it the count
     /// waited for the next event, which may never come), or at once if
     /// `now_anyway` (at shutdown).
-    pub fn report_unlogged(&self, now_anyway: bool) {
+    /// `what` names the events (`refused connections`).
+    pub fn report_unlogged(&self, now_anyway: bool, what: &str) {
         let count = self.unreported(Instant::now(), now_anyway);
         if count > 0 {
             warn!(
                 target: "ibemail_kgc::audit",
-                "{count} more refusals like the ones above were not logged (the daemon's \
-                 metrics count them)"
+                "{count} more {what} were not logged (the daemon's metrics count them)"
             );
         }
     }

@@ -160,9 +160,14 @@ pub struct ServerConfig {
     /// A request frame must arrive completely within this time (and a
     /// TLS handshake).
     pub read_timeout: Duration,
-    /// Grants of TLS clients, by the pin their certificate matches (the
-    /// first matching pin counts). A certificate without one fails the
-    /// handshake.
+    /// An answer must be written within this time (a peer that does not
+    /// read would otherwise hold its connection, and a stopping daemon,
+    /// for ever); long enough for a replica's SYNC answer (up to 1 MiB)
+    /// over a slow link.
+    pub write_timeout: Duration,
+    /// Grants of TLS clients, by the pin their certificate matches. A
+    /// certificate that matches none fails the handshake; one that
+    /// matches two entries is refused.
     pub certificates: Vec<(Pin, Grant)>,
     /// What replicas report serving (a primary's), if any replica is
     /// allowed.
@@ -178,12 +183,25 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The grant of a client certificate, and the pin that matched.
+    /// The grant of a client certificate, and the pin that matched, if
+    /// exactly one entry matches it.
     pub fn certificate_grant(&self, fingerprints: &Fingerprints) -> Option<(Pin, Grant)> {
+        match self.matching_entries(fingerprints).as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        }
+    }
+
+    /// Every `--allow-cert` entry a client certificate matches: one pin of
+    /// its certificate (`sha256:`) and one of its public key
+    /// (`spki-sha256:`) can both be given, and nothing at start-up can
+    /// tell that they are the same client's. Two would make the grant
+    /// applied and the replicas awaited go by different entries.
+    fn matching_entries(&self, fingerprints: &Fingerprints) -> Vec<&(Pin, Grant)> {
         self.certificates
             .iter()
-            .find(|(pin, _)| pin.matches(fingerprints))
-            .cloned()
+            .filter(|(pin, _)| pin.matches(fingerprints))
+            .collect()
     }
 }
 
@@ -194,6 +212,7 @@ impl Default for ServerConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             certificates: Vec::new(),
             replication: None,
             refusals: Arc::new(LogLimit::refusals()),
@@ -227,7 +246,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                // Waiting for a free connection must not keep a stop from
+                // being noticed.
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                };
                 let (service, config, stopping) = (service.clone(), config.clone(), stopping.clone());
                 tasks.spawn(async move {
                     handle_unix(stream, service, &config, stopping).await;
@@ -332,11 +359,25 @@ pub async fn serve_tls(
                         .map(|cert| Fingerprints::of(cert));
                     // The handshake only completes with a pinned
                     // certificate; its grant is looked up again here.
-                    let Some((pin, grant)) =
-                        fingerprints.and_then(|f| config.certificate_grant(&f))
-                    else {
-                        refused(&service, &config, || format!("refused TLS connection from {address}: no grant"));
-                        return;
+                    let matched = fingerprints
+                        .map(|f| config.matching_entries(&f))
+                        .unwrap_or_default();
+                    let (pin, grant) = match matched.as_slice() {
+                        [one] => (*one).clone(),
+                        [] => {
+                            refused(&service, &config, || format!("refused TLS connection from {address}: no grant"));
+                            return;
+                        }
+                        several => {
+                            let pins: Vec<String> = several.iter().map(|(p, _)| p.to_string()).collect();
+                            refused(&service, &config, || format!(
+                                "refused TLS connection from {address}: its certificate matches {} --allow-cert \
+                                 entries ({}); give it one",
+                                pins.len(),
+                                pins.join(", ")
+                            ));
+                            return;
+                        }
                     };
                     let peer = Peer {
                         address: Some(address),
@@ -462,13 +503,23 @@ async fn off_thread(work: impl FnOnce() -> Response + Send + 'static) -> Respons
         .unwrap_or_else(|_| Response::Error(Status::Internal, "worker failed".into()))
 }
 
-/// Writes `response`; the encoded copies (shared secrets, master keys for
-/// a replica) are wiped afterwards.
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std::io::Result<()> {
+/// Writes `response` within `within`; the encoded copies (shared
+/// secrets, master keys for a replica) are wiped afterwards. A peer that
+/// does not read in time gets an error (and its connection closed).
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+    within: Duration,
+) -> std::io::Result<()> {
     let payload = zeroize::Zeroizing::new(response.encode());
     let framed = zeroize::Zeroizing::new(protocol::frame(&payload));
-    stream.write_all(&framed).await?;
-    stream.flush().await
+    let write = async {
+        stream.write_all(&framed).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(within, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 async fn handle_unix(
@@ -498,6 +549,7 @@ async fn handle_unix(
         let _ = send(
             &mut stream,
             &Response::Error(Status::Forbidden, "this uid has no grant".into()),
+            config.write_timeout,
         )
         .await;
         return;
@@ -535,6 +587,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = send(
                     &mut stream,
                     &Response::Error(Status::BadRequest, e.to_string()),
+                    config.write_timeout,
                 )
                 .await;
                 return;
@@ -600,11 +653,19 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     ProtocolError::UnsupportedVersion(_) => Status::UnsupportedVersion,
                     _ => Status::BadRequest,
                 };
-                let _ = send(&mut stream, &Response::Error(status, e.to_string())).await;
+                let _ = send(
+                    &mut stream,
+                    &Response::Error(status, e.to_string()),
+                    config.write_timeout,
+                )
+                .await;
                 return;
             }
         };
-        if send(&mut stream, &response).await.is_err() {
+        if send(&mut stream, &response, config.write_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }

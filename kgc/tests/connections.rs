@@ -143,6 +143,59 @@ async fn a_stopping_daemon_closes_kept_connections_at_once() {
         .unwrap();
 }
 
+/// A granted peer that sends requests and never reads the answers: once
+/// the buffers are full the daemon's write waits; it gives up after the
+/// write timeout, so the peer holds neither its connection nor a stopping
+/// daemon for ever.
+#[tokio::test]
+async fn a_peer_that_never_reads_cannot_hold_a_stopping_daemon() {
+    use ibemail_kgc::server::{ServerConfig, serve};
+    use ibemail_kgc::service::KeyService;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    ibemail_kgc::store::Store::setup(
+        &dir,
+        "b.test",
+        ibemail_kgc::clock::now(),
+        None,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let service = Arc::new(KeyService::load(std::slice::from_ref(&dir), 16).unwrap());
+    let socket = tmp.path().join("kgc.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig {
+        write_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let server = tokio::spawn(serve(listener, service, config, async {
+        let _ = stopped.await;
+    }));
+    // Far more HELLO answers than the socket buffers hold, none read.
+    let mut peer = UnixStream::connect(&socket).await.unwrap();
+    let hello = frame(&Request::Hello.encode());
+    let requests: Vec<u8> = hello
+        .iter()
+        .copied()
+        .cycle()
+        .take(hello.len() * 50_000)
+        .collect();
+    let writer = tokio::spawn(async move {
+        let _ = peer.write_all(&requests).await;
+        peer
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the daemon waited for a peer that does not read")
+        .unwrap()
+        .unwrap();
+    drop(writer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_keeps_a_bounded_number_of_connections() {
     let tmp = tempfile::tempdir().unwrap();

@@ -178,6 +178,37 @@ async fn a_public_key_pin_works_as_well_as_a_certificate_pin() {
     assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
 }
 
+/// One client certificate allowed twice, by its certificate pin and by its
+/// public key pin, with different grants: which applies is ambiguous
+/// (and a replica's reports would go by one while the primary waited for
+/// the other), so the connection is refused.
+#[tokio::test]
+async fn a_certificate_matching_two_entries_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_store(tmp.path());
+    let (server, server_pin) = identity(tmp.path(), "kgc1");
+    let (milter, milter_pin) = identity(tmp.path(), "milter");
+    let milter_spki = milter.fingerprints().public_key_pin().unwrap();
+    let daemon = TlsDaemon::start(
+        &dir,
+        &server,
+        vec![
+            (milter_spki, Grant::parse("open").unwrap()),
+            (milter_pin, Grant::parse("replica").unwrap()),
+        ],
+    )
+    .await;
+    let client = client(
+        vec![daemon.endpoint()],
+        &milter,
+        milter_pin,
+        &[server_pin],
+        Duration::from_secs(5),
+    );
+    assert!(client.hello().await.is_err());
+    assert!(daemon.service.metrics().refused_connections() >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_an_unknown_certificate_is_refused_at_the_handshake() {
     let tmp = tempfile::tempdir().unwrap();

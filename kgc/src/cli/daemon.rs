@@ -16,6 +16,11 @@ use anyhow::{Context as _, Result};
 use super::network::Network;
 use tracing::{error, info};
 
+/// The events of the two refusal log limits, for their counts.
+const REFUSED: &str = "refused connections";
+/// See [`REFUSED`].
+const BEYOND_GRANT: &str = "requests beyond a grant";
+
 /// Binds the socket, replacing a stale one but never a live daemon's.
 async fn bind(socket: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
     let listener = crate::socket::bind_replacing_stale(socket, mode)
@@ -182,8 +187,8 @@ pub(super) async fn daemon(
                 seen = stamps(service.dirs());
             }
             _ = poll.tick() => {
-                config.refusals.report_unlogged(false);
-                config.beyond_grant.report_unlogged(false);
+                config.refusals.report_unlogged(false, REFUSED);
+                config.beyond_grant.report_unlogged(false, BEYOND_GRANT);
                 let now_seen = stamps(service.dirs());
                 if now_seen != seen {
                     upkeep.run(&service, now()).await;
@@ -195,8 +200,8 @@ pub(super) async fn daemon(
     info!("shutting down");
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
-    config.refusals.report_unlogged(true);
-    config.beyond_grant.report_unlogged(true);
+    config.refusals.report_unlogged(true, REFUSED);
+    config.beyond_grant.report_unlogged(true, BEYOND_GRANT);
     if let Some(socket) = socket {
         let _ = std::fs::remove_file(socket);
     }
