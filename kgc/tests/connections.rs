@@ -60,6 +60,42 @@ async fn answer(mut stream: UnixStream, per_connection: usize) -> UnixStream {
     stream
 }
 
+/// The real daemon (the library's `serve`) for a new store of b.test on
+/// `tmp/kgc.sock`, with `config`: its socket, the sender that stops it,
+/// and its task.
+fn real_daemon(
+    tmp: &std::path::Path,
+    config: ibemail_kgc::server::ServerConfig,
+) -> (
+    std::path::PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let dir = tmp.join("store");
+    ibemail_kgc::store::Store::setup(
+        &dir,
+        "b.test",
+        ibemail_kgc::clock::now(),
+        None,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let service =
+        Arc::new(ibemail_kgc::service::KeyService::load(std::slice::from_ref(&dir), 16).unwrap());
+    let socket = tmp.join("kgc.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ibemail_kgc::server::serve(
+        listener,
+        service,
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (socket, stop, server)
+}
+
 fn client(socket: &std::path::Path) -> KgcClient {
     KgcClient::new(socket, Duration::from_secs(5))
 }
@@ -110,26 +146,8 @@ async fn a_kept_connection_that_hangs_leaves_time_for_a_new_one() {
 
 #[tokio::test]
 async fn a_stopping_daemon_closes_kept_connections_at_once() {
-    use ibemail_kgc::server::{ServerConfig, serve};
-    use ibemail_kgc::service::KeyService;
-
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    ibemail_kgc::store::Store::setup(
-        &dir,
-        "b.test",
-        ibemail_kgc::clock::now(),
-        None,
-        &mut rand_core::OsRng,
-    )
-    .unwrap();
-    let service = Arc::new(KeyService::load(std::slice::from_ref(&dir), 16).unwrap());
-    let socket = tmp.path().join("kgc.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, service, ServerConfig::default(), async {
-        let _ = stopped.await;
-    }));
+    let (socket, stop, server) = real_daemon(tmp.path(), Default::default());
     let client = client(&socket);
     client.hello().await.unwrap();
     assert_eq!(client.kept_connections(), 1);
@@ -149,30 +167,12 @@ async fn a_stopping_daemon_closes_kept_connections_at_once() {
 /// daemon for ever.
 #[tokio::test]
 async fn a_peer_that_never_reads_cannot_hold_a_stopping_daemon() {
-    use ibemail_kgc::server::{ServerConfig, serve};
-    use ibemail_kgc::service::KeyService;
-
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    ibemail_kgc::store::Store::setup(
-        &dir,
-        "b.test",
-        ibemail_kgc::clock::now(),
-        None,
-        &mut rand_core::OsRng,
-    )
-    .unwrap();
-    let service = Arc::new(KeyService::load(std::slice::from_ref(&dir), 16).unwrap());
-    let socket = tmp.path().join("kgc.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig {
+    let config = ibemail_kgc::server::ServerConfig {
         write_timeout: Duration::from_secs(1),
-        ..ServerConfig::default()
+        ..Default::default()
     };
-    let server = tokio::spawn(serve(listener, service, config, async {
-        let _ = stopped.await;
-    }));
+    let (socket, stop, server) = real_daemon(tmp.path(), config);
     // Far more HELLO answers than the socket buffers hold, none read.
     let mut peer = UnixStream::connect(&socket).await.unwrap();
     let hello = frame(&Request::Hello.encode());

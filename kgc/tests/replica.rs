@@ -26,6 +26,35 @@ use ibemail_kgc::tls::server_config;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, SeedableRng};
 
+/// A primary daemon over mutual TLS on 127.0.0.1 serving `service`,
+/// allowing one replica with its grant and noting its reports in
+/// `replication`: its address, and the sender that stops it.
+async fn primary_over_tls(
+    tls: &ibemail_kgc::tls::TlsIdentity,
+    service: &Arc<KeyService>,
+    (replica_pin, grant): (ibemail_kgc::tls::Pin, Grant),
+    replication: &Arc<Replication>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        certificates: vec![(replica_pin, grant)],
+        replication: Some(replication.clone()),
+        ..ServerConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_tls(
+        listener,
+        server_config(tls, &[replica_pin]).unwrap(),
+        service.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_follows() {
     let tmp = tempfile::tempdir().unwrap();
@@ -36,29 +65,12 @@ async fn a_rotation_is_published_only_once_the_replica_serves_it_and_retirement_
     // The primary daemon, allowing the replica.
     let primary = Arc::new(KeyService::load(std::slice::from_ref(&primary_dir), 16).unwrap());
     let replication = Arc::new(Replication::new(vec![replica_pin]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ServerConfig {
-        certificates: vec![(
-            replica_pin,
-            Grant {
-                replicate: true,
-                ..Grant::default()
-            },
-        )],
-        replication: Some(replication.clone()),
-        ..ServerConfig::default()
+    let grant = Grant {
+        replicate: true,
+        ..Grant::default()
     };
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_tls(
-        listener,
-        server_config(&primary_tls, &[replica_pin]).unwrap(),
-        primary.clone(),
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, _stop) =
+        primary_over_tls(&primary_tls, &primary, (replica_pin, grant), &replication).await;
     let mut upkeep = common::replicating_upkeep(&replication);
 
     // The replica daemon's service and its link to the primary.
@@ -175,23 +187,8 @@ async fn a_replica_granted_one_domain_gets_no_other_domains_keys() {
         replica_pin,
         grant.replicate_only.clone(),
     )]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ServerConfig {
-        certificates: vec![(replica_pin, grant)],
-        replication: Some(replication.clone()),
-        ..ServerConfig::default()
-    };
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_tls(
-        listener,
-        server_config(&primary_tls, &[replica_pin]).unwrap(),
-        primary.clone(),
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, _stop) =
+        primary_over_tls(&primary_tls, &primary, (replica_pin, grant), &replication).await;
 
     // Generation 2 of each domain is staged at the primary.
     for dir in [&b_primary, &c_primary] {
@@ -456,19 +453,25 @@ fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
     let dir = tmp.path().join("store");
     Store::setup(&dir, "b.test", now(), None, &mut OsRng).unwrap();
     let (_, pin, cert, key) = identity(tmp.path(), "kgc");
-    let out = kgc()
-        .args(["serve", "--dir"])
-        .arg(&dir)
-        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--allow-cert")
-        .arg(format!("{pin}=replica"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `serve` over TLS with these --allow-cert grants must refuse to
+    // start (exit 78): its message.
+    let refused = |grants: &[String]| {
+        let mut serve = kgc();
+        serve
+            .args(["serve", "--dir"])
+            .arg(&dir)
+            .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key);
+        for grant in grants {
+            serve.arg("--allow-cert").arg(grant);
+        }
+        let out = serve.output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused(&[format!("{pin}=replica")]);
     assert!(stderr.contains("role --dir"), "{stderr}");
     assert!(stderr.contains("standalone"), "{stderr}");
     // ibemail-kgc role makes it the primary.
@@ -482,37 +485,11 @@ fn serve_refuses_replicas_for_a_store_that_is_not_the_primary() {
     let out = kgc().args(["role", "--dir"]).arg(&dir).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "primary");
     // A replica grant for a domain this daemon does not serve is a typo.
-    let out = kgc()
-        .args(["serve", "--dir"])
-        .arg(&dir)
-        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--allow-cert")
-        .arg(format!("{pin}=replica:c.test"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&[format!("{pin}=replica:c.test")]);
     assert!(stderr.contains("serves no store of c.test"), "{stderr}");
     // One grant per certificate: two would let the grant applied and the
     // rotation tracker go by different ones.
-    let out = kgc()
-        .args(["serve", "--dir"])
-        .arg(&dir)
-        .args(["--tls-listen", "127.0.0.1:1", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--allow-cert")
-        .arg(format!("{pin}=replica"))
-        .arg("--allow-cert")
-        .arg(format!("{pin}=replica:b.test"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&[format!("{pin}=replica"), format!("{pin}=replica:b.test")]);
     assert!(stderr.contains("allowed twice"), "{stderr}");
 }
 
