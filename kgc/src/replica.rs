@@ -54,10 +54,9 @@ use crate::tls::Pin;
 /// What the replicas of a primary daemon report serving.
 #[derive(Debug)]
 pub struct Replication {
-    replicas: Vec<Pin>,
-    /// The domains each replica may copy, for those granted only some
-    /// (`replica:DOMAIN`); a replica not named here copies every domain.
-    scopes: BTreeMap<Pin, BTreeSet<String>>,
+    /// Each replica's pin and the domains it may copy (`replica:DOMAIN`;
+    /// none named: every domain).
+    replicas: Vec<(Pin, BTreeSet<String>)>,
     reports: Mutex<BTreeMap<(Pin, String), Report>>,
     changed: tokio::sync::Notify,
 }
@@ -82,36 +81,17 @@ impl Replication {
     /// (normalised; none named: every domain). A rotation of a domain
     /// waits only for the replicas allowed to copy it.
     pub fn scoped(replicas: impl IntoIterator<Item = (Pin, BTreeSet<String>)>) -> Replication {
-        let mut pins = Vec::new();
-        let mut scopes = BTreeMap::new();
-        for (pin, domains) in replicas {
-            pins.push(pin);
-            if !domains.is_empty() {
-                scopes.insert(pin, domains);
-            }
-        }
         Replication {
-            replicas: pins,
-            scopes,
+            replicas: replicas.into_iter().collect(),
             reports: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
         }
-    }
-
-    /// Whether the replica `pin` may copy `domain` (normalised).
-    fn copies(&self, pin: &Pin, domain: &str) -> bool {
-        self.scopes.get(pin).is_none_or(|d| d.contains(domain))
     }
 
     /// Completes when a replica reports serving other generations than it
     /// did (the primary's upkeep then runs at once).
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    /// The replicas' pins.
-    pub fn replicas(&self) -> &[Pin] {
-        &self.replicas
     }
 
     /// Notes that the replica `pin` serves `serving` of `domain` at `now`.
@@ -139,7 +119,8 @@ impl Replication {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
         self.replicas
             .iter()
-            .filter(|pin| self.copies(pin, domain))
+            .filter(|(_, domains)| domains.is_empty() || domains.contains(domain))
+            .map(|(pin, _)| pin)
             .filter_map(|pin| {
                 let report = reports.get(&(*pin, domain.to_string()));
                 match report {

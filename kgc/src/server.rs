@@ -183,15 +183,6 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The grant of a client certificate, and the pin that matched, if
-    /// exactly one entry matches it.
-    pub fn certificate_grant(&self, fingerprints: &Fingerprints) -> Option<(Pin, Grant)> {
-        match self.matching_entries(fingerprints).as_slice() {
-            [one] => Some((*one).clone()),
-            _ => None,
-        }
-    }
-
     /// Every `--allow-cert` entry a client certificate matches: one pin of
     /// its certificate (`sha256:`) and one of its public key
     /// (`spki-sha256:`) can both be given, and nothing at start-up can
