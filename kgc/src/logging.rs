@@ -197,13 +197,17 @@ impl LogLimit {
         LogLimit::new(REFUSALS_PER_MINUTE, Duration::from_secs(60))
     }
 
+    /// Whether no window is running at `now` (none began, or it ended).
+    fn window_over(&self, state: &LimitState, now: Instant) -> bool {
+        state
+            .start
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.window)
+    }
+
     fn admit(&self, now: Instant) -> Admit {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut carried = 0;
-        if state
-            .start
-            .is_none_or(|start| now.saturating_duration_since(start) >= self.window)
-        {
+        if self.window_over(&state, now) {
             carried = std::mem::take(&mut state.suppressed);
             state.start = Some(now);
             state.logged = 0;
@@ -250,9 +254,7 @@ impl LogLimit {
     /// event), or at once if `now_anyway`.
     fn unreported(&self, now: Instant, now_anyway: bool) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let over = state
-            .start
-            .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
+        let over = self.window_over(&state, now);
         if state.suppressed == 0 || !(over || now_anyway) {
             return 0;
         }
@@ -263,11 +265,10 @@ impl LogLimit {
         std::mem::take(&mut state.suppressed)
     }
 
-    /// Says how many events were not logged, once their window is over
-    /// (the daemon calls this every few seconds: without it the count
-    /// waited for the next event, which may never come), or at once if
-    /// `now_anyway` (at shutdown).
-    /// `what` names the events (`refused connections`).
+    /// Says how many events (named by `what`, e.g. `refused connections`)
+    /// were not logged, once their window is over (the daemon calls this
+    /// every few seconds: without it the count waited for the next event,
+    /// which may never come), or at once if `now_anyway` (at shutdown).
     pub fn report_unlogged(&self, now_anyway: bool, what: &str) {
         let count = self.unreported(Instant::now(), now_anyway);
         if count > 0 {
