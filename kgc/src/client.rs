@@ -13,15 +13,15 @@
 //!
 //! Connections are kept for the next request (up to [`IDLE_PER_ENDPOINT`]
 //! per endpoint, each until [`IDLE_FOR`] after it was opened, well within
-//! the daemon's 60 s idle timeout): a mail server asks once or twice per message, and a
-//! new connection costs both sides a connect/accept (and, over TLS, a
-//! handshake) for a request that takes a millisecond. A kept connection
-//! that fails (the daemon closed it, or restarted) is dropped and the
-//! request is made once more on a new one, within the same attempt (a kept
-//! one gets half the attempt's time, and its failure closes the others
-//! kept for that endpoint): every
-//! request is safe to repeat (opening a capsule twice gives the same
-//! secret; a second signature is as good as the first).
+//! the daemon's 60 s idle timeout): a mail server asks once or twice per
+//! message, and a new connection costs both sides a connect/accept (and,
+//! over TLS, a handshake) for a request that takes a millisecond. A kept
+//! connection that fails (the daemon closed it, or restarted) is dropped
+//! and the request is made once more on a new one, within the same
+//! attempt (a kept one gets half the attempt's time, and its failure
+//! closes the others kept for that endpoint): every request is safe to
+//! repeat (opening a capsule twice gives the same secret; a second
+//! signature is as good as the first).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

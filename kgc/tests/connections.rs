@@ -100,6 +100,15 @@ fn client(socket: &std::path::Path) -> KgcClient {
     KgcClient::new(socket, Duration::from_secs(5))
 }
 
+/// Three requests through `client`, each answered on a new connection
+/// (counted by the stand-in daemon in `accepted`).
+async fn each_request_opens_one_connection(client: &KgcClient, accepted: &AtomicUsize) {
+    for n in 1..=3 {
+        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}
+
 #[tokio::test]
 async fn one_connection_serves_request_after_request() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,10 +134,7 @@ async fn a_connection_the_daemon_closed_is_replaced_within_the_request() {
     // idle timeout, or a restart).
     let accepted = daemon(UnixListener::bind(&socket).unwrap(), 1);
     let client = client(&socket);
-    for n in 1..=3 {
-        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
-        assert_eq!(accepted.load(Ordering::SeqCst), n);
-    }
+    each_request_opens_one_connection(&client, &accepted).await;
 }
 
 #[tokio::test]
@@ -138,10 +144,7 @@ async fn a_kept_connection_that_hangs_leaves_time_for_a_new_one() {
     // Each connection answers once, then goes silent without closing.
     let accepted = daemon_then(UnixListener::bind(&socket).unwrap(), 1, true);
     let client = KgcClient::new(&socket, Duration::from_secs(2));
-    for n in 1..=3 {
-        assert_eq!(client.hello().await.unwrap(), vec![("b.test".into(), 1)]);
-        assert_eq!(accepted.load(Ordering::SeqCst), n);
-    }
+    each_request_opens_one_connection(&client, &accepted).await;
 }
 
 #[tokio::test]
