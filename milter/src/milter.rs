@@ -243,6 +243,10 @@ async fn apply(cx: &EomContext<Session>, actions: &[Action]) -> Result<(), Strin
                 act.change_header(name.as_str(), *index, None::<CString>)
                     .await
             }
+            Action::ChangeHeader { name, index, value } => {
+                act.change_header(name.as_str(), *index, Some(cstring(value)))
+                    .await
+            }
             Action::AddHeader { name, value } => {
                 act.add_header(name.as_str(), cstring(value)).await
             }

@@ -403,11 +403,14 @@ pub(crate) fn content_nonce(recipient_set: &[u8]) -> [u8; NONCE_BYTES] {
     nonce
 }
 
-/// The outer header: [`OUTER_FIELDS`] copied, an obscured Subject, the
-/// S/MIME fields.
+/// The outer header: [`OUTER_FIELDS`] copied and the first Subject
+/// obscured, each where it was in the original (RFC 9788's order: a
+/// receiver that restores the inner header finds most fields already in
+/// place), then the S/MIME fields.
 fn outer_fields(message: &[u8]) -> Vec<Field> {
     let section = HeaderSection::parse(message);
     let mut out = Vec::new();
+    let mut subject = false;
     for field in &section.fields {
         if OUTER_FIELDS.iter().any(|name| field.is(name)) {
             let mut value = Vec::with_capacity(field.value().len());
@@ -416,13 +419,13 @@ fn outer_fields(message: &[u8]) -> Vec<Field> {
                 value.truncate(value.len() - 2);
             }
             out.push((String::from_utf8_lossy(field.name).into_owned(), value));
+        } else if field.is("Subject") && !subject {
+            subject = true;
+            out.push((
+                "Subject".into(),
+                format!(" {OBSCURED_SUBJECT}").into_bytes(),
+            ));
         }
-    }
-    if section.get("Subject").is_some() {
-        out.push((
-            "Subject".into(),
-            format!(" {OBSCURED_SUBJECT}").into_bytes(),
-        ));
     }
     for (name, value) in SMIME_FIELDS {
         out.push((name.into(), format!(" {value}").into_bytes()));

@@ -316,9 +316,9 @@ fn sealed_message() {
     let header = "Received: from [192.0.2.7] by mx.a.test; Mon, 23 Nov 2026 10:00:01 +0000\r\n\
 From: Carol <carol@a.test>\r\n\
 To: alice@b.test, bob@b.test\r\n\
+Subject: [...]\r\n\
 Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
 Message-ID: <1@a.test>\r\n\
-Subject: [...]\r\n\
 MIME-Version: 1.0\r\n\
 Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data; name=\"smime.p7m\"\r\n\
 Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\

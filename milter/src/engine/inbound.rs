@@ -20,7 +20,7 @@ use ibemail_kgc::logging::shown;
 use ibemail_message::{CapsuleError, OpenError};
 use tracing::warn;
 
-use super::fields::{delete_headers, split_message};
+use super::fields::{delete_headers, rewrite_headers, split_message};
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use super::{Engine, now};
 use crate::address::Rcpt;
@@ -207,18 +207,20 @@ impl Engine {
                 // Always said, `none` included: a filter or reader of the
                 // decrypted mail can tell "unsigned" from "not checked".
                 results.push(signed.resinfo("inside and outside the encryption"));
-                let mut actions = delete_headers(&message.headers, |_, _, _| true);
-                actions.push(Action::AddHeader {
+                let wanted: Vec<_> = delivered
+                    .transit
+                    .into_iter()
+                    .chain(delivered.inner)
+                    .collect();
+                let mut actions = rewrite_headers(&message.headers, &wanted);
+                // Inserted last, so that it cannot shift what the edits
+                // above count (older Postfix versions stop hiding their own
+                // Received field once a field is inserted above it).
+                actions.push(Action::InsertHeader {
+                    index: 0,
                     name: authres::FIELD.into(),
                     value: authres::value(&authserv_id, &results),
                 });
-                actions.extend(
-                    delivered
-                        .transit
-                        .into_iter()
-                        .chain(delivered.inner)
-                        .map(|(name, value)| Action::AddHeader { name, value }),
-                );
                 actions.push(Action::ReplaceBody(body.to_vec()));
                 // Delivery status notifications of the plaintext (a success
                 // notice the client asked for, a bounce if delivery fails)

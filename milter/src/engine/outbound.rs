@@ -11,7 +11,7 @@ use ibemail_message::{IbeRecipient, Recipient};
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use super::fields::{delete_headers, milter_value};
+use super::fields::{milter_value, rewrite_headers};
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use super::{Engine, now};
 use crate::address::Rcpt;
@@ -215,11 +215,12 @@ impl Engine {
         } else {
             Kind::Encrypted
         };
-        actions.extend(delete_headers(&message.headers, |_, _, _| true));
-        actions.extend(sealed.fields.iter().map(|(name, value)| Action::AddHeader {
-            name: name.clone(),
-            value: milter_value(value),
-        }));
+        let outer: Vec<_> = sealed
+            .fields
+            .iter()
+            .map(|(name, value)| (name.clone(), milter_value(value)))
+            .collect();
+        actions.extend(rewrite_headers(&message.headers, &outer));
         actions.push(Action::ReplaceBody(sealed.body));
         Verdict {
             reply: Reply::Continue,

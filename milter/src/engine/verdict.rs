@@ -61,6 +61,15 @@ pub enum Action {
         /// Occurrence, 1-based.
         index: i32,
     },
+    /// Replace the value of the `index`-th (1-based) field called `name`.
+    ChangeHeader {
+        /// Field name.
+        name: String,
+        /// Occurrence, 1-based.
+        index: i32,
+        /// New value, with its leading space and LF folding.
+        value: Vec<u8>,
+    },
     /// Append a field.
     AddHeader {
         /// Field name.

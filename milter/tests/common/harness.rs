@@ -177,6 +177,18 @@ pub(crate) async fn send(addr: SocketAddr, mail: &Mail<'_>) -> (Status, EomActio
     (status, actions)
 }
 
+/// Where the `index`-th (1-based) field called `name` (ASCII
+/// case-insensitive) is in `headers`.
+fn occurrence(headers: &[(String, String)], name: &str, index: i32) -> usize {
+    headers
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
+        .nth(usize::try_from(index).unwrap() - 1)
+        .map(|(i, _)| i)
+        .unwrap()
+}
+
 /// Applies milter actions the way Postfix does, giving the new header list
 /// and body.
 pub(crate) fn apply(
@@ -189,15 +201,13 @@ pub(crate) fn apply(
     for action in &actions.actions {
         match action {
             EomAction::DeleteHeader { name, index } => {
-                let name = name.to_str().unwrap();
-                let pos = headers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
-                    .nth(usize::try_from(*index).unwrap() - 1)
-                    .map(|(i, _)| i)
-                    .unwrap();
+                let pos = occurrence(&headers, name.to_str().unwrap(), *index);
                 headers.remove(pos);
+            }
+            EomAction::ChangeHeader { name, index, value } => {
+                let name = name.to_str().unwrap();
+                let pos = occurrence(&headers, name, *index);
+                headers[pos] = (name.to_string(), value.to_str().unwrap().to_string());
             }
             EomAction::AddHeader { name, value } => headers.push((
                 name.to_str().unwrap().to_string(),
