@@ -18,7 +18,9 @@ use indymilter::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{Action, Engine, Kind, Message, Origin, Reply, Verdict};
+use crate::engine::{
+    Action, Engine, Kind, Message, Origin, Reply, Verdict, postfix_counts_fields_right,
+};
 
 /// Where a session is in the SMTP conversation.
 #[derive(Debug, Default)]
@@ -66,6 +68,9 @@ pub struct Session {
     stage: Stage,
     /// The stages Postfix does not wait on (negotiated).
     no_reply: ProtoOpts,
+    /// The MTA (macro `v`) addresses changed and deleted header fields as
+    /// shown to milters ([`postfix_counts_fields_right`]).
+    edits_in_place: bool,
 }
 
 impl Default for Session {
@@ -76,6 +81,7 @@ impl Default for Session {
             origin: Origin::External,
             stage: Stage::Idle,
             no_reply: ProtoOpts::empty(),
+            edits_in_place: false,
         }
     }
 }
@@ -149,7 +155,7 @@ async fn negotiate(cx: &mut NegotiateContext<Session>, offered: ProtoOpts) -> St
         | Actions::QUARANTINE;
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     for (stage, names) in [
-        (MacroStage::Connect, "j {daemon_name} {client_addr}"),
+        (MacroStage::Connect, "j {daemon_name} {client_addr} v"),
         (MacroStage::Mail, "{auth_authen} i"),
         (MacroStage::Eom, "i"),
     ] {
@@ -165,10 +171,13 @@ fn connect(cx: &mut Context<Session>, socket: SocketInfo, shared: &SharedEngine)
     let reinjection =
         daemon.as_deref() == Some(engine(shared).config().reinject_daemon_name.as_str());
     let no_reply = cx.data.as_ref().map_or(ProtoOpts::empty(), |s| s.no_reply);
+    let edits_in_place =
+        macro_value(&cx.macros, c"v").is_some_and(|v| postfix_counts_fields_right(&v));
     cx.data = Some(Session {
         peer: Peer::of(&socket),
         reinjection,
         no_reply,
+        edits_in_place,
         ..Session::default()
     });
     carry_on(cx, ProtoOpts::NOREPLY_CONNECT)
@@ -197,6 +206,7 @@ fn mail(cx: &mut Context<Session>, args: Vec<CString>, shared: &SharedEngine) ->
         queue_id,
         sender,
         auth_authen,
+        edits_in_place: session.edits_in_place,
         ..Message::default()
     }));
     carry_on(cx, ProtoOpts::NOREPLY_MAIL)

@@ -109,6 +109,7 @@ fn message(from: &str, to: &[&str]) -> Message {
         size: 200,
         headers,
         body,
+        edits_in_place: true,
     }
 }
 

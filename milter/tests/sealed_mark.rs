@@ -177,6 +177,7 @@ fn arriving_for(bytes: &[u8], recipients: &[&str]) -> Message {
             .collect(),
         body: bytes[section.body_offset..].to_vec(),
         size: bytes.len(),
+        edits_in_place: true,
     }
 }
 

@@ -64,6 +64,23 @@ pub(crate) fn delete_headers(
     actions
 }
 
+/// Actions that delete every field of `from` and append `to`: what
+/// [`rewrite_headers`] does where in-place edits cannot be trusted.
+pub(crate) fn replace_headers(from: &[(String, Vec<u8>)], to: &[(String, Vec<u8>)]) -> Vec<Action> {
+    let mut actions = delete_headers(from, |_, _, _| true);
+    actions.extend(to.iter().map(|(name, value)| Action::AddHeader {
+        name: name.clone(),
+        value: value.clone(),
+    }));
+    actions
+}
+
+/// Whether Postfix would take `value` in a change for an empty one: it
+/// deletes the field then (and the milter drops NUL bytes on the way).
+fn empty_for_postfix(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == 0)
+}
+
 /// Actions that turn the header `from` (as this milter was shown it) into
 /// `to`, leaving in place what already matches. Each wanted field in turn is
 /// the next field of `from` with exactly its name: kept if the value is the
@@ -76,9 +93,15 @@ pub(crate) fn delete_headers(
 /// and its inner one): Postfix re-reads its queue file's header for every
 /// change or deletion and links every new field in at the file's end.
 ///
-/// Only name-and-occurrence changes, deletions and appends are used:
-/// Postfix counts its own hidden `Received` field for insertions but not
-/// for these, so they cannot land one field off.
+/// A wanted field with an empty value is never reached by a change:
+/// Postfix takes a change to an empty value for a deletion, after which
+/// every later index of that name would be one off (so an outer field
+/// meant to go would stay). Only name-and-occurrence changes, deletions
+/// and appends are used: Postfix counts its own hidden `Received` field
+/// for insert positions but not for these. Postfix counted occurrences
+/// wrongly before 3.5.25, 3.6.15, 3.7.11 and 3.8.6 (when a field had been
+/// prepended above its own Received): use [`replace_headers`] there
+/// ([`postfix_counts_fields_right`]).
 pub(crate) fn rewrite_headers(from: &[(String, Vec<u8>)], to: &[(String, Vec<u8>)]) -> Vec<Action> {
     let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
     let mut changes = Vec::new();
@@ -88,7 +111,9 @@ pub(crate) fn rewrite_headers(from: &[(String, Vec<u8>)], to: &[(String, Vec<u8>
         let index = seen.entry(name.to_ascii_lowercase()).or_insert(0);
         *index = index.saturating_add(1);
         match wanted.peek() {
-            Some((want_name, want_value)) if want_name == name => {
+            Some((want_name, want_value))
+                if want_name == name && (want_value == value || !empty_for_postfix(want_value)) =>
+            {
                 if want_value != value {
                     changes.push(Action::ChangeHeader {
                         name: name.clone(),
@@ -113,6 +138,47 @@ pub(crate) fn rewrite_headers(from: &[(String, Vec<u8>)], to: &[(String, Vec<u8>
         value: value.clone(),
     }));
     changes
+}
+
+/// Whether the MTA version `v` (the milter macro: `Postfix 3.7.11`,
+/// `Postfix 3.10-20250101` for a snapshot) names a Postfix that addresses
+/// a changed or deleted field by the occurrence its milters were shown.
+/// Before the fix of 2023-12-13 (in 3.9, backported to 3.8.6, 3.7.11,
+/// 3.6.15 and 3.5.25) Postfix skipped the first field of the header rather
+/// than its own hidden Received field, so after a field was prepended
+/// above that (an access table's PREPEND, a milter inserting at the top)
+/// the indices were one off. Anything else, or no version: false.
+pub(crate) fn postfix_counts_fields_right(v: &str) -> bool {
+    let Some(version) = v.trim().strip_prefix("Postfix ") else {
+        return false;
+    };
+    let (release, snapshot) = match version.split_once('-') {
+        Some((release, date)) => (release, Some(date.parse::<u32>().unwrap_or(0))),
+        None => (version, None),
+    };
+    let mut numbers = release.split('.').map(|n| n.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (numbers.next(), numbers.next()) else {
+        return false;
+    };
+    let patch = match numbers.next() {
+        None => None,
+        Some(Some(patch)) => Some(patch),
+        Some(None) => return false,
+    };
+    if let Some(date) = snapshot {
+        // An experimental or pre-release snapshot: fixed from its date on.
+        return (major, minor) >= (3, 9) && date >= 20231213;
+    }
+    let fixed_patch = match (major, minor) {
+        (major, _) if major > 3 => return true,
+        (3, minor) if minor >= 9 => return true,
+        (3, 8) => 6,
+        (3, 7) => 11,
+        (3, 6) => 15,
+        (3, 5) => 25,
+        _ => return false,
+    };
+    patch.is_some_and(|patch| patch >= fixed_patch)
 }
 
 #[cfg(test)]
@@ -165,9 +231,11 @@ mod tests {
         );
     }
 
-    /// Applies header actions as Postfix does to the fields it shows a
-    /// milter: by name (ASCII case-insensitive) and occurrence, appends
-    /// at the end.
+    /// Applies header actions as Postfix (3.9, or 3.7.11 and the other
+    /// fixed releases) does to the fields it shows a milter: by name (ASCII
+    /// case-insensitive) and occurrence; a change to an empty value
+    /// deletes; a change of an occurrence that does not exist appends; a
+    /// deletion of one does nothing; NUL bytes never arrive.
     fn postfix_applies(from: &[(String, Vec<u8>)], actions: &[Action]) -> Vec<(String, Vec<u8>)> {
         let mut header = from.to_vec();
         let position = |header: &[(String, Vec<u8>)], name: &str, index: i32| {
@@ -177,23 +245,44 @@ mod tests {
                 .filter(|(_, (n, _))| n.eq_ignore_ascii_case(name))
                 .nth(usize::try_from(index - 1).unwrap())
                 .map(|(i, _)| i)
-                .unwrap()
+        };
+        let sent = |value: &[u8]| {
+            value
+                .iter()
+                .copied()
+                .filter(|&b| b != 0)
+                .collect::<Vec<u8>>()
         };
         for action in actions {
             match action {
                 Action::DeleteHeader { name, index } => {
-                    let at = position(&header, name, *index);
-                    header.remove(at);
+                    if let Some(at) = position(&header, name, *index) {
+                        header.remove(at);
+                    }
                 }
                 Action::ChangeHeader { name, index, value } => {
-                    let at = position(&header, name, *index);
-                    header[at] = (name.clone(), value.clone());
+                    let value = sent(value);
+                    match position(&header, name, *index) {
+                        Some(at) if value.is_empty() => {
+                            header.remove(at);
+                        }
+                        Some(at) => header[at] = (name.clone(), value),
+                        None if value.is_empty() => {}
+                        None => header.push((name.clone(), value)),
+                    }
                 }
-                Action::AddHeader { name, value } => header.push((name.clone(), value.clone())),
+                Action::AddHeader { name, value } => header.push((name.clone(), sent(value))),
                 other => panic!("not a header action: {other:?}"),
             }
         }
         header
+    }
+
+    /// `to` as Postfix stores it (without NUL bytes).
+    fn as_stored(to: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+        to.iter()
+            .map(|(n, v)| (n.clone(), v.iter().copied().filter(|&b| b != 0).collect()))
+            .collect()
     }
 
     fn fields(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
@@ -245,17 +334,73 @@ mod tests {
         assert_eq!(postfix_applies(&from, &actions), to);
     }
 
+    /// An empty inner Subject and a second outer Subject added on the way:
+    /// changing the first to "" would delete it, and the deletion of the
+    /// second would then find nothing (the attacker's Subject delivered).
+    #[test]
+    fn an_empty_wanted_value_is_appended_not_changed_to() {
+        let from = fields(&[
+            ("Subject", " [...]"),
+            ("From", " a@a.test"),
+            ("Subject", " Wire the money"),
+        ]);
+        for empty in ["", "\0"] {
+            let to = fields(&[("Subject", empty), ("From", " a@a.test")]);
+            let actions = rewrite_headers(&from, &to);
+            assert_eq!(
+                postfix_applies(&from, &actions),
+                as_stored(&to),
+                "{actions:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn postfix_versions_that_count_fields_right() {
+        for right in [
+            "Postfix 3.7.11",
+            "Postfix 3.7.20",
+            "Postfix 3.8.6",
+            "Postfix 3.6.15",
+            "Postfix 3.5.25",
+            "Postfix 3.9.0",
+            "Postfix 3.10.1",
+            "Postfix 4.0.0",
+            "Postfix 3.9-20231213",
+            "Postfix 3.10-20250101",
+        ] {
+            assert!(postfix_counts_fields_right(right), "{right}");
+        }
+        for wrong in [
+            "Postfix 3.7.10",
+            "Postfix 3.8.5",
+            "Postfix 3.6.4",
+            "Postfix 3.5.24",
+            "Postfix 3.4.30",
+            "Postfix 2.11.0",
+            "Postfix 3.9-20231130",
+            "Postfix 3.9-x",
+            "Postfix 3.7",
+            "Postfix 3.x.1",
+            "Sendmail 8.18.1",
+            "",
+        ] {
+            assert!(!postfix_counts_fields_right(wrong), "{wrong}");
+        }
+    }
+
     proptest::proptest! {
         /// Whatever the two headers, the result is exactly the wanted one
         /// (names, their case and order, values), in at most as many
         /// actions as deleting and re-adding everything.
         #[test]
         fn any_header_becomes_exactly_the_wanted_one(
-            from in proptest::collection::vec((0usize..5, 0usize..3), 0..12),
-            to in proptest::collection::vec((0usize..5, 0usize..3), 0..12),
+            // Postfix never shows a milter a NUL byte: not the last value.
+            from in proptest::collection::vec((0usize..5, 0usize..4), 0..12),
+            to in proptest::collection::vec((0usize..5, 0usize..5), 0..12),
         ) {
             const NAMES: [&str; 5] = ["From", "from", "To", "Received", "Subject"];
-            const VALUES: [&str; 3] = [" a", " b", " c\n\td"];
+            const VALUES: [&str; 5] = [" a", " b", " c\n\td", "", "\0"];
             let make = |list: &[(usize, usize)]| -> Vec<(String, Vec<u8>)> {
                 list.iter()
                     .map(|&(n, v)| (NAMES[n].to_string(), VALUES[v].as_bytes().to_vec()))
@@ -263,7 +408,7 @@ mod tests {
             };
             let (from, to) = (make(&from), make(&to));
             let actions = rewrite_headers(&from, &to);
-            proptest::prop_assert_eq!(postfix_applies(&from, &actions), to.clone());
+            proptest::prop_assert_eq!(postfix_applies(&from, &actions), as_stored(&to));
             proptest::prop_assert!(actions.len() <= from.len() + to.len());
         }
     }

@@ -20,7 +20,7 @@ use ibemail_kgc::logging::shown;
 use ibemail_message::{CapsuleError, OpenError};
 use tracing::warn;
 
-use super::fields::{delete_headers, rewrite_headers, split_message};
+use super::fields::{delete_headers, replace_headers, rewrite_headers, split_message};
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use super::{Engine, now};
 use crate::address::Rcpt;
@@ -207,20 +207,31 @@ impl Engine {
                 // Always said, `none` included: a filter or reader of the
                 // decrypted mail can tell "unsigned" from "not checked".
                 results.push(signed.resinfo("inside and outside the encryption"));
-                let wanted: Vec<_> = delivered
+                let results = (
+                    authres::FIELD.to_string(),
+                    authres::value(&authserv_id, &results),
+                );
+                let mut wanted: Vec<_> = delivered
                     .transit
                     .into_iter()
                     .chain(delivered.inner)
                     .collect();
-                let mut actions = rewrite_headers(&message.headers, &wanted);
-                // Inserted last, so that it cannot shift what the edits
-                // above count (older Postfix versions stop hiding their own
-                // Received field once a field is inserted above it).
-                actions.push(Action::InsertHeader {
-                    index: 0,
-                    name: authres::FIELD.into(),
-                    value: authres::value(&authserv_id, &results),
-                });
+                let mut actions = if message.edits_in_place {
+                    let mut actions = rewrite_headers(&message.headers, &wanted);
+                    // At the top, last: Postfix counts insert positions
+                    // differently from changed and deleted fields.
+                    actions.push(Action::InsertHeader {
+                        index: 0,
+                        name: results.0,
+                        value: results.1,
+                    });
+                    actions
+                } else {
+                    // An MTA that may count fields otherwise than it showed
+                    // them: everything goes, the wanted header is appended.
+                    wanted.insert(0, results);
+                    replace_headers(&message.headers, &wanted)
+                };
                 actions.push(Action::ReplaceBody(body.to_vec()));
                 // Delivery status notifications of the plaintext (a success
                 // notice the client asked for, a bounce if delivery fails)

@@ -30,7 +30,7 @@ use ibemail_kgc::service::KeyService;
 use ibemail_message::Limits;
 use tracing::warn;
 
-pub(crate) use fields::delete_headers;
+pub(crate) use fields::{delete_headers, postfix_counts_fields_right};
 pub(crate) use inbound::capsule_error;
 pub use verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 
@@ -195,13 +195,15 @@ impl Engine {
             "mail on the re-injection listener without a valid token: handled as \
              mail submitted on this host"
         );
-        let mut verdict = self.process(message, Origin::Local).await;
+        // The verdict is made on the header as it is once the token fields
+        // are gone, so that its field indices count what Postfix has then.
+        let mut stripped = message.clone();
+        stripped
+            .headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(reinject::TOKEN_FIELD));
+        let mut verdict = self.process(&stripped, Origin::Local).await;
         if verdict.reply == Reply::Continue {
-            // Unless the verdict rebuilds the header anyway.
-            let mut actions: Vec<Action> = strip
-                .into_iter()
-                .filter(|a| !verdict.actions.contains(a))
-                .collect();
+            let mut actions = strip;
             actions.append(&mut verdict.actions);
             verdict.actions = actions;
         }

@@ -11,7 +11,7 @@ use ibemail_message::{IbeRecipient, Recipient};
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use super::fields::{milter_value, rewrite_headers};
+use super::fields::{milter_value, replace_headers, rewrite_headers};
 use super::verdict::{Action, Kind, Message, Note, Origin, Reply, Verdict};
 use super::{Engine, now};
 use crate::address::Rcpt;
@@ -220,7 +220,11 @@ impl Engine {
             .iter()
             .map(|(name, value)| (name.clone(), milter_value(value)))
             .collect();
-        actions.extend(rewrite_headers(&message.headers, &outer));
+        actions.extend(if message.edits_in_place {
+            rewrite_headers(&message.headers, &outer)
+        } else {
+            replace_headers(&message.headers, &outer)
+        });
         actions.push(Action::ReplaceBody(sealed.body));
         Verdict {
             reply: Reply::Continue,

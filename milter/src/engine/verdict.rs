@@ -33,6 +33,9 @@ pub struct Message {
     pub body: Vec<u8>,
     /// Header and body bytes seen, including what was not kept.
     pub size: usize,
+    /// Header fields may be changed and deleted in place (the MTA counts
+    /// them as it showed them); else they are all deleted and re-added.
+    pub edits_in_place: bool,
 }
 
 impl Message {

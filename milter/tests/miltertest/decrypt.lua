@@ -82,6 +82,9 @@ local function test()
 	end
 
 	-- An outside client: the message is inbound.
+	-- A Postfix release that counts header fields as it shows them
+	-- (macro v): the milter edits them in place.
+	mt.macro(conn, SMFIC_CONNECT, "v", "Postfix 3.9.1")
 	check("mt.conninfo", mt.conninfo(conn, "mx.a.test", "192.0.2.25"))
 	continued(conn, "connect")
 	if not mt.test_option(conn, SMFIP_NOHELO) then
@@ -110,6 +113,11 @@ local function test()
 		check("mt.header(" .. f[1] .. ")", mt.header(conn, f[1], f[2]))
 		continued(conn, "header " .. f[1])
 	end
+	-- Fields added on the way, outside the encryption: must not survive.
+	check("mt.header(Subject)", mt.header(conn, "Subject", "Wire the money"))
+	continued(conn, "header Subject")
+	check("mt.header(Reply-To)", mt.header(conn, "Reply-To", "thief@evil.test"))
+	continued(conn, "header Reply-To")
 	if not mt.test_option(conn, SMFIP_NOEOH) then
 		check("mt.eoh", mt.eoh(conn))
 		continued(conn, "end of header")
@@ -147,6 +155,16 @@ local function test()
 	-- ... the forged one and the sealed message's outer fields are removed ...
 	if not mt.eom_check(conn, MT_HDRDELETE, "Authentication-Results") then
 		error("the forged Authentication-Results field was kept")
+	end
+	if not mt.eom_check(conn, MT_HDRDELETE, "Reply-To") then
+		error("the Reply-To field added on the way was kept")
+	end
+	if not mt.eom_check(conn, MT_HDRDELETE, "Subject") then
+		error("the Subject field added on the way was kept")
+	end
+	if mt.eom_check(conn, MT_HDRCHANGE, "Subject", " Wire the money")
+	   or mt.eom_check(conn, MT_HDRADD, "Subject", " Wire the money") then
+		error("the Subject added on the way is delivered")
 	end
 	if not mt.eom_check(conn, MT_HDRDELETE, "Content-Type") then
 		error("the outer Content-Type (application/pkcs7-mime) was kept")
