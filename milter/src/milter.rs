@@ -229,6 +229,8 @@ fn header(cx: &mut Context<Session>, name: CString, value: CString, cap: usize) 
             message
                 .headers
                 .push((name.to_string_lossy().into_owned(), value.into_bytes()));
+        } else {
+            message.truncated = true;
         }
     }
     carry_on(cx, ProtoOpts::NOREPLY_HEADER)
@@ -240,6 +242,8 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, cap: usize) -> Status {
         // Past the cap the engine refuses the message; keep counting only.
         if message.size <= cap {
             message.body.extend_from_slice(&chunk);
+        } else {
+            message.truncated = true;
         }
     }
     carry_on(cx, ProtoOpts::NOREPLY_BODY)

@@ -110,6 +110,7 @@ fn message(from: &str, to: &[&str]) -> Message {
         headers,
         body,
         edits_in_place: true,
+        truncated: false,
     }
 }
 
@@ -186,6 +187,20 @@ fn the_policy_table() {
             Origin::Internal,
             Kind::Encrypted,
             false,
+        ),
+        (
+            // Part of it was past the size limit when it arrived (a reload
+            // raised the limit since): never sealed short, never in clear.
+            "truncated on arrival: tempfail",
+            opportunistic,
+            vec![("b.test", b())],
+            Message {
+                truncated: true,
+                ..alice_to(&["bob@b.test"])
+            },
+            Origin::Internal,
+            Kind::Tempfail,
+            true,
         ),
         (
             "submitted on the host: sealed too",

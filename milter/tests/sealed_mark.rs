@@ -178,6 +178,7 @@ fn arriving_for(bytes: &[u8], recipients: &[&str]) -> Message {
         body: bytes[section.body_offset..].to_vec(),
         size: bytes.len(),
         edits_in_place: true,
+        truncated: false,
     }
 }
 

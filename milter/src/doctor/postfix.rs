@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::engine::postfix_counts_fields_right;
 
 use super::{Report, Severity};
 
@@ -77,6 +78,9 @@ pub(super) fn check_postfix(report: &mut Report, config: &Config, dir: Option<&P
         "milter_default_action",
         "milter_protocol",
         "milter_mail_macros",
+        "milter_connect_macros",
+        "milter_header_checks",
+        "mail_version",
         "queue_directory",
     ];
     let values = match postconf(dir, &names) {
@@ -170,7 +174,63 @@ pub(super) fn check_postfix(report: &mut Report, config: &Config, dir: Option<&P
             postconf_e(&format!("milter_mail_macros = {macros} {{auth_authen}}")),
         );
     }
+    check_header_edits(
+        report,
+        [
+            get("mail_version"),
+            get("milter_connect_macros"),
+            get("milter_header_checks"),
+        ],
+        &postconf_e,
+    );
     check_reinjection(report, config, dir, &ours, get("smtpd_milters"), queue);
+}
+
+/// What the milter's header edits rely on: a Postfix (its `mail_version`)
+/// that counts fields as it shows them and tells its version
+/// (`milter_connect_macros` with `v`), no `milter_header_checks` ignoring
+/// restored fields.
+pub(super) fn check_header_edits(
+    report: &mut Report,
+    [version, connect, checks]: [&str; 3],
+    postconf_e: &dyn Fn(&str) -> String,
+) {
+    if postfix_counts_fields_right(&format!("Postfix {version}")) {
+        report.ok(
+            "postfix",
+            format!("Postfix {version} counts header fields as it shows them to milters"),
+        );
+    } else {
+        report.warn(
+            "postfix",
+            format!(
+                "Postfix {version} counts header fields one off after an access table's \
+                 PREPEND or a milter inserting at the top: such a field can survive \
+                 decryption (header edits fall back to rewriting every field)"
+            ),
+            "upgrade Postfix to 3.9, 3.8.6, 3.7.11, 3.6.15 or 3.5.25 or later".into(),
+        );
+    }
+    if !connect.split_whitespace().any(|m| m == "v") {
+        report.warn(
+            "postfix",
+            "milter_connect_macros lacks v: the milter cannot tell Postfix's version and \
+             rewrites every header field (slower)"
+                .into(),
+            postconf_e(&format!("milter_connect_macros = {connect} v")),
+        );
+    }
+    if !checks.is_empty() {
+        report.warn(
+            "postfix",
+            format!(
+                "milter_header_checks = {checks}: a rule that IGNOREs a field ibemail \
+                 restores on decryption (Subject, From, To, the MIME fields) leaves the \
+                 value it had outside the encryption"
+            ),
+            "make sure no rule IGNOREs such fields, or remove milter_header_checks".into(),
+        );
+    }
 }
 
 /// The re-injection listener: a master.cf service on `reinject.address`,

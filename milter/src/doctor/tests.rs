@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
 use ibemail_kgc::access::{BoxFuture, KeyAccess, KeyError};
 
-use super::postfix::{milters, postfix_name};
+use super::postfix::{check_header_edits, milters, postfix_name};
 use super::*;
 
 #[test]
@@ -41,6 +41,38 @@ fn findings_are_one_line_with_their_fix() {
     assert_eq!(
         finding.to_string(),
         "ERROR    postfix: milter_default_action = accept; fix: postconf -e 'milter_default_action = tempfail'"
+    );
+}
+
+#[test]
+fn header_edits_warn_of_old_postfix_missing_v_and_milter_header_checks() {
+    let findings = |settings: [&str; 3]| {
+        let mut report = Report::default();
+        check_header_edits(&mut report, settings, &|s: &str| {
+            format!("postconf -e '{s}'")
+        });
+        report
+            .0
+            .iter()
+            .filter(|f| f.severity != Severity::Ok)
+            .map(|f| f.text.split(':').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let good = ["3.7.11", "j {daemon_name} {daemon_addr} v _", ""];
+    assert!(findings(good).is_empty(), "{:?}", findings(good));
+    assert_eq!(
+        findings(["3.6.4", good[1], good[2]]),
+        [
+            "Postfix 3.6.4 counts header fields one off after an access table's PREPEND or a milter inserting at the top"
+        ]
+    );
+    assert_eq!(
+        findings([good[0], "j {daemon_name}", good[2]]),
+        ["milter_connect_macros lacks v"]
+    );
+    assert_eq!(
+        findings([good[0], good[1], "pcre:/etc/postfix/milter_header_checks"]),
+        ["milter_header_checks = pcre"]
     );
 }
 

@@ -217,7 +217,7 @@ impl Engine {
                     .chain(delivered.inner)
                     .collect();
                 let mut actions = if message.edits_in_place {
-                    let mut actions = rewrite_headers(&message.headers, &wanted);
+                    let mut actions = rewrite_headers(&message.headers, &wanted, true);
                     // At the top, last: Postfix counts insert positions
                     // differently from changed and deleted fields.
                     actions.push(Action::InsertHeader {

@@ -226,6 +226,14 @@ impl Engine {
                 _ => Verdict::tempfail(reason),
             };
         }
+        if message.truncated {
+            // Past the limit in force when it arrived, within today's (a
+            // reload raised it since): what was not kept cannot be sealed
+            // or opened, and the retry will be kept whole.
+            return Verdict::tempfail(
+                "part of the message arrived past the size limit then in force (raised since)",
+            );
+        }
         let (local, remote): (Vec<Rcpt>, Vec<Rcpt>) = message
             .recipients
             .iter()

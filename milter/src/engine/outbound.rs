@@ -221,7 +221,10 @@ impl Engine {
             .map(|(name, value)| (name.clone(), milter_value(value)))
             .collect();
         actions.extend(if message.edits_in_place {
-            rewrite_headers(&message.headers, &outer)
+            // Never changed in place: a change Postfix's
+            // milter_header_checks ignored would keep the original field
+            // (the real Subject) outside the encryption.
+            rewrite_headers(&message.headers, &outer, false)
         } else {
             replace_headers(&message.headers, &outer)
         });

@@ -33,6 +33,9 @@ pub struct Message {
     pub body: Vec<u8>,
     /// Header and body bytes seen, including what was not kept.
     pub size: usize,
+    /// Some of it was not kept (past the size limit when it arrived): the
+    /// message is refused whatever the limit is at its end.
+    pub truncated: bool,
     /// Header fields may be changed and deleted in place (the MTA counts
     /// them as it showed them); else they are all deleted and re-added.
     pub edits_in_place: bool,

@@ -88,6 +88,9 @@ pub(crate) struct Mail<'a> {
     /// The `{daemon_name}` macro of the Postfix service (the re-injection
     /// listener's is `ibemail-reinject`).
     pub(crate) daemon_name: Option<&'a str>,
+    /// The MTA's version (macro `v`): a Postfix that counts header fields
+    /// as it shows them gets them edited in place.
+    pub(crate) mta_version: Option<&'a str>,
     pub(crate) auth: Option<&'a str>,
     pub(crate) sender: &'a str,
     pub(crate) rcpts: Vec<&'a str>,
@@ -101,6 +104,7 @@ impl<'a> Mail<'a> {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
             client_port: 40000,
             daemon_name: None,
+            mta_version: Some("Postfix 3.9.1"),
             auth: None,
             sender: "<alice@a.test>",
             rcpts: rcpts.to_vec(),
@@ -134,13 +138,15 @@ pub(crate) async fn send(addr: SocketAddr, mail: &Mail<'_>) -> (Status, EomActio
         .open_tcp(addr)
         .await
         .unwrap();
-    if let Some(daemon) = mail.daemon_name {
-        conn.macros(
-            indymilter_test::MacroStage::Connect,
-            [("{daemon_name}", daemon)],
-        )
-        .await
-        .unwrap();
+    let connect_macros: Vec<(&str, &str)> =
+        [("{daemon_name}", mail.daemon_name), ("v", mail.mta_version)]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
+    if !connect_macros.is_empty() {
+        conn.macros(indymilter_test::MacroStage::Connect, connect_macros)
+            .await
+            .unwrap();
     }
     let status = conn
         .connect("client", SocketAddr::new(mail.client, mail.client_port))
