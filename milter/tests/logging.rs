@@ -35,6 +35,11 @@ impl Running {
             .unwrap();
         let running = Running { child, log };
         running.wait_for(|| TcpStream::connect(addr).is_ok(), "the socket");
+        // The socket accepts a moment before the start is logged.
+        running.wait_for(
+            || running.log().contains("ibemail-milter started"),
+            "the start line",
+        );
         running
     }
 
