@@ -41,25 +41,43 @@ pub(crate) fn split_message(message: &[u8]) -> (Vec<(String, Vec<u8>)>, &[u8]) {
     (fields, &message[section.body_offset..])
 }
 
+/// Each field of `headers` with its occurrence among the fields of its name
+/// (1-based, ASCII case-insensitive): how a milter's changes and
+/// deletions name a field. Linear in the number of fields (a message may
+/// carry very many).
+fn numbered(headers: &[(String, Vec<u8>)]) -> impl Iterator<Item = (i32, &String, &Vec<u8>)> {
+    let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    headers.iter().map(move |(name, value)| {
+        let index = seen.entry(name.to_ascii_lowercase()).or_insert(0);
+        *index = index.saturating_add(1);
+        (*index, name, value)
+    })
+}
+
+/// Actions appending `fields`, in their order.
+fn appended<'a>(
+    fields: impl IntoIterator<Item = &'a (String, Vec<u8>)>,
+) -> impl Iterator<Item = Action> {
+    fields.into_iter().map(|(name, value)| Action::AddHeader {
+        name: name.clone(),
+        value: value.clone(),
+    })
+}
+
 /// Actions deleting every field of `headers` (highest occurrence first, so
-/// indices stay valid), optionally only those `select`ed. Linear in the
-/// number of fields (a message may carry very many).
+/// indices stay valid), optionally only those `select`ed.
 pub(crate) fn delete_headers(
     headers: &[(String, Vec<u8>)],
     select: impl Fn(usize, &str, &[u8]) -> bool,
 ) -> Vec<Action> {
-    let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
-    let mut actions = Vec::new();
-    for (position, (name, value)) in headers.iter().enumerate() {
-        let index = seen.entry(name.to_ascii_lowercase()).or_insert(0);
-        *index = index.saturating_add(1);
-        if select(position, name, value) {
-            actions.push(Action::DeleteHeader {
-                name: name.clone(),
-                index: *index,
-            });
-        }
-    }
+    let mut actions: Vec<Action> = numbered(headers)
+        .enumerate()
+        .filter(|(position, (_, name, value))| select(*position, name, value))
+        .map(|(_, (index, name, _))| Action::DeleteHeader {
+            name: name.clone(),
+            index,
+        })
+        .collect();
     actions.reverse();
     actions
 }
@@ -68,10 +86,7 @@ pub(crate) fn delete_headers(
 /// [`rewrite_headers`] does where in-place edits cannot be trusted.
 pub(crate) fn replace_headers(from: &[(String, Vec<u8>)], to: &[(String, Vec<u8>)]) -> Vec<Action> {
     let mut actions = delete_headers(from, |_, _, _| true);
-    actions.extend(to.iter().map(|(name, value)| Action::AddHeader {
-        name: name.clone(),
-        value: value.clone(),
-    }));
+    actions.extend(appended(to));
     actions
 }
 
@@ -111,13 +126,10 @@ pub(crate) fn rewrite_headers(
     to: &[(String, Vec<u8>)],
     change: bool,
 ) -> Vec<Action> {
-    let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
     let mut changes = Vec::new();
     let mut deletions = Vec::new();
     let mut wanted = to.iter().peekable();
-    for (name, value) in from {
-        let index = seen.entry(name.to_ascii_lowercase()).or_insert(0);
-        *index = index.saturating_add(1);
+    for (index, name, value) in numbered(from) {
         match wanted.peek() {
             Some((want_name, want_value))
                 if want_name == name
@@ -126,7 +138,7 @@ pub(crate) fn rewrite_headers(
                 if want_value != value {
                     changes.push(Action::ChangeHeader {
                         name: name.clone(),
-                        index: *index,
+                        index,
                         value: want_value.clone(),
                     });
                 }
@@ -134,7 +146,7 @@ pub(crate) fn rewrite_headers(
             }
             _ => deletions.push(Action::DeleteHeader {
                 name: name.clone(),
-                index: *index,
+                index,
             }),
         }
     }
@@ -142,10 +154,7 @@ pub(crate) fn rewrite_headers(
     // stay valid; changes before any deletion, for the same reason.
     deletions.reverse();
     changes.extend(deletions);
-    changes.extend(wanted.map(|(name, value)| Action::AddHeader {
-        name: name.clone(),
-        value: value.clone(),
-    }));
+    changes.extend(appended(wanted));
     changes
 }
 
@@ -255,13 +264,6 @@ mod tests {
                 .nth(usize::try_from(index - 1).unwrap())
                 .map(|(i, _)| i)
         };
-        let sent = |value: &[u8]| {
-            value
-                .iter()
-                .copied()
-                .filter(|&b| b != 0)
-                .collect::<Vec<u8>>()
-        };
         for action in actions {
             match action {
                 Action::DeleteHeader { name, index } => {
@@ -270,7 +272,7 @@ mod tests {
                     }
                 }
                 Action::ChangeHeader { name, index, value } => {
-                    let value = sent(value);
+                    let value = without_nul(value);
                     match position(&header, name, *index) {
                         Some(at) if value.is_empty() => {
                             header.remove(at);
@@ -280,17 +282,24 @@ mod tests {
                         None => header.push((name.clone(), value)),
                     }
                 }
-                Action::AddHeader { name, value } => header.push((name.clone(), sent(value))),
+                Action::AddHeader { name, value } => {
+                    header.push((name.clone(), without_nul(value)))
+                }
                 other => panic!("not a header action: {other:?}"),
             }
         }
         header
     }
 
-    /// `to` as Postfix stores it (without NUL bytes).
+    /// A value as it reaches Postfix: the milter drops NUL bytes.
+    fn without_nul(value: &[u8]) -> Vec<u8> {
+        value.iter().copied().filter(|&b| b != 0).collect()
+    }
+
+    /// `to` as Postfix stores it.
     fn as_stored(to: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
         to.iter()
-            .map(|(n, v)| (n.clone(), v.iter().copied().filter(|&b| b != 0).collect()))
+            .map(|(n, v)| (n.clone(), without_nul(v)))
             .collect()
     }
 
