@@ -51,6 +51,12 @@ use crate::store::{
 };
 use crate::tls::Pin;
 
+/// Whether a replica allowed to copy `domains` (normalised; none named:
+/// every domain) may copy `domain` (normalised).
+pub(crate) fn scope_covers(domains: &BTreeSet<String>, domain: &str) -> bool {
+    domains.is_empty() || domains.contains(domain)
+}
+
 /// What the replicas of a primary daemon report serving.
 #[derive(Debug)]
 pub struct Replication {
@@ -119,7 +125,7 @@ impl Replication {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
         self.replicas
             .iter()
-            .filter(|(_, domains)| domains.is_empty() || domains.contains(domain))
+            .filter(|(_, domains)| scope_covers(domains, domain))
             .map(|(pin, _)| pin)
             .filter_map(|pin| {
                 let report = reports.get(&(*pin, domain.to_string()));

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::access::KeyError;
 use crate::logging::LogLimit;
 use crate::protocol::{self, MAX_FRAME, ProtocolError, Request, Response, Status};
-use crate::replica::Replication;
+use crate::replica::{Replication, scope_covers};
 use crate::service::{KeyService, Peer};
 use crate::tls::{Fingerprints, Pin};
 
@@ -130,7 +130,7 @@ impl Grant {
         self.replicate
             && (self.replicate_only.is_empty()
                 || ibemail_ibe::normalize_domain(domain)
-                    .is_ok_and(|d| self.replicate_only.contains(&d)))
+                    .is_ok_and(|d| scope_covers(&self.replicate_only, &d)))
     }
 
     /// True if OPEN for `identity` (as requested) is granted.
