@@ -55,9 +55,16 @@ impl DnsProxy {
     /// Forwards to `genuine`; `_ibemailkey` queries go to `attacker` while
     /// [`DnsProxy::attack`] is on.
     pub fn start(ip: std::net::IpAddr, genuine: SocketAddr, attacker: SocketAddr) -> DnsProxy {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
+        // A free UDP port may be taken for TCP (by another test running
+        // in parallel): then another port.
+        let (udp, addr, tcp) = (0..20)
+            .find_map(|_| {
+                let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).ok()?;
+                let addr = udp.local_addr().ok()?;
+                let tcp = TcpListener::bind(addr).ok()?;
+                Some((udp, addr, tcp))
+            })
+            .expect("a port free for both UDP and TCP");
         tcp.set_nonblocking(true).unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
