@@ -219,8 +219,14 @@ async fn a_flood_of_refused_connections_is_logged_within_a_limit() {
         .lines()
         .filter(|l| l.contains("refused connection from"))
         .collect();
+    // 20 lines and the pause line (its place among them is not fixed:
+    // the daemon's threads write their lines concurrently).
     assert_eq!(refused.len(), 21, "{log}");
-    assert!(refused[20].contains("not logged"), "{log}");
+    assert_eq!(
+        refused.iter().filter(|l| l.contains("not logged")).count(),
+        1,
+        "{log}"
+    );
     // 201 refusals (the start-up check's connection is one): 20 logged,
     // the pause line, 180 counted.
     assert!(
