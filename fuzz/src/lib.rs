@@ -382,7 +382,7 @@ fn check_kemri(kemri: &KemRecipientInfo) {
 /// message signed by its From address (when it has one the test KGC
 /// serves) verifies, and the signature parses back with the right signer.
 pub fn signature(data: &[u8]) {
-    use ibemail_message::signature::{Unsigned, from_address, signatures};
+    use ibemail_message::signature::{Algorithm, Unsigned, from_address, signatures};
     let kgc = kgc();
     let params = kgc.master.signing_params();
     for parsed in signatures(data).into_iter().flatten() {
@@ -402,12 +402,12 @@ pub fn signature(data: &[u8]) {
     let key = kgc.master.extract_signing(&from, GENERATION);
     for sealed in [false, true] {
         let unsigned = if sealed {
-            Unsigned::new_sealed(data, &from, GENERATION)
+            Unsigned::new_sealed(data, &from, GENERATION, Algorithm::ChaCheon)
         } else {
-            Unsigned::new(data, &from, GENERATION)
+            Unsigned::new(data, &from, GENERATION, Algorithm::ChaCheon)
         };
         let signature = key.sign(unsigned.digest(), &mut ChaCha20Rng::seed_from_u64(5));
-        let signed = unsigned.prepend(data, &signature);
+        let signed = unsigned.prepend(data, &signature.into()).unwrap();
         let first = signatures(&signed)
             .into_iter()
             .next()

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
+use ibemail_ibe::{Capsule, CertifiedSignature, Generation, Identity, SharedSecret, Signature};
 use thiserror::Error;
 
 /// A boxed future, for the object-safe [`KeyAccess`].
@@ -76,6 +76,15 @@ pub trait KeyAccess: Send + Sync {
         generation: Generation,
         digest: &'a [u8],
     ) -> BoxFuture<'a, Result<Signature, KeyError>>;
+
+    /// Signs `digest` as `identity` with its certified per-message key of
+    /// `generation` (`ed25519-cc-sha256`).
+    fn sign_certified<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        digest: &'a [u8],
+    ) -> BoxFuture<'a, Result<CertifiedSignature, KeyError>>;
 
     /// The generation `identity`'s domain signs with now.
     fn signing_generation<'a>(

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
+use ibemail_ibe::{Capsule, CertifiedSignature, Generation, Identity, SharedSecret, Signature};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -525,6 +525,7 @@ impl KgcClient {
             generation,
             identity: identity.as_str().to_string(),
             message: message.to_vec(),
+            certified: false,
         };
         match self.ask(&request).await? {
             Response::Signed(signed, _) if signed != generation => Err(KeyError::Unavailable(
@@ -536,6 +537,44 @@ impl KgcClient {
                 KeyError::Unavailable(format!("the KGC sent an invalid signature: {e}"))
             }),
             other => Err(unexpected("SIGN", other)),
+        }
+    }
+
+    /// Asks the daemon to sign `message` (a digest) as `identity` with its
+    /// certified per-message key.
+    pub async fn sign_certified(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        message: &[u8],
+    ) -> Result<CertifiedSignature, KeyError> {
+        let request = Request::Sign {
+            generation,
+            identity: identity.as_str().to_string(),
+            message: message.to_vec(),
+            certified: true,
+        };
+        match self.ask(&request).await {
+            Ok(Response::SignedCertified(signed, _)) if signed != generation => {
+                Err(KeyError::Unavailable(format!(
+                    "the KGC signed with generation {signed}, not {generation}"
+                )))
+            }
+            // Checked by the recipient (the certificate's points when it
+            // is verified).
+            Ok(Response::SignedCertified(_, bytes)) => {
+                CertifiedSignature::from_bytes(bytes.as_slice()).map_err(|e| {
+                    KeyError::Unavailable(format!("the KGC sent an invalid signature: {e}"))
+                })
+            }
+            Ok(other) => Err(unexpected("SIGN-CERTIFIED", other)),
+            Err(KeyError::Invalid(reason)) if is_unknown_operation(&reason) => {
+                Err(KeyError::Unavailable(format!(
+                    "the KGC does not know SIGN-CERTIFIED ({reason}): upgrade ibemail-kgc \
+                     before the milters it serves"
+                )))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -599,6 +638,17 @@ impl KeyAccess for KgcClient {
     ) -> BoxFuture<'a, Result<Signature, KeyError>> {
         Box::pin(KgcClient::sign(self, identity, generation, digest))
     }
+
+    fn sign_certified<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        digest: &'a [u8],
+    ) -> BoxFuture<'a, Result<CertifiedSignature, KeyError>> {
+        Box::pin(KgcClient::sign_certified(
+            self, identity, generation, digest,
+        ))
+    }
 }
 
 /// True for an answer no other endpoint could better: a success, or a
@@ -608,11 +658,20 @@ impl KeyAccess for KgcClient {
 /// not: another endpoint is asked.
 fn is_final(response: &Response) -> bool {
     match response {
+        // A daemon older than the operation (during a rolling upgrade):
+        // an upgraded replica may know it.
+        Response::Error(Status::BadRequest, reason) if is_unknown_operation(reason) => false,
         Response::Error(status, _) => {
             matches!(status, Status::Rejected | Status::BadRequest)
         }
         _ => true,
     }
+}
+
+/// Whether a daemon's BadRequest reason says it does not know the
+/// operation (what every release answers to a newer one).
+fn is_unknown_operation(reason: &str) -> bool {
+    reason.starts_with("unknown operation")
 }
 
 /// A TLS connection to `host:port` with `connector`, whose own certificate

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Operations counted, as in the audit log.
-pub const OPERATIONS: [&str; 3] = ["open", "sign", "replicate"];
+pub const OPERATIONS: [&str; 4] = ["open", "sign", "sign-certified", "replicate"];
 
 /// Outcomes of one key use, as in the audit log.
 pub const OUTCOMES: [&str; 8] = [

@@ -11,15 +11,20 @@
 //!   OPEN   op 1: generation(u32) len(u16) identity capsule(128)
 //!   SIGN   op 2: generation(u32) len(u16) identity len(u16) message (<= 64 bytes)
 //!   SYNC   op 3: len(u16) domain count(u16) { generation(u32) }*
+//!   SIGN-CERTIFIED op 4: as SIGN
 //! response = version(1) status(1) body
 //!   OK (0): HELLO -> count(u16) { len(u16) domain generation(u32) }*
 //!           OPEN  -> shared secret(32)
 //!           SIGN  -> generation(u32) signature(192)
 //!           SYNC  -> count(u16) { len(u16) name mode(u32) len(u32) contents }*
+//!           SIGN-CERTIFIED -> generation(u32) certified signature(288)
 //!
 //! SIGN signs a digest (never the message itself) as the identity at the
 //! generation asked for, which the caller learns from HELLO: the generation
-//! is part of what the caller hashed into the digest.
+//! is part of what the caller hashed into the digest. SIGN-CERTIFIED signs
+//! it with the identity's certified per-message key instead (Ed25519 under a
+//! Cha–Cheon certificate: `ed25519-cc-sha256`); a daemon older than it
+//! answers BadRequest (an unknown operation).
 //!   error (1..): UTF-8 reason
 //! ```
 //!
@@ -29,7 +34,9 @@
 //! pinned TLS certificate, never a Unix uid — may ask. Its answer may be
 //! larger than [`MAX_FRAME`], up to [`MAX_SYNC_FRAME`].
 
-use ibemail_ibe::{CAPSULE_BYTES, Generation, SHARED_SECRET_BYTES, SIGNATURE_BYTES};
+use ibemail_ibe::{
+    CAPSULE_BYTES, CERTIFIED_SIGNATURE_BYTES, Generation, SHARED_SECRET_BYTES, SIGNATURE_BYTES,
+};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -42,6 +49,7 @@ const OP_HELLO: u8 = 0;
 const OP_OPEN: u8 = 1;
 const OP_SIGN: u8 = 2;
 const OP_SYNC: u8 = 3;
+const OP_SIGN_CERTIFIED: u8 = 4;
 /// Largest SYNC answer a replica accepts (a store's files).
 pub const MAX_SYNC_FRAME: usize = 1024 * 1024;
 /// Most generations a SYNC request names.
@@ -71,6 +79,9 @@ pub enum Request {
         identity: String,
         /// What to sign (at most [`MAX_SIGN_MESSAGE`] bytes).
         message: Vec<u8>,
+        /// With the certified per-message key (SIGN-CERTIFIED), not the
+        /// Cha–Cheon key (SIGN).
+        certified: bool,
     },
     /// A replica asks for a domain's store files, saying which generations
     /// it serves now.
@@ -154,6 +165,9 @@ pub enum Response {
     Opened([u8; SHARED_SECRET_BYTES]),
     /// SIGN answer: the generation used and the signature.
     Signed(Generation, [u8; SIGNATURE_BYTES]),
+    /// SIGN-CERTIFIED answer: the generation used and the certified
+    /// signature.
+    SignedCertified(Generation, Box<[u8; CERTIFIED_SIGNATURE_BYTES]>),
     /// SYNC answer: the store's files.
     Synced(Vec<StoreFile>),
     /// Any failure, with a reason for the log.
@@ -166,6 +180,7 @@ impl core::fmt::Debug for Response {
             Response::Hello(d) => f.debug_tuple("Hello").field(d).finish(),
             Response::Opened(_) => f.write_str("Opened(<redacted>)"),
             Response::Signed(n, _) => f.debug_tuple("Signed").field(n).finish(),
+            Response::SignedCertified(n, _) => f.debug_tuple("SignedCertified").field(n).finish(),
             Response::Synced(files) => f.debug_tuple("Synced").field(files).finish(),
             Response::Error(s, r) => f.debug_tuple("Error").field(s).field(r).finish(),
         }
@@ -276,8 +291,13 @@ impl Request {
                 generation,
                 identity,
                 message,
+                certified,
             } => {
-                out.push(OP_SIGN);
+                out.push(if *certified {
+                    OP_SIGN_CERTIFIED
+                } else {
+                    OP_SIGN
+                });
                 out.extend_from_slice(&generation.to_be_bytes());
                 push_string(&mut out, identity);
                 out.extend_from_slice(&(message.len() as u16).to_be_bytes());
@@ -310,7 +330,7 @@ impl Request {
                 identity: c.string("OPEN identity")?,
                 capsule: c.take(CAPSULE_BYTES, "OPEN capsule")?.to_vec(),
             },
-            OP_SIGN => {
+            op @ (OP_SIGN | OP_SIGN_CERTIFIED) => {
                 let generation = c.u32("SIGN generation")?;
                 let identity = c.string("SIGN identity")?;
                 let len = c.u16("SIGN message")? as usize;
@@ -321,6 +341,7 @@ impl Request {
                     generation,
                     identity,
                     message: c.take(len, "SIGN message")?.to_vec(),
+                    certified: op == OP_SIGN_CERTIFIED,
                 }
             }
             OP_SYNC => {
@@ -362,6 +383,11 @@ impl Response {
                 out.push(Status::Ok as u8);
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.extend_from_slice(signature);
+            }
+            Response::SignedCertified(generation, signature) => {
+                out.push(Status::Ok as u8);
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(signature.as_slice());
             }
             Response::Synced(files) => {
                 out.push(Status::Ok as u8);
@@ -411,11 +437,23 @@ impl Response {
                 secret.copy_from_slice(c.take(SHARED_SECRET_BYTES, "OPEN secret")?);
                 Response::Opened(secret)
             }
-            Request::Sign { .. } => {
+            Request::Sign {
+                certified: false, ..
+            } => {
                 let generation = c.u32("SIGN generation")?;
                 let mut signature = [0u8; SIGNATURE_BYTES];
                 signature.copy_from_slice(c.take(SIGNATURE_BYTES, "SIGN signature")?);
                 Response::Signed(generation, signature)
+            }
+            Request::Sign {
+                certified: true, ..
+            } => {
+                let generation = c.u32("SIGN-CERTIFIED generation")?;
+                let mut signature = Box::new([0u8; CERTIFIED_SIGNATURE_BYTES]);
+                signature.copy_from_slice(
+                    c.take(CERTIFIED_SIGNATURE_BYTES, "SIGN-CERTIFIED signature")?,
+                );
+                Response::SignedCertified(generation, signature)
             }
             Request::Sync { .. } => {
                 let count = c.u16("SYNC count")?;
@@ -454,8 +492,20 @@ mod tests {
             generation: 2,
             identity: "alice@a.test".into(),
             message: vec![3; 32],
+            certified: false,
         };
-        for r in [Request::Hello, open.clone(), sign.clone()] {
+        let sign_certified = Request::Sign {
+            generation: 2,
+            identity: "alice@a.test".into(),
+            message: vec![3; 32],
+            certified: true,
+        };
+        for r in [
+            Request::Hello,
+            open.clone(),
+            sign.clone(),
+            sign_certified.clone(),
+        ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
         let hello = Response::Hello(vec![("b.test".into(), 3), ("c.test".into(), 1)]);
@@ -467,10 +517,19 @@ mod tests {
         assert_eq!(Response::decode(&open, &opened.encode()).unwrap(), opened);
         let signed = Response::Signed(4, [7; SIGNATURE_BYTES]);
         assert_eq!(Response::decode(&sign, &signed.encode()).unwrap(), signed);
+        let certified = Response::SignedCertified(4, Box::new([8; CERTIFIED_SIGNATURE_BYTES]));
+        assert_eq!(
+            Response::decode(&sign_certified, &certified.encode()).unwrap(),
+            certified
+        );
+        // Each answer is the length its request expects.
+        assert!(Response::decode(&sign, &certified.encode()).is_err());
+        assert!(Response::decode(&sign_certified, &signed.encode()).is_err());
         let mut long = Request::Sign {
             generation: 1,
             identity: "alice@a.test".into(),
             message: vec![0; MAX_SIGN_MESSAGE + 1],
+            certified: true,
         }
         .encode();
         assert!(Request::decode(&long).is_err());

@@ -614,6 +614,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 generation,
                 identity,
                 message,
+                certified: false,
             }) => {
                 // Two G2 multiplications (the signing key is cached): as
                 // for OPEN, cheaper here than on another thread.
@@ -621,6 +622,22 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     service
                         .sign(&identity, generation, &message, peer)
                         .map(|signature| Response::Signed(generation, signature.to_bytes())),
+                )
+            }
+            Ok(Request::Sign {
+                generation,
+                identity,
+                message,
+                certified: true,
+            }) => {
+                // One Ed25519 signature (a Cha–Cheon certificate the first
+                // time an identity signs at a generation).
+                to_wire(
+                    service
+                        .sign_certified(&identity, generation, &message, peer)
+                        .map(|signature| {
+                            Response::SignedCertified(generation, Box::new(signature.to_bytes()))
+                        }),
                 )
             }
             Ok(Request::Sync { domain, .. }) if !grant.may_replicate(&domain) => {

@@ -6,7 +6,10 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature, SigningKey};
+use ibemail_ibe::{
+    Capsule, CertifiedKey, CertifiedSignature, Generation, Identity, SharedSecret, Signature,
+    SigningKey,
+};
 use lru::LruCache;
 use rand_core::OsRng;
 use tracing::{info, warn};
@@ -49,9 +52,17 @@ impl std::fmt::Display for Peer {
 pub struct KeyService {
     dirs: Vec<PathBuf>,
     stores: RwLock<Vec<Arc<Store>>>,
-    signing_cache: Mutex<KeyCache<SigningKey>>,
+    signing_cache: Mutex<KeyCache<SigningKeys>>,
     switch: SigningSwitch,
     metrics: KgcMetrics,
+}
+
+/// The keys one identity signs with at one generation, derived together
+/// and cached: its Cha–Cheon key (SIGN) and its certified per-message key
+/// (SIGN-CERTIFIED), whose certificate costs a Cha–Cheon signature.
+struct SigningKeys {
+    cha_cheon: SigningKey,
+    certified: CertifiedKey,
 }
 
 /// When a new generation starts signing mail: once DNS has been seen
@@ -209,15 +220,50 @@ impl KeyService {
         message: &[u8],
         peer: Peer,
     ) -> Result<Signature, KeyError> {
-        let result = self.resolve(identity).and_then(|(identity, store)| {
-            let key = Self::cached(&self.signing_cache, &identity, generation, || {
-                store.extract_signing(&identity, generation)
-            })
-            .map_err(store_error)?;
-            Ok(key.sign(message, &mut OsRng))
-        });
+        let result = self
+            .signing_keys(identity, generation)
+            .map(|keys| keys.cha_cheon.sign(message, &mut OsRng));
         self.audit("sign", identity, generation, result.as_ref().err(), peer);
         result
+    }
+
+    /// Signs `message` (a digest) as `identity` at `generation` with its
+    /// certified per-message key, and logs the key use like
+    /// [`KeyService::sign`].
+    pub fn sign_certified(
+        &self,
+        identity: &str,
+        generation: Generation,
+        message: &[u8],
+        peer: Peer,
+    ) -> Result<CertifiedSignature, KeyError> {
+        let result = self
+            .signing_keys(identity, generation)
+            .map(|keys| keys.certified.sign(message));
+        self.audit(
+            "sign-certified",
+            identity,
+            generation,
+            result.as_ref().err(),
+            peer,
+        );
+        result
+    }
+
+    /// The signing keys of `identity` at `generation`, from the cache.
+    fn signing_keys(
+        &self,
+        identity: &str,
+        generation: Generation,
+    ) -> Result<Arc<SigningKeys>, KeyError> {
+        let (identity, store) = self.resolve(identity)?;
+        Self::cached(&self.signing_cache, &identity, generation, || {
+            Ok(SigningKeys {
+                cha_cheon: store.extract_signing(&identity, generation)?,
+                certified: store.extract_certified(&identity, generation)?,
+            })
+        })
+        .map_err(store_error)
     }
 
     /// Opens `capsule` for `identity` at `generation` and logs the key use
@@ -288,7 +334,7 @@ impl KeyService {
         peer: Peer,
     ) {
         let outcome = match error {
-            None if operation == "sign" => "signed",
+            None if operation.starts_with("sign") => "signed",
             None => "opened",
             Some(KeyError::Rejected) => "rejected",
             Some(KeyError::Retired(_)) => "retired",
@@ -350,6 +396,21 @@ impl KeyAccess for KeyService {
         digest: &'a [u8],
     ) -> BoxFuture<'a, Result<Signature, KeyError>> {
         Box::pin(std::future::ready(KeyService::sign(
+            self,
+            identity.as_str(),
+            generation,
+            digest,
+            Peer::default(),
+        )))
+    }
+
+    fn sign_certified<'a>(
+        &'a self,
+        identity: &'a Identity,
+        generation: Generation,
+        digest: &'a [u8],
+    ) -> BoxFuture<'a, Result<CertifiedSignature, KeyError>> {
+        Box::pin(std::future::ready(KeyService::sign_certified(
             self,
             identity.as_str(),
             generation,

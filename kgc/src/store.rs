@@ -56,8 +56,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ibemail_ibe::ContinuitySignature;
 use ibemail_ibe::{
-    Capsule, DecapsulationError, Generation, Identity, MasterKey, PublicParams, SharedSecret,
-    SigningKey, UserKey,
+    Capsule, CertifiedKey, DecapsulationError, Generation, Identity, MasterKey, PublicParams,
+    SharedSecret, SigningKey, UserKey,
 };
 use ibemail_params::{MAX_NAME_LEN, MAX_PUBLISHING_DOMAIN_LEN, Policy, Record, record_name};
 use rand_core::CryptoRngCore;
@@ -1314,6 +1314,21 @@ impl Store {
         Ok(self
             .master_key_for(identity, generation)?
             .extract_signing(identity, generation))
+    }
+
+    /// Derives the certified per-message key of `identity` for
+    /// `generation`.
+    pub fn extract_certified(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Result<CertifiedKey, StoreError> {
+        self.master_key_for(identity, generation)?
+            .extract_certified(identity, generation)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.dir.clone(),
+                problem: format!("no message key derived for generation {generation}"),
+            })
     }
 
     /// Opens a capsule for `identity` at `generation`.

@@ -271,10 +271,26 @@ async fn open_and_sign_are_granted_separately() {
         KeyError::Forbidden(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
         other => panic!("signing must be refused, got {other:?}"),
     }
+    match opener
+        .client()
+        .sign_certified(&bob, 1, &digest)
+        .await
+        .unwrap_err()
+    {
+        KeyError::Forbidden(reason) => assert!(reason.contains("no sign grant"), "{reason}"),
+        other => panic!("certified signing must be refused, got {other:?}"),
+    }
     drop(opener);
 
     let signer = Daemon::start(&dir, &tmp.path().join("sign.sock"), &["--allow-sign", &me]);
     signer.client().sign(&bob, 1, &digest).await.unwrap();
+    let signature = signer
+        .client()
+        .sign_certified(&bob, 1, &digest)
+        .await
+        .unwrap();
+    let signing = Store::open(&dir).unwrap().records()[0].signing.unwrap();
+    ibemail_ibe::verify_certified(&signing, &bob, 1, &digest, &signature).unwrap();
     match signer.client().open(&bob, 1, &capsule).await.unwrap_err() {
         KeyError::Forbidden(reason) => assert!(reason.contains("no open grant"), "{reason}"),
         other => panic!("opening must be refused, got {other:?}"),
@@ -326,6 +342,13 @@ async fn identities_cannot_forge_audit_lines() {
             generation: 1,
             identity: identity.clone(),
             message: vec![0; 32],
+            certified: false,
+        },
+        Request::Sign {
+            generation: 1,
+            identity: identity.clone(),
+            message: vec![0; 32],
+            certified: true,
         },
     ] {
         let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
@@ -344,7 +367,7 @@ async fn identities_cannot_forge_audit_lines() {
     drop(daemon);
     let log = std::fs::read_to_string(&log_path).unwrap();
     let uses: Vec<&str> = log.lines().filter(|l| l.contains("key use:")).collect();
-    assert_eq!(uses.len(), 2, "one line per key use:\n{log}");
+    assert_eq!(uses.len(), 3, "one line per key use:\n{log}");
     for line in &uses {
         assert!(
             line.contains("ibemail_kgc::audit"),

@@ -18,6 +18,7 @@ use ibemail_kgc::accounts;
 use ibemail_kgc::client::KgcClient;
 use ibemail_kgc::clock::now;
 use ibemail_kgc::service::KeyService;
+use ibemail_message::signature::{Algorithm, MessageSignature};
 use ibemail_message::{IbeRecipient, Limits, Recipient};
 use rand_core::OsRng;
 
@@ -187,9 +188,16 @@ impl ibemail_message::MessageSigner for CliSigner<'_> {
     fn generation(&self) -> ibemail_ibe::Generation {
         self.generation
     }
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<ibemail_ibe::Signature, String> {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Certified
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
         self.rt
-            .block_on(self.keys.sign(&self.identity, self.generation, digest))
+            .block_on(
+                self.keys
+                    .sign_certified(&self.identity, self.generation, digest),
+            )
+            .map(MessageSignature::from)
             .map_err(|e| e.to_string())
     }
 }

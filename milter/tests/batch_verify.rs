@@ -13,15 +13,17 @@ use std::sync::Arc;
 
 use common::fake_dns::{Dns, FakeDns};
 use ibemail_discovery::DomainPolicy;
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{CertifiedSignature, SIGNATURE_BYTES};
+use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::service::{KeyService, Peer};
 use ibemail_kgc::store::Store;
 use ibemail_message::MessageSigner;
+use ibemail_message::signature::{Algorithm, MessageSignature, Unsigned};
 use ibemail_milter::signing::{SigResult, settle_both, verify_deferred};
 use rand_core::OsRng;
 
-/// c.test's key service signing as carol.
-struct Carol(Arc<KeyService>, Identity);
+/// c.test's key service signing as carol, with either algorithm.
+struct Carol(Arc<KeyService>, Identity, Algorithm);
 
 impl MessageSigner for Carol {
     fn identity(&self) -> &Identity {
@@ -30,10 +32,20 @@ impl MessageSigner for Carol {
     fn generation(&self) -> Generation {
         1
     }
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
-        self.0
-            .sign(self.1.as_str(), 1, digest, Peer::default())
-            .map_err(|e| e.to_string())
+    fn algorithm(&self) -> Algorithm {
+        self.2
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
+        let service = &self.0;
+        match self.2 {
+            Algorithm::ChaCheon => service
+                .sign(self.1.as_str(), 1, digest, Peer::default())
+                .map(MessageSignature::from),
+            Algorithm::Certified => service
+                .sign_certified(self.1.as_str(), 1, digest, Peer::default())
+                .map(MessageSignature::from),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -43,7 +55,7 @@ struct World {
     carol: Carol,
 }
 
-fn world() -> World {
+fn world(algorithm: Algorithm) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
     Store::setup(&dir, "c.test", 0, None, &mut OsRng).unwrap();
@@ -55,7 +67,7 @@ fn world() -> World {
             "c.test".to_string(),
             Dns::Params(Box::new(record)),
         )])),
-        carol: Carol(kgc, Identity::parse("carol@c.test").unwrap()),
+        carol: Carol(kgc, Identity::parse("carol@c.test").unwrap(), algorithm),
     }
 }
 
@@ -85,6 +97,9 @@ impl World {
     }
 }
 
+/// Every test runs with both signature algorithms.
+const ALGORITHMS: [Algorithm; 2] = [Algorithm::ChaCheon, Algorithm::Certified];
+
 fn pass() -> SigResult {
     SigResult::Pass {
         identity: "carol@c.test".into(),
@@ -105,61 +120,107 @@ fn tampered(signed: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batched_results_equal_the_results_of_each_alone() {
-    let mut w = world();
-    let outer = w.signed("outside");
-    let inner = w.signed("inside");
-    let cases = [
-        ("both good", outer.clone(), inner.clone(), pass(), pass()),
-        (
-            "outside bad",
-            tampered(&outer),
-            inner.clone(),
-            bad(),
-            pass(),
-        ),
-        ("inside bad", outer.clone(), tampered(&inner), pass(), bad()),
-        ("both bad", tampered(&outer), tampered(&inner), bad(), bad()),
-    ];
-    for (name, outer, inner, want_outer, want_inner) in cases {
-        let [batched, alone] = w.both(&outer, &inner).await;
-        assert_eq!(batched, (want_outer.clone(), want_inner.clone()), "{name}");
-        assert_eq!(alone, batched, "{name}: alone");
+    for algorithm in ALGORITHMS {
+        let mut w = world(algorithm);
+        let outer = w.signed("outside");
+        let inner = w.signed("inside");
+        let cases = [
+            ("both good", outer.clone(), inner.clone(), pass(), pass()),
+            (
+                "outside bad",
+                tampered(&outer),
+                inner.clone(),
+                bad(),
+                pass(),
+            ),
+            ("inside bad", outer.clone(), tampered(&inner), pass(), bad()),
+            ("both bad", tampered(&outer), tampered(&inner), bad(), bad()),
+        ];
+        for (name, outer, inner, want_outer, want_inner) in cases {
+            let [batched, alone] = w.both(&outer, &inner).await;
+            assert_eq!(batched, (want_outer.clone(), want_inner.clone()), "{name}");
+            assert_eq!(alone, batched, "{name}: alone");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_signature_above_a_good_one_still_passes() {
-    let mut w = world();
-    let good = w.signed("first");
-    // carol's valid signature of another message, put on top: it parses,
-    // names the From address and c.test's generation, and fails only its
-    // pairing equation; the good one below passes.
-    let other = w.signed("second");
-    let foreign_field = &other[..other.windows(6).position(|x| x == b"From: ").unwrap()];
-    let stacked = [foreign_field, &good].concat();
-    let inner = w.signed("inside");
-    let [batched, alone] = w.both(&stacked, &inner).await;
-    assert_eq!(batched, (pass(), pass()));
-    assert_eq!(alone, batched);
-    // With the inside bad as well, each result is still its own.
-    let [batched, alone] = w.both(&stacked, &tampered(&inner)).await;
-    assert_eq!(batched, (pass(), bad()));
-    assert_eq!(alone, batched);
+    for algorithm in ALGORITHMS {
+        let mut w = world(algorithm);
+        let good = w.signed("first");
+        // carol's valid signature of another message, put on top: it parses,
+        // names the From address and c.test's generation, and fails only its
+        // pairing equation; the good one below passes.
+        let other = w.signed("second");
+        let foreign_field = &other[..other.windows(6).position(|x| x == b"From: ").unwrap()];
+        let stacked = [foreign_field, &good].concat();
+        let inner = w.signed("inside");
+        let [batched, alone] = w.both(&stacked, &inner).await;
+        assert_eq!(batched, (pass(), pass()));
+        assert_eq!(alone, batched);
+        // With the inside bad as well, each result is still its own.
+        let [batched, alone] = w.both(&stacked, &tampered(&inner)).await;
+        assert_eq!(batched, (pass(), bad()));
+        assert_eq!(alone, batched);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signatures_swapped_between_the_layers_fail_both() {
-    let mut w = world();
-    let outer = w.signed("outside");
+    for algorithm in ALGORITHMS {
+        let mut w = world(algorithm);
+        let outer = w.signed("outside");
+        let inner = w.signed("inside");
+        let field_end = |m: &[u8]| m.windows(6).position(|x| x == b"From: ").unwrap();
+        let (outer_field, outer_rest) = outer.split_at(field_end(&outer));
+        let (inner_field, inner_rest) = inner.split_at(field_end(&inner));
+        let swapped_outer = [inner_field, outer_rest].concat();
+        let swapped_inner = [outer_field, inner_rest].concat();
+        let [batched, alone] = w.both(&swapped_outer, &swapped_inner).await;
+        // The bodies are equal, so each body hash matches: both fail on their
+        // pairing equations, in the batch and alone.
+        assert_eq!(batched, (bad(), bad()));
+        assert_eq!(alone, batched);
+    }
+}
+
+/// An attacker's own key under a sender's genuine certificate: the
+/// Ed25519 signature verifies, the certificate does not certify that key.
+/// It fails alone and in the batch, whatever the cache holds (the
+/// sender's certificate was verified and remembered before).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_genuine_certificate_does_not_vouch_for_another_key() {
+    let mut w = world(Algorithm::Certified);
     let inner = w.signed("inside");
-    let field_end = |m: &[u8]| m.windows(6).position(|x| x == b"From: ").unwrap();
-    let (outer_field, outer_rest) = outer.split_at(field_end(&outer));
-    let (inner_field, inner_rest) = inner.split_at(field_end(&inner));
-    let swapped_outer = [inner_field, outer_rest].concat();
-    let swapped_inner = [outer_field, inner_rest].concat();
-    let [batched, alone] = w.both(&swapped_outer, &swapped_inner).await;
-    // The bodies are equal, so each body hash matches: both fail on their
-    // pairing equations, in the batch and alone.
-    assert_eq!(batched, (bad(), bad()));
+    // Carol's mail passes first: her certificate is remembered.
+    let outer = w.signed("outside");
+    let [batched, _] = w.both(&outer, &inner).await;
+    assert_eq!(batched, (pass(), pass()));
+    let kgc = &w.carol.0;
+    let carol = kgc
+        .sign_certified("carol@c.test", 1, &[0; 32], Peer::default())
+        .unwrap()
+        .to_bytes();
+    // Mallory (another user of c.test) signs the digest of a message
+    // "From: carol" with her own certified key.
+    let message = message("outside");
+    let unsigned = Unsigned::new(&message, &w.carol.1, 1, Algorithm::Certified);
+    let mallory = kgc
+        .sign_certified("mallory@c.test", 1, unsigned.digest(), Peer::default())
+        .unwrap()
+        .to_bytes();
+    let mut forged = mallory;
+    forged[..SIGNATURE_BYTES].copy_from_slice(&carol[..SIGNATURE_BYTES]);
+    let forged = CertifiedSignature::from_bytes(&forged).unwrap();
+    let outer = unsigned.prepend(&message, &forged.into()).unwrap();
+    let [batched, alone] = w.both(&outer, &inner).await;
+    assert_eq!(batched, (bad(), pass()));
     assert_eq!(alone, batched);
+    // Mallory's own certificate and key in a field naming carol: the
+    // certificate is for mallory's identity, not carol's.
+    let own = CertifiedSignature::from_bytes(&mallory).unwrap();
+    let outer = unsigned.prepend(&message, &own.into()).unwrap();
+    let [batched, _] = w.both(&outer, &inner).await;
+    assert_eq!(batched, (bad(), pass()));
 }

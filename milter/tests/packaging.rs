@@ -66,6 +66,7 @@ const KEYS: &[&str] = &[
     "policy.signature",
     "policy.domains.*.signature",
     "signing.sign",
+    "signing.algorithm",
     "signing.domains.*.sign",
     "inbound.on_failure",
     "inbound.bounce_to",

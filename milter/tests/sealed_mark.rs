@@ -26,10 +26,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::fake_dns::{Dns, FakeDns};
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::service::{KeyService, Peer};
 use ibemail_kgc::store::Store;
 use ibemail_message::header::HeaderSection;
+use ibemail_message::signature::{Algorithm, MessageSignature};
 use ibemail_message::{CapsuleError, IbeRecipient, Limits, MessageSigner, Recipient};
 use ibemail_milter::config::Config;
 use ibemail_milter::engine::{Action, Engine, Kind, Message, Origin, Reply, Verdict};
@@ -51,9 +52,13 @@ impl MessageSigner for Carol {
     fn generation(&self) -> Generation {
         1
     }
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::Certified
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
         self.kgc
-            .sign(self.identity.as_str(), 1, digest, Peer::default())
+            .sign_certified(self.identity.as_str(), 1, digest, Peer::default())
+            .map(MessageSignature::from)
             .map_err(|e| e.to_string())
     }
 }

@@ -34,6 +34,19 @@ pub(crate) const DST_IBS_NONCE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-NONCE
 /// RFC 9380 hash-to-curve DST of continuity signatures (G2, SSWU, random
 /// oracle): a generation's signature on its successor's record.
 pub(crate) const DST_CONTINUITY: &[u8] = b"IBEMAIL-V1-CONTINUITY-BLS12381G2_XMD:SHA-256_SSWU_RO_";
+/// DST of the challenge of a certificate: the Cha–Cheon signature by which
+/// the KGC certifies a user's per-message key (`h = H(U, identity, pk)`).
+/// Apart from [`DST_IBS_CHALLENGE`], so that no signature the KGC makes on
+/// a digest (its SIGN operation) is a certificate, and no certificate
+/// signs a digest.
+pub(crate) const DST_IBS_CERT_CHALLENGE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-CHALLENGE";
+/// DST of the hedged nonce of a certificate.
+pub(crate) const DST_IBS_CERT_NONCE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-NONCE";
+/// HKDF `info` of a user's per-message Ed25519 key seed (from the
+/// generation's PRF key, followed by the identity context).
+pub(crate) const INFO_MESSAGE_KEY: &[u8] = b"IBEMAIL-V1-ED25519-MESSAGE-KEY";
+/// Prefix of the cache key of a verified certificate.
+pub(crate) const DST_CERT_CACHE: &[u8] = b"IBEMAIL-V1-CERT-CACHE";
 /// HKDF `info` of the IBS master scalar `t` (from the generation's PRF key).
 pub(crate) const INFO_IBS_MASTER: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER";
 

@@ -82,12 +82,46 @@ fn verifying_point(identity: &Identity, generation: Generation) -> G2Projective 
     q
 }
 
+/// What a Cha–Cheon signature signs: a digest (the KGC's SIGN, the
+/// `cc-bls12-381-sha256` message signature) or a per-message public key
+/// (a certificate, [`crate::certified`]). Each has its own challenge and
+/// nonce hash, so neither kind is ever a valid signature of the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A digest or other message.
+    Message,
+    /// An Ed25519 public key being certified.
+    Certificate,
+}
+
+impl Purpose {
+    fn challenge_dst(self) -> &'static [u8] {
+        match self {
+            Purpose::Message => hash::DST_IBS_CHALLENGE,
+            Purpose::Certificate => hash::DST_IBS_CERT_CHALLENGE,
+        }
+    }
+
+    fn nonce_dst(self) -> &'static [u8] {
+        match self {
+            Purpose::Message => hash::DST_IBS_NONCE,
+            Purpose::Certificate => hash::DST_IBS_CERT_NONCE,
+        }
+    }
+}
+
 /// `h = H_h(U ‖ len ‖ address ‖ generation ‖ m)`.
-fn challenge(u: &G2Affine, identity: &Identity, generation: Generation, message: &[u8]) -> Scalar {
+fn challenge(
+    u: &G2Affine,
+    identity: &Identity,
+    generation: Generation,
+    message: &[u8],
+    purpose: Purpose,
+) -> Scalar {
     let context = crate::kem::identity_context(identity, generation);
     hash_to_scalar(
         &[&u.to_compressed(), &context, message],
-        hash::DST_IBS_CHALLENGE,
+        purpose.challenge_dst(),
     )
 }
 
@@ -223,11 +257,18 @@ impl SigningKey {
     /// also bound to the key and the message, so a broken RNG does not
     /// repeat nonces across messages.
     pub fn sign<R: RngCore + CryptoRng + ?Sized>(&self, message: &[u8], rng: &mut R) -> Signature {
+        let mut fresh = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(fresh.as_mut());
+        self.sign_for(message, Purpose::Message, &fresh)
+    }
+
+    /// Signs `message` under the hashes of `purpose`, with `fresh` in the
+    /// nonce (all zeros for a certificate: there is one message per key,
+    /// its public key, so the deterministic nonce never signs two).
+    pub(crate) fn sign_for(&self, message: &[u8], purpose: Purpose, fresh: &[u8; 32]) -> Signature {
         let context = crate::kem::identity_context(&self.identity, self.generation);
         let q = G2Projective::from(self.q);
         let d = self.point();
-        let mut fresh = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(fresh.as_mut());
         let mut counter = 0u8;
         loop {
             let r = hash_to_scalar(
@@ -238,10 +279,10 @@ impl SigningKey {
                     &[counter],
                     message,
                 ],
-                hash::DST_IBS_NONCE,
+                purpose.nonce_dst(),
             );
             let u = (q * r).to_affine();
-            let h = challenge(&u, &self.identity, self.generation, message);
+            let h = challenge(&u, &self.identity, self.generation, message, purpose);
             let rh = r + h;
             if bool::from(r.is_zero()) || bool::from(rh.is_zero()) {
                 // Probability 2^-254: draw again rather than emit an
@@ -351,6 +392,11 @@ pub struct Equation {
     u: G2Affine,
     v: G2Affine,
     h: Scalar,
+    /// Already known to hold: a certificate verified before
+    /// ([`crate::certified`]); nothing is left to compute.
+    pub(crate) proven: bool,
+    /// For a certificate: its cache key, remembered once it holds.
+    remember: Option<[u8; 32]>,
 }
 
 /// The equation of `signature` on `message` by `identity` at `generation`
@@ -362,20 +408,87 @@ pub fn equation(
     message: &[u8],
     signature: &Signature,
 ) -> Equation {
+    equation_for(
+        params,
+        identity,
+        generation,
+        message,
+        signature,
+        Purpose::Message,
+    )
+}
+
+/// The equation of `signature` on `message` under the hashes of `purpose`.
+pub(crate) fn equation_for(
+    params: &SigningParams,
+    identity: &Identity,
+    generation: Generation,
+    message: &[u8],
+    signature: &Signature,
+    purpose: Purpose,
+) -> Equation {
     Equation {
         s: params.s,
         identity: identity.clone(),
         generation,
         u: signature.u,
         v: signature.v,
-        h: challenge(&signature.u, identity, generation, message),
+        h: challenge(&signature.u, identity, generation, message, purpose),
+        proven: false,
+        remember: None,
     }
 }
 
 impl Equation {
+    /// An equation known to hold (a certificate checked before).
+    pub(crate) fn proven(
+        params: &SigningParams,
+        identity: &Identity,
+        generation: Generation,
+    ) -> Self {
+        Equation {
+            s: params.s,
+            identity: identity.clone(),
+            generation,
+            u: G2Affine::identity(),
+            v: G2Affine::identity(),
+            h: Scalar::ZERO,
+            proven: true,
+            remember: None,
+        }
+    }
+
+    /// This equation, remembered under `key` once it holds.
+    pub(crate) fn remembered_as(mut self, key: [u8; 32]) -> Self {
+        self.remember = Some(key);
+        self
+    }
+
     /// Whether the equation holds: hashing the identity to G2, one G2
-    /// multiplication and one two-term multi-pairing.
+    /// multiplication and one two-term multi-pairing (nothing for a
+    /// certificate verified before).
     pub fn holds(&self) -> bool {
+        if self.proven {
+            return true;
+        }
+        let holds = self.computed();
+        if holds {
+            crate::certified::remember(self.remember.iter());
+        }
+        holds
+    }
+
+    /// The same check as `other`.
+    fn same_as(&self, other: &Equation) -> bool {
+        self.s == other.s
+            && self.identity == other.identity
+            && self.generation == other.generation
+            && self.u == other.u
+            && self.v == other.v
+            && self.h == other.h
+    }
+
+    fn computed(&self) -> bool {
         let q = verifying_point(&self.identity, self.generation);
         let rhs = (G2Projective::from(self.u) + q * self.h).to_affine();
         // e(S, O) = 1 ≠ e(g1, V) for the V ≠ O every signature has: it
@@ -400,12 +513,28 @@ impl Equation {
 /// message's inside and outside) cost one identity hash, three G2
 /// multiplications and one two-term multi-pairing, against two hashes, two
 /// multiplications and two multi-pairings apart: about 1.4 pairings less.
+///
+/// Equations known to hold (certificates verified before) are left out,
+/// and identical ones (the inside and outside of a sealed message under one
+/// certificate) count once. A certificate is remembered only when its
+/// equation was checked alone: a batch's verdict rests on the caller's
+/// weights, and a remembered certificate outlives the call.
 pub fn all_hold<R: RngCore + CryptoRng + ?Sized>(equations: &[Equation], rng: &mut R) -> bool {
-    match equations {
-        [] => return true,
-        [one] => return one.holds(),
-        _ => {}
+    let mut open: Vec<&Equation> = Vec::new();
+    for eq in equations.iter().filter(|e| !e.proven) {
+        if !open.iter().any(|o| o.same_as(eq)) {
+            open.push(eq);
+        }
     }
+    match open.as_slice() {
+        [] => true,
+        [one] => one.holds(),
+        _ => batch_holds(&open, rng),
+    }
+}
+
+/// [`all_hold`] for at least two equations still to compute.
+fn batch_holds<R: RngCore + CryptoRng + ?Sized>(equations: &[&Equation], rng: &mut R) -> bool {
     /// One signer's terms: Σ ρᵢ·Uᵢ and Σ ρᵢ·hᵢ.
     struct Signer<'a> {
         eq: &'a Equation,
@@ -414,7 +543,7 @@ pub fn all_hold<R: RngCore + CryptoRng + ?Sized>(equations: &[Equation], rng: &m
     }
     let mut lhs = G2Projective::identity();
     let mut signers: Vec<Signer<'_>> = Vec::new();
-    for (i, eq) in equations.iter().enumerate() {
+    for (i, &eq) in equations.iter().enumerate() {
         // The first weight is 1 (scaling everything by one nonzero factor
         // changes nothing), and costs no multiplication.
         let (v, u, h) = if i == 0 {
@@ -649,7 +778,8 @@ mod tests {
             .sign(b"inside", &mut rng);
         for i in 0..good.len() {
             let mut wrong_message = good.clone();
-            wrong_message[i].h = challenge(&wrong_message[i].u, &alice, 1, b"changed");
+            wrong_message[i].h =
+                challenge(&wrong_message[i].u, &alice, 1, b"changed", Purpose::Message);
             let mut wrong_key = good.clone();
             wrong_key[i].u = forged.u;
             wrong_key[i].v = forged.v;

@@ -25,7 +25,10 @@
 //!
 //! It also has the matching identity-based signature (Cha–Cheon, in
 //! [`SigningKey::sign`] and [`verify`]): the KGC signs as a user, anyone
-//! with the domain's signing parameter `S` verifies.
+//! with the domain's signing parameter `S` verifies; and certified
+//! per-message signatures ([`CertifiedKey`], [`verify_certified`]): a
+//! Cha–Cheon certificate on a user's Ed25519 key, which a receiver checks
+//! once per sender, and an Ed25519 signature per message.
 //!
 //! ## What this crate does not do
 //!
@@ -38,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod certified;
 mod continuity;
 mod error;
 mod fixed_base;
@@ -46,6 +50,10 @@ mod ibs;
 mod identity;
 mod kem;
 
+pub use certified::{
+    CERTIFIED_SIGNATURE_BYTES, CertifiedKey, CertifiedSignature, MESSAGE_KEY_BYTES,
+    MESSAGE_SIGNATURE_BYTES, certified_equation, verify_certified,
+};
 pub use continuity::{
     CONTINUITY_SIGNATURE_BYTES, ContinuitySignature, Successor, verify_successor,
 };

@@ -6,10 +6,10 @@
 //! key service behind it); [`sign_message`] signs a message that travels
 //! as it is.
 
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{Generation, Identity};
 use rand_core::CryptoRngCore;
 
-use crate::signature::{SIGNATURE_FIELD, Unsigned};
+use crate::signature::{Algorithm, MessageSignature, SIGNATURE_FIELD, Unsigned};
 use crate::{Field, Limits, Recipient, SealError, Sealed, seal_owned};
 
 /// Signs digests as one identity with one generation's key: the KGC, in
@@ -19,8 +19,11 @@ pub trait MessageSigner {
     fn identity(&self) -> &Identity;
     /// The generation whose key signs.
     fn generation(&self) -> Generation;
+    /// The algorithm of its signatures (named in the signed field, so
+    /// known before the digest).
+    fn algorithm(&self) -> Algorithm;
     /// Signs a 32-byte digest; `Err` with the reason.
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String>;
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String>;
 }
 
 /// The field `IBE-Signature: <value>` and its CRLF.
@@ -49,32 +52,36 @@ pub fn seal_signed(
         return seal_owned(message, recipients, rng, limits);
     };
     let (identity, generation) = (signer.identity().clone(), signer.generation());
-    let inner = Unsigned::new_sealed(&message, &identity, generation);
-    let signature = signer.sign(inner.digest()).map_err(SealError::Signing)?;
-    let inner_field = field(&inner.field_value(&signature));
+    let algorithm = signer.algorithm();
+    let inner = Unsigned::new_sealed(&message, &identity, generation, algorithm);
+    let inner_field = field(&signed_value(&inner, signer).map_err(SealError::Signing)?);
     message.splice(0..0, inner_field);
     let mut sealed = seal_owned(message, recipients, rng, limits)?;
-    let outer = Unsigned::for_sealed(&sealed, &identity, generation);
-    let signature = signer.sign(outer.digest()).map_err(SealError::Signing)?;
-    sealed.fields.insert(
-        0,
-        (
-            SIGNATURE_FIELD.to_string(),
-            outer.field_value(&signature).into_bytes(),
-        ),
-    );
+    let outer = Unsigned::for_sealed(&sealed, &identity, generation, algorithm);
+    let value = signed_value(&outer, signer).map_err(SealError::Signing)?;
+    sealed
+        .fields
+        .insert(0, (SIGNATURE_FIELD.to_string(), value.into_bytes()));
     Ok(sealed)
+}
+
+/// `unsigned`'s field value, signed by `signer`.
+fn signed_value(unsigned: &Unsigned, signer: &mut dyn MessageSigner) -> Result<String, String> {
+    let signature = signer.sign(unsigned.digest())?;
+    unsigned.field_value(&signature).map_err(|e| e.to_string())
 }
 
 /// `signer`'s signature field for `message`, which travels as it is (to
 /// go on top of it).
 pub fn signature_field(message: &[u8], signer: &mut dyn MessageSigner) -> Result<Field, String> {
-    let unsigned = Unsigned::new(message, signer.identity(), signer.generation());
-    let signature = signer.sign(unsigned.digest())?;
-    Ok((
-        SIGNATURE_FIELD.to_string(),
-        unsigned.field_value(&signature).into_bytes(),
-    ))
+    let unsigned = Unsigned::new(
+        message,
+        signer.identity(),
+        signer.generation(),
+        signer.algorithm(),
+    );
+    let value = signed_value(&unsigned, signer)?;
+    Ok((SIGNATURE_FIELD.to_string(), value.into_bytes()))
 }
 
 /// `message`, which travels as it is, with `signer`'s signature field on

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hkdf::Hkdf;
 use ibemail_ibe::{Identity, MasterKey, encapsulate_with_seed};
-use ibemail_message::signature::{Unsigned, signatures};
+use ibemail_message::signature::{Algorithm, Unsigned, signatures};
 use ibemail_message::{IbeRecipient, Limits, Recipient, open, seal};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -372,15 +372,15 @@ fn signed_message() {
     let master = kat_001_master();
     let signer = Identity::parse("carol@a.test").unwrap();
     let generation = 1u32;
-    let unsigned = Unsigned::new_sealed(MESSAGE, &signer, generation);
+    let unsigned = Unsigned::new_sealed(MESSAGE, &signer, generation, Algorithm::ChaCheon);
     let mut seed = [0u8; 32];
     seed[0] = 0x5f;
     seed[31] = 0x5a;
     let signature = master
         .extract_signing(&signer, generation)
         .sign(unsigned.digest(), &mut ChaCha20Rng::from_seed(seed));
-    let value = unsigned.field_value(&signature);
-    let signed = unsigned.prepend(MESSAGE, &signature);
+    let value = unsigned.field_value(&signature.into()).unwrap();
+    let signed = unsigned.prepend(MESSAGE, &signature.into()).unwrap();
 
     // The specification's construction: the body hash, then the selected
     // fields and this field without the value of b=, relaxed.

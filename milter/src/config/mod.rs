@@ -211,6 +211,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Signing policy for local domains not listed in `sign_domains`.
     pub sign: SignPolicy,
+    /// The algorithm outbound signatures use (`signing.algorithm`): the
+    /// certified one by default; Cha–Cheon for receivers older than it.
+    pub sign_algorithm: ibemail_message::signature::Algorithm,
     /// Per-local-domain signing policies.
     pub sign_domains: BTreeMap<String, SignPolicy>,
     /// How log lines are written (`--log-format` overrides it).

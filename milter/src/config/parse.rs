@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ibemail_discovery::{DnssecPolicy, DomainPolicy, PinPolicy};
 use ibemail_kgc::logging::LogFormat;
+use ibemail_message::signature::Algorithm;
 use serde::Deserialize;
 
 use super::kgc::RawKgc;
@@ -54,6 +55,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawSigning {
     sign: Option<String>,
+    algorithm: Option<String>,
     #[serde(default)]
     domains: BTreeMap<String, RawSignDomain>,
 }
@@ -363,6 +365,16 @@ impl Config {
             ),
         };
         let sign = field("signing.sign", raw.signing.sign.as_ref(), SignPolicy::Never)?;
+        let sign_algorithm = match raw.signing.algorithm.as_deref() {
+            None => Algorithm::Certified,
+            Some(name) => Algorithm::from_name(name).ok_or_else(|| {
+                format!(
+                    "signing.algorithm: {name:?} is not {:?} or {:?}",
+                    Algorithm::Certified.name(),
+                    Algorithm::ChaCheon.name()
+                )
+            })?,
+        };
         let mut sign_domains = BTreeMap::new();
         for (name, d) in &raw.signing.domains {
             let domain = ibemail_ibe::normalize_domain(name)
@@ -424,6 +436,7 @@ impl Config {
             )?,
             state_dir,
             sign,
+            sign_algorithm,
             sign_domains,
             log_format: field("log.format", raw.log.format.as_ref(), LogFormat::Text)?,
             log_addresses: raw.log.addresses.unwrap_or(false),

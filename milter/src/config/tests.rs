@@ -106,6 +106,14 @@ fn signing_and_signature_policies() {
         Config::parse(MINIMAL).unwrap().default_policy.signature,
         SignaturePolicy::Report
     );
+    // The certified algorithm unless the old one is asked for.
+    use ibemail_message::signature::Algorithm;
+    assert_eq!(c.sign_algorithm, Algorithm::Certified);
+    let old = Config::parse(&format!(
+        "{MINIMAL}[signing]\nalgorithm = \"cc-bls12-381-sha256\"\n"
+    ))
+    .unwrap();
+    assert_eq!(old.sign_algorithm, Algorithm::ChaCheon);
 }
 
 #[test]
@@ -173,6 +181,10 @@ fn mistakes_name_their_key() {
         (
             &format!("{MINIMAL}[signing.domains.\"x.test\"]\nsign = \"always\"\n"),
             "signing.domains",
+        ),
+        (
+            &format!("{MINIMAL}[signing]\nalgorithm = \"rsa-sha256\"\n"),
+            "signing.algorithm",
         ),
         (
             &format!("{MINIMAL}[policy]\nsignature = \"maybe\"\n"),

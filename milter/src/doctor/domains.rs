@@ -9,6 +9,7 @@ use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::access::{KeyAccess, KeyError};
 use ibemail_kgc::clock::now;
 use ibemail_kgc::service::KeyService;
+use ibemail_message::signature::Algorithm;
 use ibemail_params::record_name;
 use rand_core::OsRng;
 
@@ -272,7 +273,8 @@ async fn check_domain(
         ),
     }
     if config.sign_policy(domain) == SignPolicy::Always {
-        check_sign_grant(report, keys, domain, &postmaster, active).await;
+        let algorithm = config.sign_algorithm;
+        check_sign_grant(report, keys, domain, &postmaster, active, algorithm).await;
     }
     if config.sign_policy(domain) == SignPolicy::Always && record.signing.is_none() {
         report.error(
@@ -291,12 +293,22 @@ pub(super) async fn check_sign_grant(
     domain: &str,
     postmaster: &Identity,
     generation: Generation,
+    algorithm: Algorithm,
 ) {
     // A random digest: the signature the check obtains signs nothing.
     let mut digest = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut OsRng, &mut digest);
-    match keys.sign(postmaster, generation, &digest).await {
-        Ok(_) => report.ok(
+    // What the milter asks for (a KGC older than SIGN-CERTIFIED fails the
+    // certified one).
+    let signed = match algorithm {
+        Algorithm::Certified => keys
+            .sign_certified(postmaster, generation, &digest)
+            .await
+            .map(|_| ()),
+        Algorithm::ChaCheon => keys.sign(postmaster, generation, &digest).await.map(|_| ()),
+    };
+    match signed {
+        Ok(()) => report.ok(
             domain,
             format!("the KGC signs for this milter (generation {generation})"),
         ),

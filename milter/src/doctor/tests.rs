@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ibemail_ibe::{Capsule, Generation, Identity, SharedSecret, Signature};
+use ibemail_ibe::{Capsule, CertifiedSignature, Generation, Identity, SharedSecret, Signature};
 use ibemail_kgc::access::{BoxFuture, KeyAccess, KeyError};
 
 use super::postfix::{check_header_edits, milters, postfix_name};
@@ -101,6 +101,16 @@ impl KeyAccess for OpensOnly {
             "uid 107 has no sign grant".into(),
         ))))
     }
+    fn sign_certified<'a>(
+        &'a self,
+        _: &'a Identity,
+        _: Generation,
+        _: &'a [u8],
+    ) -> BoxFuture<'a, Result<CertifiedSignature, KeyError>> {
+        Box::pin(std::future::ready(Err(KeyError::Forbidden(
+            "uid 107 has no sign grant".into(),
+        ))))
+    }
 }
 
 #[tokio::test]
@@ -108,7 +118,8 @@ async fn signing_without_a_sign_grant_is_an_error_with_its_fix() {
     let keys: Arc<dyn KeyAccess> = Arc::new(OpensOnly);
     let postmaster = Identity::parse("postmaster@a.test").unwrap();
     let mut report = Report::default();
-    super::domains::check_sign_grant(&mut report, &keys, "a.test", &postmaster, 1).await;
+    let certified = ibemail_message::signature::Algorithm::Certified;
+    super::domains::check_sign_grant(&mut report, &keys, "a.test", &postmaster, 1, certified).await;
     let [finding] = &report.0[..] else {
         panic!("one finding expected")
     };

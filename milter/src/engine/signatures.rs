@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::logging::shown;
 use ibemail_message::MessageSigner;
-use ibemail_message::signature;
+use ibemail_message::signature::{self, Algorithm, MessageSignature};
 use tracing::{info, warn};
 
 use super::Engine;
@@ -23,6 +23,7 @@ use crate::signing::{SigResult, Signer, Verification, verify_deferred};
 #[derive(Clone)]
 pub(crate) struct KeySigner {
     keys: Arc<dyn KeyAccess>,
+    algorithm: Algorithm,
     handle: tokio::runtime::Handle,
     signer: Signer,
     metrics: Arc<Metrics>,
@@ -37,14 +38,23 @@ impl MessageSigner for KeySigner {
         self.signer.generation
     }
 
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
-        let signature = self
-            .handle
-            .block_on(
-                self.keys
-                    .sign(&self.signer.identity, self.signer.generation, digest),
-            )
-            .map_err(|e| format!("as {}: {e}", self.signer.identity))?;
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
+        let (identity, generation) = (&self.signer.identity, self.signer.generation);
+        let signature = match self.algorithm {
+            Algorithm::Certified => self
+                .handle
+                .block_on(self.keys.sign_certified(identity, generation, digest))
+                .map(MessageSignature::from),
+            Algorithm::ChaCheon => self
+                .handle
+                .block_on(self.keys.sign(identity, generation, digest))
+                .map(MessageSignature::from),
+        }
+        .map_err(|e| format!("as {identity}: {e}"))?;
         self.metrics.signed();
         Ok(signature)
     }
@@ -115,6 +125,7 @@ impl Engine {
             .ok_or_else(|| KeyError::NotServed("no KGC configured".into()))?;
         Ok(KeySigner {
             keys,
+            algorithm: self.config.sign_algorithm,
             handle: tokio::runtime::Handle::current(),
             signer: signer.clone(),
             metrics: self.metrics.clone(),

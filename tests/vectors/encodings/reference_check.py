@@ -19,7 +19,10 @@ written out with Python integers and hashlib. It checks
   master key and sigma of kem_worked_example.txt and the random bytes of
   sealed_message.txt and ibs_worked_example.txt;
 - sealed_message.txt: the recipient identifiers, the KDF input, the KEK and
-  the GCM nonce (not AES: Python has none built in).
+  the GCM nonce (not AES: Python has none built in);
+- certified_signature.txt: the Ed25519 message key from the PRF key, its
+  public key and signature (RFC 8032 written out), the deterministic
+  certificate's nonce, challenge and verification equation.
 
 Run it from anywhere with Python 3.8 or later:
     python3 tests/vectors/encodings/reference_check.py
@@ -158,6 +161,10 @@ def compress_g2(pt):
     out = bytearray(pt[0][1].to_bytes(48, "big") + pt[0][0].to_bytes(48, "big"))
     out[0] |= 0x80 | (0x20 if sign_fp2(pt[1]) else 0)
     return bytes(out)
+
+def uncompress_g2(pt):
+    """The 192-byte uncompressed encoding, no flags (spec 5.3)."""
+    return b"".join(c.to_bytes(48, "big") for c in (pt[0][1], pt[0][0], pt[1][1], pt[1][0]))
 
 def sqrt_fp(a):
     r = pow(a, (P + 1) // 4, P)  # p = 3 mod 4
@@ -445,6 +452,91 @@ def check_ibs():
     check("e(g1, V) = e(S, U + h Q)", fp12_bytes(lhs), fp12_bytes(rhs))
     return "signing scalar, challenge, verification equation"
 
+# Ed25519 (RFC 8032 section 5.1), written out as in its section 6.
+ED_P = 2**255 - 19
+ED_L = 2**252 + 27742317777372353535851937790883648493
+ED_D = -121665 * pow(121666, ED_P - 2, ED_P) % ED_P
+ED_SQRT_M1 = pow(2, (ED_P - 1) // 4, ED_P)
+
+def ed_add(p1, p2):
+    (x1, y1, z1, t1), (x2, y2, z2, t2) = p1, p2
+    a = (y1 - x1) * (y2 - x2) % ED_P; b = (y1 + x1) * (y2 + x2) % ED_P
+    c = t1 * 2 * ED_D * t2 % ED_P; d = z1 * 2 * z2 % ED_P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % ED_P, g * h % ED_P, f * g % ED_P, e * h % ED_P)
+
+def ed_mul(s, point):
+    q = (0, 1, 1, 0)
+    while s > 0:
+        if s & 1: q = ed_add(q, point)
+        point = ed_add(point, point); s >>= 1
+    return q
+
+def ed_compress(point):
+    x, y, z, _ = point
+    zi = pow(z, ED_P - 2, ED_P)
+    x, y = x * zi % ED_P, y * zi % ED_P
+    return int.to_bytes(y | ((x & 1) << 255), 32, "little")
+
+def ed_decompress(data):
+    y = int.from_bytes(data, "little"); sign = y >> 255; y &= (1 << 255) - 1
+    if y >= ED_P: return None
+    x2 = (y * y - 1) * pow(ED_D * y * y + 1, ED_P - 2, ED_P) % ED_P
+    x = pow(x2, (ED_P + 3) // 8, ED_P)
+    if (x * x - x2) % ED_P != 0: x = x * ED_SQRT_M1 % ED_P
+    if (x * x - x2) % ED_P != 0 or (x == 0 and sign): return None
+    if x & 1 != sign: x = ED_P - x
+    return (x, y, 1, x * y % ED_P)
+
+ED_B = ed_decompress(int.to_bytes(4 * pow(5, ED_P - 2, ED_P) % ED_P, 32, "little"))
+
+def ed_public(seed):
+    h = hashlib.sha512(seed).digest()
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8; a |= 1 << 254
+    return ed_compress(ed_mul(a, ED_B))
+
+def ed_verify(public, msg, sig):
+    A, R = ed_decompress(public), ed_decompress(sig[:32])
+    s = int.from_bytes(sig[32:], "little")
+    if A is None or R is None or s >= ED_L: return False
+    k = int.from_bytes(hashlib.sha512(sig[:32] + public + msg).digest(), "little") % ED_L
+    return ed_compress(ed_mul(s, ED_B)) == ed_compress(ed_add(R, ed_mul(k, A)))
+
+def check_certified():
+    v = load("certified_signature.txt")
+    ibs = load("ibs_worked_example.txt")
+    check("k_prf", ibs["k_prf"], v["k_prf"])
+    check("S", ibs["S"], v["S"])
+    ctx = identity_context(v["identity_text"], int(v["generation_decimal"]))
+    check("identity_context", v["identity_context"], ctx)
+    info = b"IBEMAIL-V1-ED25519-MESSAGE-KEY" + ctx
+    check("key_info", v["key_info"], info)
+    check("key_seed", v["key_seed"], hkdf_expand(v["k_prf"], info, 32))
+    check("A", v["A"], ed_public(v["key_seed"]))
+    C, A, sigma = v["signature"][:192], v["signature"][192:224], v["signature"][224:]
+    check("certificate ‖ A ‖ sigma", v["signature"], v["certificate"] + v["A"] + v["sigma"])
+    check("sigma verifies", True, ed_verify(A, v["message"], sigma))
+    t = int.from_bytes(hkdf_expand(v["k_prf"], b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER\0", 48), "big") % Q_ORDER
+    S = ec_mul(FP, G1, t)
+    Q = decompress_g2(v["Q"])  # hash_to_curve is RFC 9380's; taken from the file
+    D = ec_mul(FP2, Q, t)
+    nonce_input = uncompress_g2(D) + bytes(32) + ctx + b"\0" + A
+    check("nonce_input", v["nonce_input"], nonce_input)
+    r = hash_to_scalar(nonce_input, b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-NONCE")
+    check("r", v["r"], r.to_bytes(32, "big"))
+    U, V = decompress_g2(C[:96]), decompress_g2(C[96:])
+    check("U = r Q", v["U"], compress_g2(ec_mul(FP2, Q, r)))
+    challenge_input = C[:96] + ctx + A
+    check("challenge_input", v["challenge_input"], challenge_input)
+    h = hash_to_scalar(challenge_input, b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-CHALLENGE")
+    check("h", v["h"], h.to_bytes(32, "big"))
+    check("V = (r + h) D", v["V"], compress_g2(ec_mul(FP2, D, (r + h) % Q_ORDER)))
+    lhs = textbook_ate(G1, V)
+    rhs = textbook_ate(S, ec_add(FP2, U, ec_mul(FP2, Q, h)))
+    check("e(g1, V) = e(S, U + h Q)", fp12_bytes(lhs), fp12_bytes(rhs))
+    return "message key, Ed25519 signature, deterministic certificate and its equation"
+
 def chacha20_keystream(key, length):
     """RFC 8439 ChaCha20 with the given key, nonce 0, counter from 0."""
     def rotl(v, n): return ((v << n) | (v >> (32 - n))) & 0xFFFFFFFF
@@ -503,5 +595,6 @@ def check_sealed():
 if __name__ == "__main__":
     for name, run in (("pairing_g1_g2.txt", check_pairing), ("points.txt", check_points),
                       ("kem_worked_example.txt", check_kem), ("ibs_worked_example.txt", check_ibs),
-                      ("seeds", check_seeds), ("sealed_message.txt", check_sealed)):
+                      ("seeds", check_seeds), ("sealed_message.txt", check_sealed),
+                      ("certified_signature.txt", check_certified)):
         print(f"{name}: ok ({run()})")

@@ -12,14 +12,14 @@
 //! | tag | meaning |
 //! |---|---|
 //! | `v` | version, `1` |
-//! | `a` | algorithm: Cha–Cheon IBS on BLS12-381 over a SHA-256 digest |
+//! | `a` | algorithm: Cha–Cheon IBS on BLS12-381 over a SHA-256 digest, or Ed25519 under a key certified by Cha–Cheon ([`Algorithm`]) |
 //! | `c` | canonicalization, always `relaxed/relaxed` |
 //! | `i` | the signer's address (normalised); its domain publishes `S=` |
 //! | `n` | the parameter generation of the signer's domain |
 //! | `e` | `1` when the message was sealed right after signing: a receiver fails the signature if it arrives outside an encrypted message (absent otherwise) |
 //! | `h` | signed header fields, DKIM order (bottom-up per name); every name of [`SIGNED_FIELDS`] is listed once more than it occurs, so none can be added on top later; folded at colons |
 //! | `bh` | SHA-256 of the relaxed-canonical body |
-//! | `b` | the signature of the digest below |
+//! | `b` | the signature of the digest below (with `ed25519-cc-sha256`: certificate, key and signature) |
 //!
 //! The signed digest is DKIM's (RFC 6376 §3.7): SHA-256 over the selected
 //! header fields, relaxed-canonicalized, followed by this field itself with
@@ -45,7 +45,7 @@ mod sign;
 mod tests;
 mod verify;
 
-use ibemail_ibe::Generation;
+use ibemail_ibe::{CertifiedSignature, Generation, Signature};
 use thiserror::Error;
 
 pub use canon::body_hash;
@@ -55,8 +55,79 @@ pub use verify::{MAX_SIGNATURES, Parsed, signatures};
 
 /// The header field name.
 pub const SIGNATURE_FIELD: &str = "IBE-Signature";
-/// The `a=` value.
+/// The `a=` value of a Cha–Cheon signature of the digest.
 pub const ALGORITHM: &str = "cc-bls12-381-sha256";
+/// The `a=` value of a certified signature: Ed25519 of the digest under a
+/// key the signer's KGC certified (spec 8.5).
+pub const CERTIFIED_ALGORITHM: &str = "ed25519-cc-sha256";
+
+/// How the digest is signed (`a=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `cc-bls12-381-sha256`: a Cha–Cheon signature (192 bytes); a
+    /// pairing check per message.
+    ChaCheon,
+    /// `ed25519-cc-sha256`: certificate ‖ Ed25519 key ‖ Ed25519 signature
+    /// (288 bytes); a pairing check per sender and generation, then an
+    /// Ed25519 check per message.
+    Certified,
+}
+
+impl Algorithm {
+    /// The `a=` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::ChaCheon => ALGORITHM,
+            Algorithm::Certified => CERTIFIED_ALGORITHM,
+        }
+    }
+
+    /// The algorithm an `a=` value names, if known.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Algorithm::ChaCheon, Algorithm::Certified]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
+/// A signature of a digest, of either [`Algorithm`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageSignature {
+    /// Cha–Cheon.
+    ChaCheon(Signature),
+    /// Certified Ed25519.
+    Certified(CertifiedSignature),
+}
+
+impl MessageSignature {
+    /// Its algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            MessageSignature::ChaCheon(_) => Algorithm::ChaCheon,
+            MessageSignature::Certified(_) => Algorithm::Certified,
+        }
+    }
+
+    /// Its encoding (`b=` before base64).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            MessageSignature::ChaCheon(s) => s.to_bytes().to_vec(),
+            MessageSignature::Certified(s) => s.to_bytes().to_vec(),
+        }
+    }
+}
+
+impl From<Signature> for MessageSignature {
+    fn from(s: Signature) -> Self {
+        MessageSignature::ChaCheon(s)
+    }
+}
+
+impl From<CertifiedSignature> for MessageSignature {
+    fn from(s: CertifiedSignature) -> Self {
+        MessageSignature::Certified(s)
+    }
+}
 /// Most occurrences of one field name signed (the rest of a message with
 /// more, e.g. hundreds of `To` fields, stays unsigned).
 pub(crate) const MAX_SIGNED_PER_NAME: usize = 64;

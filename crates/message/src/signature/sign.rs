@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{Generation, Identity};
 
 use super::canon::*;
 use super::*;
@@ -18,12 +18,14 @@ pub struct Unsigned {
     identity: Identity,
     generation: Generation,
     sealed: bool,
+    algorithm: Algorithm,
     signed_fields: Vec<String>,
     body_hash: [u8; 32],
     digest: [u8; 32],
 }
 
 pub(super) fn tags_without_b(
+    algorithm: Algorithm,
     identity: &Identity,
     generation: Generation,
     sealed: bool,
@@ -47,7 +49,8 @@ pub(super) fn tags_without_b(
     }
     let sealed = if sealed { " e=1;" } else { "" };
     format!(
-        " v=1; a={ALGORITHM}; c=relaxed/relaxed; i={identity}; n={generation};{sealed}\r\n\th={h_text};\r\n\tbh={};\r\n\tb=",
+        " v=1; a={}; c=relaxed/relaxed; i={identity}; n={generation};{sealed}\r\n\th={h_text};\r\n\tbh={};\r\n\tb=",
+        algorithm.name(),
         STANDARD.encode(bh)
     )
 }
@@ -55,23 +58,45 @@ pub(super) fn tags_without_b(
 impl Unsigned {
     /// Prepares a signature of `message` by `identity` (normally its From
     /// address) at `generation`, for a message that travels as it is.
-    pub fn new(message: &[u8], identity: &Identity, generation: Generation) -> Unsigned {
-        Self::build(message, identity, generation, false)
+    pub fn new(
+        message: &[u8],
+        identity: &Identity,
+        generation: Generation,
+        algorithm: Algorithm,
+    ) -> Unsigned {
+        Self::build(message, identity, generation, false, algorithm)
     }
 
     /// The same for a message that is sealed right after signing: the
     /// signature carries `e=1`, and a receiver fails it if it arrives
     /// outside an encrypted message (someone decrypted it on the way).
-    pub fn new_sealed(message: &[u8], identity: &Identity, generation: Generation) -> Unsigned {
-        Self::build(message, identity, generation, true)
+    pub fn new_sealed(
+        message: &[u8],
+        identity: &Identity,
+        generation: Generation,
+        algorithm: Algorithm,
+    ) -> Unsigned {
+        Self::build(message, identity, generation, true, algorithm)
     }
 
     /// Prepares a signature of the sealed message `sealed` (its outside),
     /// without putting the message together.
-    pub fn for_sealed(sealed: &Sealed, identity: &Identity, generation: Generation) -> Unsigned {
+    pub fn for_sealed(
+        sealed: &Sealed,
+        identity: &Identity,
+        generation: Generation,
+        algorithm: Algorithm,
+    ) -> Unsigned {
         let mut header = sealed.header();
         header.extend_from_slice(b"\r\n");
-        Self::from_parts(&header, &sealed.body, identity, generation, false)
+        Self::from_parts(
+            &header,
+            &sealed.body,
+            identity,
+            generation,
+            false,
+            algorithm,
+        )
     }
 
     fn build(
@@ -79,10 +104,11 @@ impl Unsigned {
         identity: &Identity,
         generation: Generation,
         sealed: bool,
+        algorithm: Algorithm,
     ) -> Unsigned {
         let section = HeaderSection::parse(message);
         let (header, body) = message.split_at(section.body_offset);
-        Self::from_parts(header, body, identity, generation, sealed)
+        Self::from_parts(header, body, identity, generation, sealed, algorithm)
     }
 
     /// From the header section (with or without its blank line) and the
@@ -93,6 +119,7 @@ impl Unsigned {
         identity: &Identity,
         generation: Generation,
         sealed: bool,
+        algorithm: Algorithm,
     ) -> Unsigned {
         let section = HeaderSection::parse(header);
         let mut h = Vec::new();
@@ -105,12 +132,13 @@ impl Unsigned {
             h.extend(std::iter::repeat_n(name.to_ascii_lowercase(), count));
         }
         let body_hash = body_hash(body);
-        let value = tags_without_b(identity, generation, sealed, &h, &body_hash);
+        let value = tags_without_b(algorithm, identity, generation, sealed, &h, &body_hash);
         let digest = digest(&section, &h, value.as_bytes());
         Unsigned {
             identity: identity.clone(),
             generation,
             sealed,
+            algorithm,
             signed_fields: h,
             body_hash,
             digest,
@@ -132,10 +160,24 @@ impl Unsigned {
         self.generation
     }
 
+    /// The algorithm the signature must be of.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
     /// The field value (leading space, CRLF folding, no final CRLF) with
-    /// `signature` in `b=`.
-    pub fn field_value(&self, signature: &Signature) -> String {
+    /// `signature` in `b=`; `Err` if the signature is not of
+    /// [`Unsigned::algorithm`] (the digest names that algorithm).
+    pub fn field_value(&self, signature: &MessageSignature) -> Result<String, SignatureError> {
+        if signature.algorithm() != self.algorithm {
+            return Err(SignatureError::Unsupported(format!(
+                "a {} signature for a field of a={}",
+                signature.algorithm().name(),
+                self.algorithm.name()
+            )));
+        }
         let mut value = tags_without_b(
+            self.algorithm,
             &self.identity,
             self.generation,
             self.sealed,
@@ -149,18 +191,22 @@ impl Unsigned {
             }
             value.push_str(&String::from_utf8_lossy(chunk));
         }
-        value
+        Ok(value)
     }
 
     /// `message` with the complete field prepended.
-    pub fn prepend(&self, message: &[u8], signature: &Signature) -> Vec<u8> {
-        let value = self.field_value(signature);
+    pub fn prepend(
+        &self,
+        message: &[u8],
+        signature: &MessageSignature,
+    ) -> Result<Vec<u8>, SignatureError> {
+        let value = self.field_value(signature)?;
         let mut out = Vec::with_capacity(message.len() + value.len() + 20);
         out.extend_from_slice(SIGNATURE_FIELD.as_bytes());
         out.push(b':');
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(message);
-        out
+        Ok(out)
     }
 }

@@ -17,11 +17,11 @@ Subject: hello  there\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob,\r\
 
 fn sign(master: &MasterKey, message: &[u8], who: &str) -> Vec<u8> {
     let id = Identity::parse(who).unwrap();
-    let unsigned = Unsigned::new(message, &id, 1);
+    let unsigned = Unsigned::new(message, &id, 1, Algorithm::ChaCheon);
     let sig = master
         .extract_signing(&id, 1)
         .sign(unsigned.digest(), &mut ChaCha20Rng::seed_from_u64(1));
-    unsigned.prepend(message, &sig)
+    unsigned.prepend(message, &sig.into()).unwrap()
 }
 
 fn verify(master: &MasterKey, message: &[u8]) -> Result<Parsed, SignatureError> {
@@ -278,22 +278,25 @@ fn many_fields_fold_and_the_sealed_flag_round_trips() {
         message.push_str(&format!("To: user{i}@b.test\r\n"));
     }
     message.push_str("\r\nbody\r\n");
-    let unsigned = Unsigned::new_sealed(message.as_bytes(), &alice, 1);
+    let unsigned = Unsigned::new_sealed(message.as_bytes(), &alice, 1, Algorithm::ChaCheon);
     let signature = master
         .extract_signing(&alice, 1)
         .sign(unsigned.digest(), &mut ChaCha20Rng::seed_from_u64(3));
-    let value = unsigned.field_value(&signature);
+    let value = unsigned.field_value(&signature.into()).unwrap();
     assert!(
         value.split("\r\n").all(|line| line.len() < 80),
         "unfolded line in {value}"
     );
-    let signed = unsigned.prepend(message.as_bytes(), &signature);
+    let signed = unsigned
+        .prepend(message.as_bytes(), &signature.into())
+        .unwrap();
     let parsed = verify(&master, &signed).unwrap();
     assert!(parsed.sealed);
     assert!(
         !Parsed::parse(
-            Unsigned::new(b"From: a@b\r\n\r\n", &alice, 1)
-                .field_value(&signature)
+            Unsigned::new(b"From: a@b\r\n\r\n", &alice, 1, Algorithm::ChaCheon)
+                .field_value(&signature.into())
+                .unwrap()
                 .as_bytes()
         )
         .unwrap()

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ibemail_ibe::{Equation, Generation, Identity, Signature, SigningParams};
+use ibemail_ibe::{CertifiedSignature, Equation, Generation, Identity, Signature, SigningParams};
 
 use super::canon::*;
 use super::*;
@@ -22,7 +22,7 @@ pub struct Parsed {
     pub sealed: bool,
     signed_fields: Vec<String>,
     body_hash: Vec<u8>,
-    signature: Signature,
+    signature: MessageSignature,
     value_without_b: Vec<u8>,
 }
 
@@ -78,9 +78,9 @@ impl Parsed {
         if get("v")? != "1" {
             return Err(SignatureError::Unsupported(format!("v={}", get("v")?)));
         }
-        if get("a")? != ALGORITHM {
-            return Err(SignatureError::Unsupported(format!("a={}", get("a")?)));
-        }
+        let a = get("a")?;
+        let algorithm =
+            Algorithm::from_name(a).ok_or_else(|| SignatureError::Unsupported(format!("a={a}")))?;
         if let Ok(c) = get("c")
             && c != "relaxed/relaxed"
         {
@@ -118,8 +118,13 @@ impl Parsed {
         let signature = STANDARD
             .decode(compact(get("b")?))
             .map_err(|_| SignatureError::Syntax("b= is not base64".into()))?;
-        let signature = Signature::from_bytes(&signature)
-            .map_err(|e| SignatureError::Syntax(format!("b=: {e}")))?;
+        let signature = match algorithm {
+            Algorithm::ChaCheon => Signature::from_bytes(&signature).map(MessageSignature::from),
+            Algorithm::Certified => {
+                CertifiedSignature::from_bytes(&signature).map(MessageSignature::from)
+            }
+        }
+        .map_err(|e| SignatureError::Syntax(format!("b=: {e}")))?;
         Ok(Parsed {
             identity,
             generation,
@@ -156,13 +161,30 @@ impl Parsed {
             return Err(SignatureError::BodyHash);
         }
         let digest = digest(&section, &self.signed_fields, &self.value_without_b);
-        Ok(ibemail_ibe::equation(
-            params,
-            &self.identity,
-            self.generation,
-            &digest,
-            &self.signature,
-        ))
+        match &self.signature {
+            MessageSignature::ChaCheon(signature) => Ok(ibemail_ibe::equation(
+                params,
+                &self.identity,
+                self.generation,
+                &digest,
+                signature,
+            )),
+            // The Ed25519 signature is checked here; what is left is the
+            // certificate's equation (or nothing, if it was checked before).
+            MessageSignature::Certified(signature) => ibemail_ibe::certified_equation(
+                params,
+                &self.identity,
+                self.generation,
+                &digest,
+                signature,
+            )
+            .map_err(|_| SignatureError::BadSignature),
+        }
+    }
+
+    /// `a=`.
+    pub fn algorithm(&self) -> Algorithm {
+        self.signature.algorithm()
     }
 
     /// How many header fields `h=` names.

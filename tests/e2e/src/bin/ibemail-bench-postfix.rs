@@ -42,9 +42,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use ibemail_e2e::{Options, World};
-use ibemail_ibe::{Generation, Identity, Signature};
+use ibemail_ibe::{Generation, Identity};
 use ibemail_kgc::service::{KeyService, Peer};
 use ibemail_kgc::store::Store;
+use ibemail_message::signature::{Algorithm, MessageSignature};
 use ibemail_message::{IbeRecipient, Limits, MessageSigner, Recipient};
 use ibemail_test_support::opendkim::OpenDkim;
 use ibemail_test_support::{machine_busy_seconds, processes_busy_seconds};
@@ -137,7 +138,9 @@ fn bench_text() -> String {
     text
 }
 
-/// a.test's key service signing as alice.
+/// a.test's key service signing as alice, as the milter does
+/// (`ed25519-cc-sha256`), or with `IBEMAIL_BENCH_ALGORITHM=cc` as milters
+/// before it did (`cc-bls12-381-sha256`), to compare.
 struct Alice(KeyService, Identity, Generation);
 
 impl MessageSigner for Alice {
@@ -147,10 +150,25 @@ impl MessageSigner for Alice {
     fn generation(&self) -> Generation {
         self.2
     }
-    fn sign(&mut self, digest: &[u8; 32]) -> Result<Signature, String> {
-        self.0
-            .sign(self.1.as_str(), self.2, digest, Peer::default())
-            .map_err(|e| e.to_string())
+    fn algorithm(&self) -> Algorithm {
+        match std::env::var("IBEMAIL_BENCH_ALGORITHM").as_deref() {
+            Ok("cc") => Algorithm::ChaCheon,
+            _ => Algorithm::Certified,
+        }
+    }
+    fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
+        let (identity, generation) = (self.1.as_str(), self.2);
+        match self.algorithm() {
+            Algorithm::ChaCheon => self
+                .0
+                .sign(identity, generation, digest, Peer::default())
+                .map(MessageSignature::from),
+            Algorithm::Certified => self
+                .0
+                .sign_certified(identity, generation, digest, Peer::default())
+                .map(MessageSignature::from),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
