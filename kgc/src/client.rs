@@ -750,6 +750,21 @@ mod tests {
 
     use super::*;
 
+    /// An older daemon's answer to an operation it does not know sends the
+    /// request on to the next endpoint (an upgraded replica may know it);
+    /// other bad requests and rejections are final.
+    #[test]
+    fn unknown_operations_are_asked_elsewhere() {
+        let older = crate::protocol::ProtocolError::Unknown(4).to_string();
+        assert!(!is_final(&Response::Error(Status::BadRequest, older)));
+        assert!(is_final(&Response::Error(
+            Status::BadRequest,
+            "malformed SIGN message".into()
+        )));
+        assert!(is_final(&Response::Error(Status::Rejected, String::new())));
+        assert!(!is_final(&Response::Error(Status::Internal, String::new())));
+    }
+
     #[test]
     fn endpoints_parse_and_print_back() {
         for (text, endpoint) in [

@@ -436,10 +436,23 @@ fn forbidden(
     config: &ServerConfig,
     service: &KeyService,
 ) -> Response {
-    service.metrics().request(capability, "forbidden");
+    forbidden_operation(capability, capability, identity, peer, config, service)
+}
+
+/// [`forbidden`] for an `operation` that needs the grant `capability`
+/// (SIGN-CERTIFIED needs `sign`): counted and logged as the operation.
+fn forbidden_operation(
+    capability: &str,
+    operation: &str,
+    identity: &str,
+    peer: Peer,
+    config: &ServerConfig,
+    service: &KeyService,
+) -> Response {
+    service.metrics().request(operation, "forbidden");
     config.beyond_grant.warn(|| {
         format!(
-            "refused {capability} as {} for {peer}: no {capability} grant",
+            "refused {operation} as {} for {peer}: no {capability} grant",
             crate::logging::shown(identity)
         )
     });
@@ -607,8 +620,13 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         .map(|secret| Response::Opened(*secret.as_bytes())),
                 )
             }
-            Ok(Request::Sign { identity, .. }) if !grant.sign => {
-                forbidden("sign", &identity, peer, config, &service)
+            Ok(Request::Sign {
+                identity,
+                certified,
+                ..
+            }) if !grant.sign => {
+                let operation = if certified { "sign-certified" } else { "sign" };
+                forbidden_operation("sign", operation, &identity, peer, config, &service)
             }
             Ok(Request::Sign {
                 generation,
@@ -616,8 +634,10 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 message,
                 certified: false,
             }) => {
-                // Two G2 multiplications (the signing key is cached): as
-                // for OPEN, cheaper here than on another thread.
+                // Two G2 multiplications (the signing keys are cached; a
+                // miss derives both keys and checks the certificate, about
+                // two pairings, once per identity and generation): as for
+                // OPEN, cheaper here than on another thread.
                 to_wire(
                     service
                         .sign(&identity, generation, &message, peer)

@@ -258,9 +258,11 @@ impl KeyService {
     ) -> Result<Arc<SigningKeys>, KeyError> {
         let (identity, store) = self.resolve(identity)?;
         Self::cached(&self.signing_cache, &identity, generation, || {
+            let cha_cheon = store.extract_signing(&identity, generation)?;
+            let certified = store.certify(&cha_cheon)?;
             Ok(SigningKeys {
-                cha_cheon: store.extract_signing(&identity, generation)?,
-                certified: store.extract_certified(&identity, generation)?,
+                cha_cheon,
+                certified,
             })
         })
         .map_err(store_error)

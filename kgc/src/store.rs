@@ -1316,18 +1316,18 @@ impl Store {
             .extract_signing(identity, generation))
     }
 
-    /// Derives the certified per-message key of `identity` for
-    /// `generation`.
-    pub fn extract_certified(
-        &self,
-        identity: &Identity,
-        generation: Generation,
-    ) -> Result<CertifiedKey, StoreError> {
-        self.master_key_for(identity, generation)?
-            .extract_certified(identity, generation)
+    /// The certified per-message key of `signing`'s identity and
+    /// generation (`signing` from [`Store::extract_signing`]).
+    pub fn certify(&self, signing: &SigningKey) -> Result<CertifiedKey, StoreError> {
+        let generation = signing.generation();
+        self.master_key_for(signing.identity(), generation)?
+            .certify(signing)
             .ok_or_else(|| StoreError::Corrupt {
                 path: self.dir.clone(),
-                problem: format!("no message key derived for generation {generation}"),
+                problem: format!(
+                    "no certified message key for generation {generation} (a fault while \
+                     computing it?)"
+                ),
             })
     }
 

@@ -368,6 +368,13 @@ async fn identities_cannot_forge_audit_lines() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     let uses: Vec<&str> = log.lines().filter(|l| l.contains("key use:")).collect();
     assert_eq!(uses.len(), 3, "one line per key use:\n{log}");
+    assert_eq!(
+        uses.iter()
+            .filter(|l| l.contains("key use: sign-certified "))
+            .count(),
+        1,
+        "SIGN-CERTIFIED logged as itself:\n{log}"
+    );
     for line in &uses {
         assert!(
             line.contains("ibemail_kgc::audit"),

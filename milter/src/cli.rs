@@ -179,6 +179,7 @@ struct CliSigner<'a> {
     rt: &'a tokio::runtime::Runtime,
     identity: Identity,
     generation: ibemail_ibe::Generation,
+    algorithm: Algorithm,
 }
 
 impl ibemail_message::MessageSigner for CliSigner<'_> {
@@ -189,15 +190,17 @@ impl ibemail_message::MessageSigner for CliSigner<'_> {
         self.generation
     }
     fn algorithm(&self) -> Algorithm {
-        Algorithm::Certified
+        self.algorithm
     }
     fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
         self.rt
-            .block_on(
-                self.keys
-                    .sign_certified(&self.identity, self.generation, digest),
-            )
-            .map(MessageSignature::from)
+            .block_on(crate::signing::sign_digest(
+                &*self.keys,
+                self.algorithm,
+                &self.identity,
+                self.generation,
+                digest,
+            ))
             .map_err(|e| e.to_string())
     }
 }
@@ -281,11 +284,17 @@ pub fn encrypt(
             let generation = rt
                 .block_on(keys.signing_generation(&identity))
                 .map_err(|e| Failure(key_exit(&e), format!("cannot sign: {e}")))?;
+            // As the milter signs: its configured algorithm, if a
+            // configuration is given.
+            let algorithm = dns
+                .milter_config()?
+                .map_or(Algorithm::Certified, |c| c.sign_algorithm);
             Some(CliSigner {
                 keys,
                 rt: &rt,
                 identity,
                 generation,
+                algorithm,
             })
         }
     };

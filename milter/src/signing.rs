@@ -11,9 +11,11 @@
 
 use ibemail_discovery::{DomainPolicy, Lookup, Outcome, RefusedReason};
 use ibemail_ibe::{Equation, Generation, Identity};
-use ibemail_message::signature::{self, SIGNATURE_FIELD, SignatureError};
+use ibemail_message::signature::{
+    self, Algorithm, MessageSignature, SIGNATURE_FIELD, SignatureError,
+};
 
-use crate::ports::Parameters;
+use crate::ports::{KeyAccess, KeyError, Parameters};
 
 /// Who signs one outbound message, and with which generation.
 #[derive(Clone, Debug)]
@@ -22,6 +24,27 @@ pub(crate) struct Signer {
     pub(crate) identity: Identity,
     /// The active generation of its domain when the message was taken.
     pub(crate) generation: Generation,
+}
+
+/// Asks `keys` to sign `digest` as `identity` at `generation` with
+/// `algorithm` (SIGN or SIGN-CERTIFIED).
+pub(crate) async fn sign_digest(
+    keys: &dyn KeyAccess,
+    algorithm: Algorithm,
+    identity: &Identity,
+    generation: Generation,
+    digest: &[u8; 32],
+) -> Result<MessageSignature, KeyError> {
+    match algorithm {
+        Algorithm::Certified => keys
+            .sign_certified(identity, generation, digest)
+            .await
+            .map(MessageSignature::from),
+        Algorithm::ChaCheon => keys
+            .sign(identity, generation, digest)
+            .await
+            .map(MessageSignature::from),
+    }
 }
 
 /// The result of verifying a message's signatures (RFC 8601 result words).

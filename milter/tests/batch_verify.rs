@@ -224,3 +224,60 @@ async fn a_genuine_certificate_does_not_vouch_for_another_key() {
     let [batched, _] = w.both(&outer, &inner).await;
     assert_eq!(batched, (bad(), pass()));
 }
+
+/// Two certificates never seen before (their own world: fresh keys) are
+/// checked as one batch: both good, then one of them on another key. The
+/// batched results equal the results alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_certificates_are_one_batch() {
+    let mut w = world(Algorithm::Certified);
+    let kgc = w.carol.0.clone();
+    let mut dave = Carol(
+        kgc.clone(),
+        Identity::parse("dave@c.test").unwrap(),
+        Algorithm::Certified,
+    );
+    let from_dave =
+        b"From: dave@c.test\r\nTo: alice@a.test\r\nSubject: inside\r\n\r\nHello.\r\n".to_vec();
+    let inner = ibemail_message::sign_message(&from_dave, &mut dave).unwrap();
+    let outer = w.signed("outside");
+    let dave_pass = SigResult::Pass {
+        identity: "dave@c.test".into(),
+        generation: 1,
+    };
+    let [batched, alone] = w.both(&outer, &inner).await;
+    assert_eq!(batched, (pass(), dave_pass.clone()));
+    assert_eq!(alone, batched);
+    // Dave's message again, its field now carrying erin's key and
+    // signature under dave's genuine certificate (remembered by now, but
+    // only with dave's key), beside a message of frank's, whose
+    // certificate is new: two equations to check, one of them bad.
+    let unsigned = Unsigned::new(&from_dave, &dave.1, 1, Algorithm::Certified);
+    let erin = kgc
+        .sign_certified("erin@c.test", 1, unsigned.digest(), Peer::default())
+        .unwrap()
+        .to_bytes();
+    let genuine = kgc
+        .sign_certified("dave@c.test", 1, &[0; 32], Peer::default())
+        .unwrap()
+        .to_bytes();
+    let mut forged = erin;
+    forged[..SIGNATURE_BYTES].copy_from_slice(&genuine[..SIGNATURE_BYTES]);
+    let forged = CertifiedSignature::from_bytes(&forged).unwrap();
+    let inner = unsigned.prepend(&from_dave, &forged.into()).unwrap();
+    let mut frank = Carol(
+        kgc,
+        Identity::parse("frank@c.test").unwrap(),
+        Algorithm::Certified,
+    );
+    let from_frank =
+        b"From: frank@c.test\r\nTo: alice@a.test\r\nSubject: outside\r\n\r\nHello.\r\n".to_vec();
+    let outer = ibemail_message::sign_message(&from_frank, &mut frank).unwrap();
+    let frank_pass = SigResult::Pass {
+        identity: "frank@c.test".into(),
+        generation: 1,
+    };
+    let [batched, alone] = w.both(&outer, &inner).await;
+    assert_eq!(batched, (frank_pass, bad()));
+    assert_eq!(alone, batched);
+}

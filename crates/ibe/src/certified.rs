@@ -18,7 +18,8 @@
 //!   KGC makes on a digest (SIGN) is never a certificate;
 //! - signature of `m`: `certificate ‖ A ‖ Ed25519(m)`, 288 bytes;
 //! - verification: the Ed25519 signature under `A` (strict: canonical
-//!   encodings, no small-order key), then the certificate under `S`,
+//!   `R` and `s`, no small-order key or `R`; `A` as sent, which the
+//!   certificate binds byte for byte), then the certificate under `S`,
 //!   identity and generation — skipped if this very certificate was
 //!   verified before under the same `S`, identity and generation (a bounded
 //!   cache of verified certificates, keyed by a hash of all four).
@@ -38,7 +39,9 @@ use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, VerifyError};
 use crate::hash;
-use crate::ibs::{Equation, Purpose, SIGNATURE_BYTES, Signature, SigningParams, equation_for};
+use crate::ibs::{
+    Equation, Purpose, SIGNATURE_BYTES, Signature, SigningKey, SigningParams, equation_for,
+};
 use crate::identity::Identity;
 use crate::kem::{Generation, MasterKey, identity_context};
 
@@ -61,12 +64,28 @@ impl MasterKey {
     /// restart, hands out the same certificate, which receivers remember.
     ///
     /// `None` only if HKDF refused its fixed-size input (a 32-byte PRK,
-    /// 32 bytes of output), which it does not: never a default key.
+    /// 32 bytes of output), which it does not — never a default key — or
+    /// if the certificate did not verify (see [`MasterKey::certify`]).
     pub fn extract_certified(
         &self,
         identity: &Identity,
         generation: Generation,
     ) -> Option<CertifiedKey> {
+        self.certify(&self.extract_signing(identity, generation))
+    }
+
+    /// The certified per-message key of `signing`'s identity and
+    /// generation, certified with `signing` (which must be this master
+    /// key's, [`MasterKey::extract_signing`]: a key service that caches
+    /// signing keys certifies with the one it has).
+    ///
+    /// The certificate is checked before it is returned: its nonce is
+    /// deterministic, so a fault while computing it (a flipped bit in `h`
+    /// or `A`) would give a second signature with the same nonce as the
+    /// genuine one, and the two together the user's signing key. A
+    /// certificate that does not verify is never handed out (`None`).
+    pub fn certify(&self, signing: &SigningKey) -> Option<CertifiedKey> {
+        let (identity, generation) = (signing.identity(), signing.generation());
         let mut seed = Zeroizing::new([0u8; 32]);
         let context = identity_context(identity, generation);
         let hk = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()).ok()?;
@@ -74,11 +93,19 @@ impl MasterKey {
             .ok()?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let public = key.verifying_key().to_bytes();
-        let certificate = self.extract_signing(identity, generation).sign_for(
+        let certificate = signing.sign_for(&public, Purpose::Certificate, &[0; 32]);
+        let params = self.signing_params();
+        let check = equation_for(
+            &params,
+            identity,
+            generation,
             &public,
+            &certificate,
             Purpose::Certificate,
-            &[0; 32],
         );
+        if !check.computed() {
+            return None;
+        }
         Some(CertifiedKey {
             identity: identity.clone(),
             generation,
@@ -313,6 +340,17 @@ mod tests {
         // Another generation: another key.
         let other = master.extract_certified(&alice, 4).unwrap().sign(b"digest");
         assert_ne!(other.public, a.public);
+    }
+
+    /// A certificate that does not verify is never handed out: here one
+    /// made with another KGC's signing key (what a fault in the
+    /// computation would also give).
+    #[test]
+    fn a_certificate_that_does_not_verify_is_not_handed_out() {
+        let (master, _, alice, mut rng) = setup(7);
+        let other = MasterKey::generate(&mut rng);
+        assert!(master.certify(&other.extract_signing(&alice, 1)).is_none());
+        assert!(master.certify(&master.extract_signing(&alice, 1)).is_some());
     }
 
     #[test]

@@ -488,7 +488,7 @@ impl Equation {
             && self.h == other.h
     }
 
-    fn computed(&self) -> bool {
+    pub(crate) fn computed(&self) -> bool {
         let q = verifying_point(&self.identity, self.generation);
         let rhs = (G2Projective::from(self.u) + q * self.h).to_affine();
         // e(S, O) = 1 ≠ e(g1, V) for the V ≠ O every signature has: it

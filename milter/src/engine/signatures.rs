@@ -43,18 +43,17 @@ impl MessageSigner for KeySigner {
     }
 
     fn sign(&mut self, digest: &[u8; 32]) -> Result<MessageSignature, String> {
-        let (identity, generation) = (&self.signer.identity, self.signer.generation);
-        let signature = match self.algorithm {
-            Algorithm::Certified => self
-                .handle
-                .block_on(self.keys.sign_certified(identity, generation, digest))
-                .map(MessageSignature::from),
-            Algorithm::ChaCheon => self
-                .handle
-                .block_on(self.keys.sign(identity, generation, digest))
-                .map(MessageSignature::from),
-        }
-        .map_err(|e| format!("as {identity}: {e}"))?;
+        let identity = &self.signer.identity;
+        let signature = self
+            .handle
+            .block_on(crate::signing::sign_digest(
+                &*self.keys,
+                self.algorithm,
+                identity,
+                self.signer.generation,
+                digest,
+            ))
+            .map_err(|e| format!("as {identity}: {e}"))?;
         self.metrics.signed();
         Ok(signature)
     }
