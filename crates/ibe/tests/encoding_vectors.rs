@@ -738,23 +738,33 @@ fn kem_worked_example() {
 // ---------------------------------------------------------------------------
 // The identity-based signature, step by step
 
-#[test]
-fn ibs_worked_example() {
+/// The signing values of kat_001's master key for `address` at
+/// generation 1, from the specification's formulas: section 8.1.
+struct Signer {
+    master: MasterKey,
+    k_prf: Vec<u8>,
+    info_t: Vec<u8>,
+    t: Scalar,
+    s_point: G1Affine,
+    identity: Identity,
+    generation: u32,
+    context: Vec<u8>,
+    q: G2Affine,
+    d: G2Affine,
+}
+
+fn signer(address: &str) -> Signer {
     let (master, _) = kat_001_master();
-    let master_bytes = master.to_bytes();
-    let k_prf = &master_bytes[64..];
+    let k_prf = master.to_bytes()[64..].to_vec();
     let info_t = [
         b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER".as_slice(),
         &[0u8],
     ]
     .concat();
-    let t = os2ip_mod_q(&hkdf_expand(k_prf, &info_t, 48));
+    let t = os2ip_mod_q(&hkdf_expand(&k_prf, &info_t, 48));
     let s_point = (G1Affine::generator() * t).to_affine();
     assert_eq!(s_point.to_compressed(), master.signing_params().to_bytes());
-
-    let address = "alice@b.test";
     let generation = 1u32;
-    let identity = Identity::parse(address).unwrap();
     let context = identity_context(address, generation);
     let q = G2Projective::hash_to_curve(
         &context,
@@ -762,7 +772,36 @@ fn ibs_worked_example() {
         &[],
     )
     .to_affine();
-    let d = (q * t).to_affine();
+    Signer {
+        identity: Identity::parse(address).unwrap(),
+        d: (q * t).to_affine(),
+        master,
+        k_prf,
+        info_t,
+        t,
+        s_point,
+        generation,
+        context,
+        q,
+    }
+}
+
+#[test]
+fn ibs_worked_example() {
+    let address = "alice@b.test";
+    let Signer {
+        master,
+        k_prf,
+        info_t,
+        t,
+        s_point,
+        identity,
+        generation,
+        context,
+        q,
+        d,
+    } = signer(address);
+    let k_prf = k_prf.as_slice();
     let message: [u8; 32] = Sha256::digest(b"an ibemail signature example").into();
 
     let mut seed = [0u8; 32];
@@ -833,33 +872,23 @@ fn ibs_worked_example() {
 #[test]
 fn certified_worked_example() {
     use ed25519_dalek::Signer as _;
-    let (master, _) = kat_001_master();
-    let master_bytes = master.to_bytes();
-    let k_prf = &master_bytes[64..];
-    let info_t = [
-        b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-MASTER".as_slice(),
-        &[0u8],
-    ]
-    .concat();
-    let t = os2ip_mod_q(&hkdf_expand(k_prf, &info_t, 48));
-    let s_point = (G1Affine::generator() * t).to_affine();
-
     let address = "carol@a.test";
-    let generation = 1u32;
-    let identity = Identity::parse(address).unwrap();
-    let context = identity_context(address, generation);
+    let Signer {
+        master,
+        k_prf,
+        s_point,
+        identity,
+        generation,
+        context,
+        q,
+        d,
+        ..
+    } = signer(address);
     let key_info = [b"IBEMAIL-V1-ED25519-MESSAGE-KEY".as_slice(), &context].concat();
-    let key_seed: [u8; 32] = hkdf_expand(k_prf, &key_info, 32).try_into().unwrap();
+    let key_seed: [u8; 32] = hkdf_expand(&k_prf, &key_info, 32).try_into().unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&key_seed);
     let a = key.verifying_key().to_bytes();
 
-    let q = G2Projective::hash_to_curve(
-        &context,
-        b"IBEMAIL-V1-CCIBS-BLS12381G2_XMD:SHA-256_SSWU_RO_IDENTITY_",
-        &[],
-    )
-    .to_affine();
-    let d = (q * t).to_affine();
     let certified = master.extract_certified(&identity, generation).unwrap();
     let rho = [0u8; 32];
     let nonce_input = [&d.to_uncompressed()[..], &rho, &context, &[0u8], &a].concat();
