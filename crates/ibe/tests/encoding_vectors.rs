@@ -786,6 +786,43 @@ fn signer(address: &str) -> Signer {
     }
 }
 
+/// The values of a Cha–Cheon signature (spec 8.2) of `message` with the
+/// fresh bytes `rho`, under the hashes named
+/// `IBEMAIL-V1-CCIBS-BLS12381-SHA256-{kind}NONCE` and `...{kind}CHALLENGE`:
+/// `kind` is empty for a message and `CERT-` for a certificate (spec 8.5).
+struct Steps {
+    nonce_input: Vec<u8>,
+    r: Scalar,
+    u: G2Affine,
+    challenge_input: Vec<u8>,
+    h: Scalar,
+    v: G2Affine,
+}
+
+fn cha_cheon_steps(
+    context: &[u8],
+    q: G2Affine,
+    d: G2Affine,
+    rho: &[u8; 32],
+    message: &[u8],
+    kind: &str,
+) -> Steps {
+    let dst = |what: &str| format!("IBEMAIL-V1-CCIBS-BLS12381-SHA256-{kind}{what}");
+    let nonce_input = [&d.to_uncompressed()[..], rho, context, &[0u8], message].concat();
+    let r = hash_to_scalar(&nonce_input, dst("NONCE").as_bytes());
+    let u = (q * r).to_affine();
+    let challenge_input = [&u.to_compressed()[..], context, message].concat();
+    let h = hash_to_scalar(&challenge_input, dst("CHALLENGE").as_bytes());
+    Steps {
+        nonce_input,
+        r,
+        u,
+        challenge_input,
+        h,
+        v: (d * (r + h)).to_affine(),
+    }
+}
+
 #[test]
 fn ibs_worked_example() {
     let address = "alice@b.test";
@@ -813,15 +850,14 @@ fn ibs_worked_example() {
         .sign(&message, &mut rng);
     let mut rho = [0u8; 32];
     ChaCha20Rng::from_seed(seed).fill_bytes(&mut rho);
-    let nonce_input = [&d.to_uncompressed()[..], &rho, &context, &[0u8], &message].concat();
-    let r = hash_to_scalar(&nonce_input, b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-NONCE");
-    let u = (q * r).to_affine();
-    let challenge_input = [&u.to_compressed()[..], &context, &message].concat();
-    let h = hash_to_scalar(
-        &challenge_input,
-        b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CHALLENGE",
-    );
-    let v = (d * (r + h)).to_affine();
+    let Steps {
+        nonce_input,
+        r,
+        u,
+        challenge_input,
+        h,
+        v,
+    } = cha_cheon_steps(&context, q, d, &rho, &message, "");
     let encoded = [u.to_compressed(), v.to_compressed()].concat();
     assert_eq!(signature.to_bytes().as_slice(), &encoded[..]);
     verify(
@@ -891,15 +927,14 @@ fn certified_worked_example() {
 
     let certified = master.extract_certified(&identity, generation).unwrap();
     let rho = [0u8; 32];
-    let nonce_input = [&d.to_uncompressed()[..], &rho, &context, &[0u8], &a].concat();
-    let r = hash_to_scalar(&nonce_input, b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-NONCE");
-    let u = (q * r).to_affine();
-    let challenge_input = [&u.to_compressed()[..], &context, &a].concat();
-    let h = hash_to_scalar(
-        &challenge_input,
-        b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-CHALLENGE",
-    );
-    let v = (d * (r + h)).to_affine();
+    let Steps {
+        nonce_input,
+        r,
+        u,
+        challenge_input,
+        h,
+        v,
+    } = cha_cheon_steps(&context, q, d, &rho, &a, "CERT-");
     let certificate = [u.to_compressed(), v.to_compressed()].concat();
     // The certificate's equation: e(g1, V) = e(S, U + h Q).
     let rhs = (G2Projective::from(u) + q * h).to_affine();
