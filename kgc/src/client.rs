@@ -521,16 +521,10 @@ impl KgcClient {
         generation: Generation,
         message: &[u8],
     ) -> Result<Signature, KeyError> {
-        let request = Request::Sign {
-            generation,
-            identity: identity.as_str().to_string(),
-            message: message.to_vec(),
-            certified: false,
-        };
-        match self.ask(&request).await? {
-            Response::Signed(signed, _) if signed != generation => Err(KeyError::Unavailable(
-                format!("the KGC signed with generation {signed}, not {generation}"),
-            )),
+        match self
+            .ask_to_sign(identity, generation, message, false)
+            .await?
+        {
             // Our own KGC's signature, only re-encoded into the message:
             // the recipient's verification checks the subgroup.
             Response::Signed(_, bytes) => Signature::from_own_key_service(&bytes).map_err(|e| {
@@ -548,18 +542,7 @@ impl KgcClient {
         generation: Generation,
         message: &[u8],
     ) -> Result<CertifiedSignature, KeyError> {
-        let request = Request::Sign {
-            generation,
-            identity: identity.as_str().to_string(),
-            message: message.to_vec(),
-            certified: true,
-        };
-        match self.ask(&request).await {
-            Ok(Response::SignedCertified(signed, _)) if signed != generation => {
-                Err(KeyError::Unavailable(format!(
-                    "the KGC signed with generation {signed}, not {generation}"
-                )))
-            }
+        match self.ask_to_sign(identity, generation, message, true).await {
             // Checked by the recipient (the certificate's points when it
             // is verified).
             Ok(Response::SignedCertified(_, bytes)) => {
@@ -576,6 +559,33 @@ impl KgcClient {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// SIGN or SIGN-CERTIFIED (`certified`), refused if the daemon signed
+    /// with another generation than asked: the caller hashed `generation`
+    /// into the digest.
+    async fn ask_to_sign(
+        &self,
+        identity: &Identity,
+        generation: Generation,
+        message: &[u8],
+        certified: bool,
+    ) -> Result<Response, KeyError> {
+        let request = Request::Sign {
+            generation,
+            identity: identity.as_str().to_string(),
+            message: message.to_vec(),
+            certified,
+        };
+        let response = self.ask(&request).await?;
+        if let Response::Signed(signed, _) | Response::SignedCertified(signed, _) = &response
+            && *signed != generation
+        {
+            return Err(KeyError::Unavailable(format!(
+                "the KGC signed with generation {signed}, not {generation}"
+            )));
+        }
+        Ok(response)
     }
 
     /// [`KgcClient::request`], with the daemon's errors as key errors.

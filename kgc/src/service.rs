@@ -220,11 +220,9 @@ impl KeyService {
         message: &[u8],
         peer: Peer,
     ) -> Result<Signature, KeyError> {
-        let result = self
-            .signing_keys(identity, generation)
-            .map(|keys| keys.cha_cheon.sign(message, &mut OsRng));
-        self.audit("sign", identity, generation, result.as_ref().err(), peer);
-        result
+        self.signed_with("sign", identity, generation, peer, |keys| {
+            keys.cha_cheon.sign(message, &mut OsRng)
+        })
     }
 
     /// Signs `message` (a digest) as `identity` at `generation` with its
@@ -237,35 +235,35 @@ impl KeyService {
         message: &[u8],
         peer: Peer,
     ) -> Result<CertifiedSignature, KeyError> {
-        let result = self
-            .signing_keys(identity, generation)
-            .map(|keys| keys.certified.sign(message));
-        self.audit(
-            "sign-certified",
-            identity,
-            generation,
-            result.as_ref().err(),
-            peer,
-        );
-        result
+        self.signed_with("sign-certified", identity, generation, peer, |keys| {
+            keys.certified.sign(message)
+        })
     }
 
-    /// The signing keys of `identity` at `generation`, from the cache.
-    fn signing_keys(
+    /// `sign` with the signing keys of `identity` at `generation` (from the
+    /// cache), the key use logged as `operation`.
+    fn signed_with<T>(
         &self,
+        operation: &str,
         identity: &str,
         generation: Generation,
-    ) -> Result<Arc<SigningKeys>, KeyError> {
-        let (identity, store) = self.resolve(identity)?;
-        Self::cached(&self.signing_cache, &identity, generation, || {
-            let cha_cheon = store.extract_signing(&identity, generation)?;
-            let certified = store.certify(&cha_cheon)?;
-            Ok(SigningKeys {
-                cha_cheon,
-                certified,
+        peer: Peer,
+        sign: impl FnOnce(&SigningKeys) -> T,
+    ) -> Result<T, KeyError> {
+        let result = self.resolve(identity).and_then(|(identity, store)| {
+            let keys = Self::cached(&self.signing_cache, &identity, generation, || {
+                let cha_cheon = store.extract_signing(&identity, generation)?;
+                let certified = store.certify(&cha_cheon)?;
+                Ok(SigningKeys {
+                    cha_cheon,
+                    certified,
+                })
             })
-        })
-        .map_err(store_error)
+            .map_err(store_error)?;
+            Ok(sign(&keys))
+        });
+        self.audit(operation, identity, generation, result.as_ref().err(), peer);
+        result
     }
 
     /// Opens `capsule` for `identity` at `generation` and logs the key use

@@ -33,7 +33,6 @@ use std::num::NonZeroUsize;
 use std::sync::{LazyLock, Mutex};
 
 use ed25519_dalek::Signer as _;
-use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -88,9 +87,7 @@ impl MasterKey {
         let (identity, generation) = (signing.identity(), signing.generation());
         let mut seed = Zeroizing::new([0u8; 32]);
         let context = identity_context(identity, generation);
-        let hk = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()).ok()?;
-        hk.expand_multi_info(&[hash::INFO_MESSAGE_KEY, &context], seed.as_mut())
-            .ok()?;
+        self.prf_expand(&[hash::INFO_MESSAGE_KEY, &context], seed.as_mut())?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let public = key.verifying_key().to_bytes();
         let certificate = signing.sign_for(&public, Purpose::Certificate, &[0; 32]);
@@ -298,12 +295,12 @@ fn known(key: &[u8; 32]) -> bool {
         .is_some()
 }
 
-/// Remembers certificates whose equations were just found to hold.
-pub(crate) fn remember<'a>(keys: impl Iterator<Item = &'a [u8; 32]>) {
-    let mut verified = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
-    for key in keys {
-        verified.put(*key, ());
-    }
+/// Remembers a certificate whose equation was just found to hold alone.
+pub(crate) fn remember(key: &[u8; 32]) {
+    VERIFIED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .put(*key, ());
 }
 
 #[cfg(test)]

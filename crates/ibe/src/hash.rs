@@ -40,7 +40,7 @@ pub(crate) const DST_CONTINUITY: &[u8] = b"IBEMAIL-V1-CONTINUITY-BLS12381G2_XMD:
 /// a digest (its SIGN operation) is a certificate, and no certificate
 /// signs a digest.
 pub(crate) const DST_IBS_CERT_CHALLENGE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-CHALLENGE";
-/// DST of the hedged nonce of a certificate.
+/// DST of the nonce of a certificate (deterministic: no fresh bytes).
 pub(crate) const DST_IBS_CERT_NONCE: &[u8] = b"IBEMAIL-V1-CCIBS-BLS12381-SHA256-CERT-NONCE";
 /// HKDF `info` of a user's per-message Ed25519 key seed (from the
 /// generation's PRF key, followed by the identity context).

@@ -30,9 +30,7 @@ use core::fmt;
 use blstrs::{G1Affine, G2Affine, G2Projective, Scalar};
 use ff::{Field, PrimeField};
 use group::{Curve, Group, prime::PrimeCurveAffine};
-use hkdf::Hkdf;
 use rand_core::{CryptoRng, RngCore};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, VerifyError};
@@ -134,11 +132,7 @@ impl MasterKey {
         let mut counter = 0u8;
         loop {
             let mut okm = Zeroizing::new([0u8; 48]);
-            // A 32-byte PRK and 48 bytes of output are within HKDF's
-            // limits; neither call can fail.
-            if let Ok(hk) = Hkdf::<Sha256>::from_prk(self.prf_key_bytes()) {
-                let _ = hk.expand_multi_info(&[hash::INFO_IBS_MASTER, &[counter]], okm.as_mut());
-            }
+            let _ = self.prf_expand(&[hash::INFO_IBS_MASTER, &[counter]], okm.as_mut());
             let t = hash::scalar_from_wide(&okm);
             if !bool::from(t.is_zero()) {
                 return t;
@@ -472,8 +466,8 @@ impl Equation {
             return true;
         }
         let holds = self.computed();
-        if holds {
-            crate::certified::remember(self.remember.iter());
+        if let (true, Some(key)) = (holds, &self.remember) {
+            crate::certified::remember(key);
         }
         holds
     }

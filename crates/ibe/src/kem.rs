@@ -273,9 +273,17 @@ impl MasterKey {
         out
     }
 
-    /// The PRF key, from which the signing master scalar is derived too.
-    pub(crate) fn prf_key_bytes(&self) -> &[u8; PRF_KEY_BYTES] {
-        &self.prf_key
+    /// `HKDF-Expand(k_prf, info, out.len())` into `out`, `info` the
+    /// concatenation of its parts: every value derived from the PRF key
+    /// (user-key scalars, the signing master scalar, message keys) under
+    /// its own label. `None` only if HKDF refused: a 32-byte uniformly
+    /// random key is a valid PRK, and every output here is far below
+    /// HKDF-Expand's 255·32-byte limit, so it does not.
+    pub(crate) fn prf_expand(&self, info: &[&[u8]], out: &mut [u8]) -> Option<()> {
+        Hkdf::<Sha256>::from_prk(&self.prf_key)
+            .ok()?
+            .expand_multi_info(info, out)
+            .ok()
     }
 
     fn scalars(&self) -> (Scalar, Scalar) {
@@ -302,15 +310,9 @@ impl MasterKey {
     /// extraction of an identity yields the same key. `counter` skips the
     /// (probability 2^-255) values for which `h + x + r·y = 0`.
     fn user_scalar(&self, identity: &Identity, generation: Generation, counter: u8) -> Scalar {
-        let mut info = Vec::from(hash::INFO_USER_KEY_R);
-        info.extend_from_slice(&identity_context(identity, generation));
-        info.push(counter);
+        let context = identity_context(identity, generation);
         let mut okm = Zeroizing::new([0u8; 48]);
-        // A 32-byte uniformly random key is a valid HKDF PRK; 48 bytes are far
-        // below HKDF-Expand's 255·32 limit, so neither call can fail.
-        if let Ok(hk) = Hkdf::<Sha256>::from_prk(&self.prf_key) {
-            let _ = hk.expand(&info, okm.as_mut());
-        }
+        let _ = self.prf_expand(&[hash::INFO_USER_KEY_R, &context, &[counter]], okm.as_mut());
         hash::scalar_from_wide(&okm)
     }
 

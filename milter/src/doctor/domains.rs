@@ -300,15 +300,10 @@ pub(super) async fn check_sign_grant(
     rand_core::RngCore::fill_bytes(&mut OsRng, &mut digest);
     // What the milter asks for (a KGC older than SIGN-CERTIFIED fails the
     // certified one).
-    let signed = match algorithm {
-        Algorithm::Certified => keys
-            .sign_certified(postmaster, generation, &digest)
-            .await
-            .map(|_| ()),
-        Algorithm::ChaCheon => keys.sign(postmaster, generation, &digest).await.map(|_| ()),
-    };
+    let signed =
+        crate::signing::sign_digest(&**keys, algorithm, postmaster, generation, &digest).await;
     match signed {
-        Ok(()) => report.ok(
+        Ok(_) => report.ok(
             domain,
             format!("the KGC signs for this milter (generation {generation})"),
         ),

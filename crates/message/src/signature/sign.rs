@@ -160,14 +160,9 @@ impl Unsigned {
         self.generation
     }
 
-    /// The algorithm the signature must be of.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
     /// The field value (leading space, CRLF folding, no final CRLF) with
-    /// `signature` in `b=`; `Err` if the signature is not of
-    /// [`Unsigned::algorithm`] (the digest names that algorithm).
+    /// `signature` in `b=`; `Err` if the signature is not of the algorithm
+    /// this was prepared for (the digest names that algorithm).
     pub fn field_value(&self, signature: &MessageSignature) -> Result<String, SignatureError> {
         if signature.algorithm() != self.algorithm {
             return Err(SignatureError::Unsupported(format!(
